@@ -1,0 +1,127 @@
+"""Checkpoints: a state dict plus JSON, loadable with `torch.load(..., weights_only=True)`.
+
+Layout of a checkpoint directory:
+
+    DIR/model.pt      the model's state dict (tensors only)
+    DIR/config.json   the validated TrainConfig (TrainConfig.from_dict reads it back)
+    DIR/meta.json     variant, config_sha256, data_sha256, data_dir, fusionguard_version,
+                      input_dims {d, lt, lv} (to rebuild the model), plus whatever the trainer adds
+    DIR/resume.pt     trainer state for resuming (optimizer, epoch, RNG states, best score);
+                      written by `save_resume_state`, optional for export
+
+Writes go to a temporary name first and are renamed into place, so an interrupted save never
+leaves a half-written model.pt behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fusionguard import __version__
+from fusionguard.errors import InvalidInputError
+from training.config import TrainConfig
+from training.models import InputDims, Ranker, build_model
+
+MODEL_FILE = "model.pt"
+CONFIG_FILE = "config.json"
+META_FILE = "meta.json"
+RESUME_FILE = "resume.pt"
+
+
+@dataclass
+class Checkpoint:
+    model: Ranker  # in eval mode
+    config: TrainConfig
+    meta: dict[str, Any]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(directory: str | Path, model: Ranker, config: TrainConfig, meta: Mapping[str, Any]) -> Path:
+    """Write model.pt, config.json and meta.json into `directory` (created if needed).
+
+    `meta` should carry data_sha256 and data_dir; variant, config_sha256, fusionguard_version and
+    input_dims are filled in here. Returns the directory.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    full_meta = {
+        "variant": model.variant,
+        "config_sha256": config.sha256(),
+        "fusionguard_version": __version__,
+        "input_dims": {"d": model.dims.d, "lt": model.dims.lt, "lv": model.dims.lv},
+        **dict(meta),
+    }
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    _atomic_torch_save(state, directory / MODEL_FILE)
+    _atomic_write_text(directory / CONFIG_FILE, json.dumps(config.to_dict(), indent=2, sort_keys=True))
+    _atomic_write_text(directory / META_FILE, json.dumps(full_meta, indent=2, sort_keys=True))
+    return directory
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild the model from `directory` (weights_only loading) and return it in eval mode.
+
+    Raises:
+        InvalidInputError: a file is missing or unreadable, or the weights do not fit the model.
+    """
+    directory = Path(directory)
+    missing = [name for name in (MODEL_FILE, CONFIG_FILE, META_FILE) if not (directory / name).is_file()]
+    if missing:
+        raise InvalidInputError(
+            f"{directory} is not a training checkpoint: missing {missing}; point at the --out directory of `fusionguard train`"
+        )
+    try:
+        config_data = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+        meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InvalidInputError(f"checkpoint JSON in {directory} is corrupt ({err}); retrain or restore it") from None
+    config = TrainConfig.from_dict(config_data, source=str(directory / CONFIG_FILE))
+    dims_data = meta.get("input_dims") or {}
+    try:
+        dims = InputDims(int(dims_data["d"]), int(dims_data["lt"]), int(dims_data["lv"]))
+    except (KeyError, TypeError, ValueError):
+        raise InvalidInputError(f"{directory / META_FILE} lacks input_dims {{d, lt, lv}}; it was not written by save_checkpoint") from None
+    model = build_model(meta.get("variant", config.variant), dims, config.model)
+    try:
+        state = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, OSError, EOFError) as err:
+        raise InvalidInputError(f"cannot load {directory / MODEL_FILE} into a {model.variant} model: {err}") from None
+    model.to(device).eval()
+    return Checkpoint(model=model, config=config, meta=meta)
+
+
+def save_resume_state(directory: str | Path, state: Mapping[str, Any]) -> Path:
+    """Write the trainer's resume state (optimizer state dict, epoch, RNG states, best score,
+    early-stopping counter) to DIR/resume.pt."""
+    path = Path(directory) / RESUME_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_torch_save(dict(state), path)
+    return path
+
+
+def load_resume_state(directory: str | Path) -> dict[str, Any] | None:
+    """The resume state in `directory`, or None when there is none (a fresh run)."""
+    path = Path(directory) / RESUME_FILE
+    if not path.is_file():
+        return None
+    # RNG states are uint8 tensors and Python ints/lists: all allowed by weights_only loading.
+    return torch.load(path, map_location="cpu", weights_only=True)

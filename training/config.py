@@ -1,0 +1,200 @@
+"""Training configuration: one typed, frozen dataclass tree loaded from TOML and validated whole.
+
+Every hyperparameter of a training run lives here. `load_config` collects every problem in the
+file (unknown keys, wrong types, out-of-range values, unknown variant) and raises one
+`ConfigError` listing them all; the trainer adds the data-dependent problems (missing data dir,
+data without a visual column) to the same list before any work starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from fusionguard.errors import ConfigError
+
+VARIANTS = ("v1", "baseline", "mbl", "progressive", "adversarial", "combined", "ogm-ge", "modality-dropout")
+DEVICES = ("auto", "cpu", "cuda")
+MASKS = ("zero", "permute")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    d_model: int = 64  # hidden width of every projection
+    n_heads: int = 8  # attention heads (the V2 baseline has 8); must divide d_model
+    depth: int = 2  # progressive fusion layers (the plan tries 2, 4, 6); ignored by v1/baseline
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 3e-3  # AdamW learning rate
+    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    max_epochs: int = 40
+    patience: int = 4  # early stopping: epochs without a better val NDCG@10 before stopping
+    min_delta: float = 1e-3  # an epoch counts as better only if val NDCG@10 rises by more than this
+    batch_queries: int = 16  # queries per optimisation step (all candidates of a query stay together)
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+
+
+@dataclass(frozen=True)
+class MitigationConfig:
+    lambda_visual: float = 0.5  # MBL: weight of -log(visual attention mass)
+    lambda_aux: float = 0.5  # MBL: weight of each unimodal auxiliary head's listwise loss
+    lambda_adv: float = 0.5  # adversarial: weight of the text-predictability adversary's loss
+    grl_scale: float = 1.0  # adversarial: gradient reversal factor (the backward pass multiplies by -grl_scale)
+    ogm_alpha: float = 0.5  # OGM-GE: alpha in the coefficient 1 - tanh(alpha * rho)
+    ogm_noise: float = 1.0  # OGM-GE: GE noise std as a multiple of the dampened gradient's own std; 0 disables
+    modality_dropout: float = 0.3  # modality dropout: per-query probability of dropping each modality's tokens
+
+
+@dataclass(frozen=True)
+class DiagnosticsConfig:
+    mask: str = "zero"  # how ablations mask a modality: "zero" or "permute" (shuffled within each query)
+    ndcg_k: int = 10
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    variant: str = "baseline"  # one of VARIANTS
+    seed: int = 0
+    device: str = "auto"  # "auto" picks CUDA when present
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    mitigation: MitigationConfig = field(default_factory=MitigationConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def sha256(self) -> str:
+        """Hash of the canonical JSON form; recorded in checkpoints and exported contracts."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> TrainConfig:
+        """Build and validate a config from parsed TOML/JSON; raises ConfigError listing every problem."""
+        config, problems = _build(data)
+        problems += config_problems(config) if config is not None else []
+        if problems or config is None:
+            raise ConfigError(source, problems)
+        return config
+
+
+_SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "mitigation": MitigationConfig,
+    "diagnostics": DiagnosticsConfig,
+}
+
+
+def _typed(value: Any, expected: type, where: str, problems: list[str]) -> Any:
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
+        problems.append(f"{where} = {value!r} must be a {expected.__name__}")
+        return None
+    return value
+
+
+def _section(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
+    if not isinstance(data, Mapping):
+        problems.append(f"[{prefix}] must be a table")
+        return cls()
+    known = {f.name: f for f in fields(cls)}
+    for key in sorted(set(data) - set(known)):
+        problems.append(f"unknown key '{prefix}.{key}'; known keys: {sorted(known)}")
+    values = {}
+    for name, f in known.items():
+        if name in data:
+            expected = {"int": int, "float": float, "str": str}[f.type] if isinstance(f.type, str) else f.type
+            value = _typed(data[name], expected, f"{prefix}.{name}", problems)
+            if value is not None:
+                values[name] = value
+    return cls(**values)
+
+
+def _build(data: Mapping[str, Any]) -> tuple[TrainConfig | None, list[str]]:
+    problems: list[str] = []
+    if not isinstance(data, Mapping):
+        return None, ["the config must be a TOML table"]
+    top = {"variant": str, "seed": int, "device": str}
+    for key in sorted(set(data) - set(top) - set(_SECTIONS)):
+        problems.append(f"unknown key '{key}'; known keys: {sorted(set(top) | set(_SECTIONS))}")
+    values: dict[str, Any] = {}
+    for key, expected in top.items():
+        if key in data:
+            value = _typed(data[key], expected, key, problems)
+            if value is not None:
+                values[key] = value
+    for key, cls in _SECTIONS.items():
+        values[key] = _section(cls, data.get(key, {}), key, problems)
+    return TrainConfig(**values), problems
+
+
+def config_problems(config: TrainConfig) -> list[str]:
+    """Range and consistency problems of an already typed config."""
+    p: list[str] = []
+    if config.variant not in VARIANTS:
+        p.append(f"unknown variant '{config.variant}'; choose one of {list(VARIANTS)}")
+    if config.device not in DEVICES:
+        p.append(f"device = '{config.device}' must be one of {list(DEVICES)}")
+    if config.seed < 0:
+        p.append(f"seed = {config.seed} must be >= 0")
+    m = config.model
+    if m.d_model <= 0 or m.n_heads <= 0:
+        p.append(f"model.d_model ({m.d_model}) and model.n_heads ({m.n_heads}) must be positive")
+    elif m.d_model % m.n_heads:
+        p.append(f"model.d_model = {m.d_model} must be divisible by model.n_heads = {m.n_heads}")
+    if m.depth < 1:
+        p.append(f"model.depth = {m.depth} must be >= 1 (the plan uses 2, 4 or 6)")
+    o = config.optim
+    if o.lr <= 0:
+        p.append(f"optim.lr = {o.lr} must be > 0")
+    for name in ("weight_decay", "min_delta", "grad_clip"):
+        if getattr(o, name) < 0:
+            p.append(f"optim.{name} = {getattr(o, name)} must be >= 0")
+    for name in ("max_epochs", "patience", "batch_queries"):
+        if getattr(o, name) < 1:
+            p.append(f"optim.{name} = {getattr(o, name)} must be >= 1")
+    mi = config.mitigation
+    for name in ("lambda_visual", "lambda_aux", "lambda_adv", "grl_scale", "ogm_alpha", "ogm_noise"):
+        if getattr(mi, name) < 0:
+            p.append(f"mitigation.{name} = {getattr(mi, name)} must be >= 0 (a negative weight rewards the opposite)")
+    if not 0 <= mi.modality_dropout < 0.5:
+        p.append(f"mitigation.modality_dropout = {mi.modality_dropout} must be in [0, 0.5) (it is drawn per modality)")
+    d = config.diagnostics
+    if d.mask not in MASKS:
+        p.append(f"diagnostics.mask = '{d.mask}' must be one of {list(MASKS)}")
+    if d.ndcg_k < 1:
+        p.append(f"diagnostics.ndcg_k = {d.ndcg_k} must be >= 1")
+    return p
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML file; an unreadable or malformed file is a ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), [f"config file {path} does not exist; check the path"])
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(str(path), [f"not valid TOML: {err}"]) from None
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """The training config from `path` (defaults when None), with top-level `overrides`
+    (variant, seed, device; None values are ignored) applied before validation."""
+    data: dict[str, Any] = read_toml(path) if path is not None else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(data, source=str(path) if path is not None else "<defaults>")
+
+
+def with_variant(config: TrainConfig, variant: str) -> TrainConfig:
+    """A copy of `config` for another variant (used by the benchmark)."""
+    return replace(config, variant=variant)

@@ -1,0 +1,290 @@
+"""The rankers: V1 (text-only), the V2 cross-attention baseline, and progressive fusion.
+
+Every model scores one (query, candidate) row at a time:
+
+    forward(query (N, D), text_tokens (N, Lt, D), visual_tokens (N, Lv, D) | None)
+        -> score (N,), attention (N, H, K)   # softmax over K keys, K = Lt (+ Lv)
+
+and describes itself for the ONNX contract (`input_specs`, `modalities`, `attention_keys`,
+`n_heads`). `forward` is plain tensor code with no data-dependent control flow so that
+`torch.onnx.export(..., dynamo=True)` can trace it with a dynamic batch axis. What only training
+needs (unimodal auxiliary scores, the fused representation the adversary reads) comes from
+`train_outputs`, never from `forward`, so it never reaches the exported graph.
+
+Each model keeps modality-specific token encoders (`modality_parameters`) so that per-modality
+gradient norms can be measured and OGM-GE can scale one modality's gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from fusionguard.contract import TensorSpec
+from fusionguard.errors import InvalidInputError
+from training.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class InputDims:
+    """Per-row input shapes, read from the dataset."""
+
+    d: int  # embedding width D of query and tokens
+    lt: int  # text tokens per candidate
+    lv: int  # visual tokens per candidate
+
+
+@dataclass
+class TrainOutputs:
+    """What the losses need beyond `forward`'s outputs (training only)."""
+
+    score: Tensor  # (N,)
+    attention: Tensor  # (N, H, K)
+    fused: Tensor  # (N, F) representation the score head reads
+    text_score: Tensor | None  # (N,) unimodal auxiliary head on the text-only representation
+    visual_score: Tensor | None  # (N,) unimodal auxiliary head on the visual-only representation
+
+
+def _mlp(d_in: int, d_hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, 1))
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Multi-head attention of one query state per row over that row's keys.
+
+    q (N, H, dh), k and v (N, K, H, dh), key_mask (K,) bool or None -> out (N, H, dh), attn (N, H, K).
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    logits = (q.unsqueeze(2) @ k.permute(0, 2, 3, 1)).squeeze(2) * scale  # (N, H, K)
+    if key_mask is not None:
+        logits = logits.masked_fill(~key_mask, float("-inf"))
+    attn = torch.softmax(logits, dim=-1)
+    out = (attn.unsqueeze(2) @ v.permute(0, 2, 1, 3)).squeeze(2)  # (N, H, dh)
+    return out, attn
+
+
+class Ranker(nn.Module):
+    """Shared contract plumbing. Subclasses set `variant` and `has_visual` and define
+    `train_outputs(query, text_tokens, visual_tokens, aux) -> TrainOutputs` and
+    `modality_parameters() -> {modality: [parameters that read only that modality's tokens]}`."""
+
+    variant: str = "ranker"
+    has_visual: bool = True
+
+    def __init__(self, dims: InputDims, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dims = dims
+        self.cfg = cfg
+
+    @property
+    def n_heads(self) -> int:
+        return self.cfg.n_heads
+
+    @property
+    def modalities(self) -> dict[str, tuple[str, ...]]:
+        mods = {"text": ("query", "text_tokens")}
+        if self.has_visual:
+            mods["visual"] = ("visual_tokens",)
+        return mods
+
+    @property
+    def attention_keys(self) -> dict[str, tuple[int, int]]:
+        keys = {"text": (0, self.dims.lt)}
+        if self.has_visual:
+            keys["visual"] = (self.dims.lt, self.dims.lt + self.dims.lv)
+        return keys
+
+    def input_specs(self) -> tuple[TensorSpec, ...]:
+        d = self.dims
+        specs = [TensorSpec("query", "float32", (d.d,)), TensorSpec("text_tokens", "float32", (d.lt, d.d))]
+        if self.has_visual:
+            specs.append(TensorSpec("visual_tokens", "float32", (d.lv, d.d)))
+        return tuple(specs)
+
+    def _check_visual(self, visual_tokens: Tensor | None) -> Tensor:
+        if visual_tokens is None:
+            raise InvalidInputError(f"the {self.variant} model needs visual_tokens; pass a (N, {self.dims.lv}, {self.dims.d}) tensor")
+        return visual_tokens
+
+    def forward(self, query: Tensor, text_tokens: Tensor, visual_tokens: Tensor | None = None):
+        out = self.train_outputs(query, text_tokens, visual_tokens, aux=False)
+        return out.score, out.attention
+
+
+class CrossAttentionRanker(Ranker):
+    """V2 baseline (and, with `has_visual=False`, V1): the query attends over all tokens at once.
+
+    q = Wq·φ(query); each modality's tokens get their own key/value projections; H heads attend
+    over the K = Lt + Lv keys with one softmax; the score head reads [φ(query), o, φ(query)⊙o].
+    """
+
+    def __init__(self, dims: InputDims, cfg: ModelConfig, has_visual: bool = True) -> None:
+        super().__init__(dims, cfg)
+        self.has_visual = has_visual
+        self.variant = "baseline" if has_visual else "v1"
+        dm, h = cfg.d_model, cfg.n_heads
+        self.query_in = nn.Sequential(nn.Linear(dims.d, dm), nn.GELU(), nn.Linear(dm, dm))
+        self.wq = nn.Linear(dm, dm)
+        self.k_text = nn.Linear(dims.d, dm)
+        self.v_text = nn.Linear(dims.d, dm)
+        if has_visual:
+            self.k_visual = nn.Linear(dims.d, dm)
+            self.v_visual = nn.Linear(dims.d, dm)
+        self.wo = nn.Linear(dm, dm)
+        self.head = _mlp(3 * dm, dm)
+        # training-only unimodal auxiliary heads (never called by forward)
+        self.aux_text = _mlp(3 * dm, dm)
+        self.aux_visual = _mlp(3 * dm, dm) if has_visual else None
+        self._h = h
+
+    def modality_parameters(self) -> dict[str, list[nn.Parameter]]:
+        groups = {"text": [*self.k_text.parameters(), *self.v_text.parameters()]}
+        if self.has_visual:
+            groups["visual"] = [*self.k_visual.parameters(), *self.v_visual.parameters()]
+        return groups
+
+    def _read(self, head: nn.Module, qp: Tensor, o: Tensor) -> Tensor:
+        return head(torch.cat([qp, o, qp * o], dim=-1)).squeeze(-1)
+
+    def train_outputs(self, query, text_tokens, visual_tokens=None, aux=True) -> TrainOutputs:
+        qp = self.query_in(query)  # (N, dm)
+        q = self.wq(qp).unflatten(-1, (self._h, -1))  # (N, H, dh)
+        k = self.k_text(text_tokens).unflatten(-1, (self._h, -1))  # (N, Lt, H, dh)
+        v = self.v_text(text_tokens).unflatten(-1, (self._h, -1))
+        if self.has_visual:
+            visual_tokens = self._check_visual(visual_tokens)
+            k = torch.cat([k, self.k_visual(visual_tokens).unflatten(-1, (self._h, -1))], dim=1)  # (N, K, H, dh)
+            v = torch.cat([v, self.v_visual(visual_tokens).unflatten(-1, (self._h, -1))], dim=1)
+        o, attn = _attend(q, k, v)
+        o = self.wo(o.flatten(1))  # (N, dm)
+        fused = torch.cat([qp, o, qp * o], dim=-1)
+        score = self.head(fused).squeeze(-1)
+        text_score = visual_score = None
+        if aux:
+            lt = self.dims.lt
+            text_keys = torch.arange(k.shape[1], device=k.device) < lt  # (K,)
+            o_t, _ = _attend(q, k, v, text_keys)
+            text_score = self._read(self.aux_text, qp, self.wo(o_t.flatten(1)))
+            if self.has_visual:
+                o_v, _ = _attend(q, k, v, ~text_keys)
+                visual_score = self._read(self.aux_visual, qp, self.wo(o_v.flatten(1)))
+        return TrainOutputs(score, attn, fused, text_score, visual_score)
+
+
+class _StreamAttention(nn.Module):
+    """One stream's cross-attention: its query state attends over its own modality's tokens."""
+
+    def __init__(self, dm: int, h: int) -> None:
+        super().__init__()
+        self.h = h
+        self.wq, self.wk, self.wv, self.wo = (nn.Linear(dm, dm) for _ in range(4))
+
+    def forward(self, state: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        q = self.wq(state).unflatten(-1, (self.h, -1))  # (N, H, dh)
+        k = self.wk(tokens).unflatten(-1, (self.h, -1))  # (N, L, H, dh)
+        v = self.wv(tokens).unflatten(-1, (self.h, -1))
+        out, attn = _attend(q, k, v)
+        return self.wo(out.flatten(1)), attn  # (N, dm), (N, H, L)
+
+
+class ProgressiveLayer(nn.Module):
+    """One exchange step: each stream attends over its own tokens, then the streams swap
+    information through a linear bridge; residual (skip) connections keep each stream's own path."""
+
+    def __init__(self, dm: int, h: int) -> None:
+        super().__init__()
+        self.attn_text = _StreamAttention(dm, h)
+        self.attn_visual = _StreamAttention(dm, h)
+        self.bridge_to_text = nn.Linear(dm, dm)  # visual state -> text stream
+        self.bridge_to_visual = nn.Linear(dm, dm)  # text state -> visual stream
+        self.norm_text = nn.LayerNorm(dm)
+        self.norm_visual = nn.LayerNorm(dm)
+
+    def forward(self, h_t: Tensor, h_v: Tensor, x_t: Tensor, x_v: Tensor):
+        a_t, w_t = self.attn_text(h_t, x_t)
+        a_v, w_v = self.attn_visual(h_v, x_v)
+        new_t = self.norm_text(h_t + a_t + self.bridge_to_text(h_v))
+        new_v = self.norm_visual(h_v + a_v + self.bridge_to_visual(h_t))
+        return new_t, new_v, w_t, w_v
+
+
+class ProgressiveFusionRanker(Ranker):
+    """Progressive fusion: a text stream and a visual stream, `depth` exchange layers, then a
+    per-head modality gate g (softmax over {text, visual}) that mixes the two streams.
+
+    Reported attention over the K keys is the last layer's per-stream attention weighted by the
+    gate, cat(g_t·a_t, g_v·a_v), so it sums to 1 over K and its visual mass is the gate's share.
+    """
+
+    variant = "progressive"
+
+    def __init__(self, dims: InputDims, cfg: ModelConfig) -> None:
+        super().__init__(dims, cfg)
+        dm, h = cfg.d_model, cfg.n_heads
+        self._h = h
+        self.query_in = nn.Sequential(nn.Linear(dims.d, dm), nn.GELU(), nn.Linear(dm, dm))
+        self.enc_text = nn.Linear(dims.d, dm)
+        self.enc_visual = nn.Linear(dims.d, dm)
+        self.layers = nn.ModuleList(ProgressiveLayer(dm, h) for _ in range(cfg.depth))
+        self.gate = nn.Linear(2 * (dm // h), 2)  # per head: [text part, visual part] -> 2 logits
+        self.head = _mlp(3 * dm, dm)
+        self.aux_text = _mlp(2 * dm, dm)
+        self.aux_visual = _mlp(2 * dm, dm)
+
+    def modality_parameters(self) -> dict[str, list[nn.Parameter]]:
+        text = [*self.enc_text.parameters()] + [p for layer in self.layers for p in layer.attn_text.parameters()]
+        visual = [*self.enc_visual.parameters()] + [p for layer in self.layers for p in layer.attn_visual.parameters()]
+        return {"text": text, "visual": visual}
+
+    def train_outputs(self, query, text_tokens, visual_tokens=None, aux=True) -> TrainOutputs:
+        visual_tokens = self._check_visual(visual_tokens)
+        qp = self.query_in(query)  # (N, dm)
+        x_t, x_v = self.enc_text(text_tokens), self.enc_visual(visual_tokens)  # (N, Lt, dm), (N, Lv, dm)
+        h_t, h_v = qp, qp
+        w_t = w_v = None
+        for layer in self.layers:
+            h_t, h_v, w_t, w_v = layer(h_t, h_v, x_t, x_v)
+        ht_heads = h_t.unflatten(-1, (self._h, -1))  # (N, H, dh)
+        hv_heads = h_v.unflatten(-1, (self._h, -1))
+        g = torch.softmax(self.gate(torch.cat([ht_heads, hv_heads], dim=-1)), dim=-1)  # (N, H, 2)
+        mixed = (g[..., :1] * ht_heads + g[..., 1:] * hv_heads).flatten(1)  # (N, dm)
+        attn = torch.cat([g[..., :1] * w_t, g[..., 1:] * w_v], dim=-1)  # (N, H, Lt + Lv)
+        fused = torch.cat([qp, mixed, qp * mixed], dim=-1)
+        score = self.head(fused).squeeze(-1)
+        text_score = visual_score = None
+        if aux:
+            text_score = self.aux_text(torch.cat([qp, h_t], dim=-1)).squeeze(-1)
+            visual_score = self.aux_visual(torch.cat([qp, h_v], dim=-1)).squeeze(-1)
+        return TrainOutputs(score, attn, fused, text_score, visual_score)
+
+
+# Which architecture each variant trains. The mitigations change the loss or the gradients, not
+# the architecture, except progressive/combined.
+ARCHITECTURE = {
+    "v1": "text-only",
+    "baseline": "cross-attention",
+    "mbl": "cross-attention",
+    "adversarial": "cross-attention",
+    "ogm-ge": "cross-attention",
+    "modality-dropout": "cross-attention",
+    "progressive": "progressive",
+    "combined": "progressive",
+}
+
+
+def build_model(variant: str, dims: InputDims, cfg: ModelConfig) -> Ranker:
+    """The untrained model for `variant` (see ARCHITECTURE); `variant` is recorded on the model."""
+    arch = ARCHITECTURE.get(variant)
+    if arch is None:
+        raise InvalidInputError(f"unknown variant '{variant}'; choose one of {sorted(ARCHITECTURE)}")
+    if arch == "text-only":
+        model: Ranker = CrossAttentionRanker(dims, cfg, has_visual=False)
+    elif arch == "cross-attention":
+        model = CrossAttentionRanker(dims, cfg, has_visual=True)
+    else:
+        model = ProgressiveFusionRanker(dims, cfg)
+    model.variant = variant
+    return model
