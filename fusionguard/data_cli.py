@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from fusionguard.cli import LazyGroup
@@ -10,3 +12,34 @@ from fusionguard.cli import LazyGroup
 @click.group(cls=LazyGroup, lazy={"synth": ("training.cli:synth", "Generate the synthetic image-search benchmark (needs the 'train' extra).")})
 def data() -> None:
     """Generate and validate datasets (Parquet, one row per query-candidate pair)."""
+
+
+@data.command("validate")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--model", "models", multiple=True, type=click.Path(path_type=Path),
+              help="ONNX model whose contract the data must satisfy (repeatable).")
+@click.option("--contract", "sidecar", type=click.Path(path_type=Path), default=None,
+              help="Sidecar contract JSON: for the single --model that lacks an embedded contract, "
+                   "or on its own to check the data against it without a model.")
+@click.option("--max-label", type=int, default=None, help="Largest allowed label (default: no upper bound).")
+def validate(file: Path, models: tuple[Path, ...], sidecar: Path | None, max_label: int | None) -> None:
+    """Check a dataset and list every problem at once, with counts.
+
+    Exits 0 when the dataset is valid (printing its row and query counts) and 2 otherwise.
+
+    Example: fusionguard data validate eval.parquet --model v2.onnx --model v1.onnx
+    """
+    from fusionguard.contract import ModelContract, load_contract
+    from fusionguard.dataset import ensure_valid
+    from fusionguard.errors import InvalidInputError
+
+    if sidecar is not None and len(models) > 1:
+        raise click.UsageError("--contract describes one model; give at most one --model with it")
+    if sidecar is not None and not models:
+        if not sidecar.is_file():
+            raise InvalidInputError(f"contract sidecar {sidecar} does not exist; check the path")
+        contracts = [ModelContract.from_json(sidecar.read_text(encoding="utf-8"), source=str(sidecar))]
+    else:
+        contracts = [load_contract(model, sidecar) for model in models]
+    report = ensure_valid(file, contracts, max_label=max_label)
+    click.echo(report.summary())
