@@ -241,10 +241,13 @@ def randomization_test(
     # |T*| and |T| come from different summation orders; forgive rounding so that a resample
     # equal to the observed one (all signs kept, or all flipped) counts as "at least as extreme".
     tol = 1e-9 * float(np.abs(d).sum())
-    rng = np.random.default_rng(seed)
+    bits = np.random.default_rng(seed).bit_generator
+    words = -(-n // 64)  # 64-bit words of random signs per resample
     extreme = 0
     for c in _chunks(n_resamples, n, chunk_elements):
-        keep = rng.integers(0, 2, size=(c, n), dtype=np.uint8).astype(np.float64)  # (c, n) 1 = keep sign
+        # Whole raw words per resample, so the signs do not depend on the chunk size.
+        raw = bits.random_raw(c * words).astype("<u8").view(np.uint8).reshape(c, words * 8)
+        keep = np.unpackbits(raw, axis=1)[:, :n].astype(np.float64)  # (c, n): 1 keeps the sign
         t_star = 2.0 * (keep @ d) - total  # sum of sign-flipped diffs, (c,)
         extreme += int(np.count_nonzero(np.abs(t_star) >= t_obs - tol))
     return (1.0 + extreme) / (1.0 + n_resamples)
