@@ -1,0 +1,255 @@
+"""The Open Inference Protocol v2 wire format: JSON tensors and Triton's binary-tensor extension.
+
+A request body is a JSON object, optionally followed by raw tensor bytes. When binary data
+follows, the header `Inference-Header-Content-Length` gives the size of the JSON part, and each
+input sent in binary carries `parameters.binary_data_size`; the chunks follow the JSON in the
+order of the inputs that have one. A response uses the same layout: outputs requested in binary
+(`outputs[i].parameters.binary_data`, or the request-wide `parameters.binary_data_output`, which
+`tritonclient.http` sets when it asks for no output by name) are appended as raw little-endian
+bytes after the JSON, and the response carries `Inference-Header-Content-Length`.
+
+Everything here is pure: bytes in, arrays out, so it is tested without a server. Problems raise
+`ProtocolError` with a short, fixed `reason` (the metric label) and a message for the client.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fusionguard.errors import InvalidInputError
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+# OIP datatype <-> numpy dtype (BYTES and BF16 are not used by ranking models and are rejected).
+_OIP_TO_NUMPY: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+_NUMPY_TO_OIP = {dt.name: name for name, dt in _OIP_TO_NUMPY.items()}
+
+
+class ProtocolError(InvalidInputError):
+    """A request the service cannot accept (HTTP 4xx). `reason` is the metric label."""
+
+    def __init__(self, reason: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+
+
+def oip_datatype(dtype: np.dtype | str) -> str:
+    """The OIP datatype name of a numpy dtype (`float32` -> `FP32`)."""
+    name = np.dtype(dtype).name
+    if name not in _NUMPY_TO_OIP:
+        raise ValueError(f"numpy dtype {name} has no Open Inference Protocol datatype")
+    return _NUMPY_TO_OIP[name]
+
+
+def numpy_dtype(datatype: str) -> np.dtype:
+    """The numpy dtype of an OIP datatype name; ProtocolError('unsupported_datatype') when unsupported."""
+    try:
+        return _OIP_TO_NUMPY[datatype]
+    except (KeyError, TypeError):
+        raise ProtocolError(
+            "unsupported_datatype", f"datatype {datatype!r} is not supported; use one of {sorted(_OIP_TO_NUMPY)}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool  # send the tensor as raw bytes after the JSON header
+
+
+@dataclass
+class InferRequest:
+    """A decoded inference request."""
+
+    inputs: dict[str, np.ndarray]  # name -> array with the shape and dtype the client declared
+    outputs: tuple[RequestedOutput, ...] | None  # None: every model output
+    binary_output: bool  # default for outputs not named in `outputs`
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def _header_length(headers: Mapping[str, str], body_len: int) -> int | None:
+    raw = headers.get(HEADER_LENGTH) or headers.get(HEADER_LENGTH.lower())
+    if raw is None:
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ProtocolError("malformed_binary", f"header {HEADER_LENGTH} is {raw!r}; it must be an integer") from None
+    if not 0 < n <= body_len:
+        raise ProtocolError(
+            "malformed_binary", f"header {HEADER_LENGTH} is {n} but the body has {body_len} bytes; it must be in [1, {body_len}]"
+        )
+    return n
+
+
+def _shape(tensor: Mapping[str, Any], where: str) -> tuple[int, ...]:
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ProtocolError("malformed_json", f"{where}: 'shape' must be a list of non-negative integers, got {shape!r}")
+    return tuple(shape)
+
+
+def _json_data(data: Any, shape: tuple[int, ...], dtype: np.dtype, where: str) -> np.ndarray:
+    try:
+        arr = np.asarray(data, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ProtocolError("malformed_json", f"{where}: 'data' is not a list of {dtype.name} values ({err})") from None
+    expected = int(np.prod(shape, dtype=np.int64))
+    if arr.size != expected:
+        raise ProtocolError("wrong_shape", f"{where}: 'data' holds {arr.size} values but shape {list(shape)} needs {expected}")
+    return arr.reshape(shape)
+
+
+def decode_request(body: bytes, headers: Mapping[str, str]) -> InferRequest:
+    """Decode an OIP v2 inference request (JSON, or JSON + binary tensors).
+
+    Raises:
+        ProtocolError: malformed JSON or binary layout, unsupported datatype, data/shape mismatch.
+    """
+    n_json = _header_length(headers, len(body))
+    json_part = body if n_json is None else body[:n_json]
+    binary = memoryview(b"" if n_json is None else body[n_json:])
+    try:
+        doc = json.loads(json_part)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ProtocolError("malformed_json", f"request body is not valid JSON ({err})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
+        raise ProtocolError("malformed_json", "request must be a JSON object with an 'inputs' list")
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ProtocolError("malformed_json", "request 'parameters' must be an object")
+
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, tensor in enumerate(doc["inputs"]):
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise ProtocolError("malformed_json", f"inputs[{i}] must be an object with a string 'name'")
+        name = tensor["name"]
+        where = f"input '{name}'"
+        if name in inputs:
+            raise ProtocolError("malformed_json", f"{where} is given more than once")
+        shape = _shape(tensor, where)
+        dtype = numpy_dtype(tensor.get("datatype"))
+        tparams = tensor.get("parameters") or {}
+        if not isinstance(tparams, dict):
+            raise ProtocolError("malformed_json", f"{where}: 'parameters' must be an object")
+        size = tparams.get("binary_data_size")
+        if size is None:
+            if "data" not in tensor:
+                raise ProtocolError("malformed_json", f"{where} has neither 'data' nor parameters.binary_data_size")
+            inputs[name] = _json_data(tensor["data"], shape, dtype, where)
+            continue
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ProtocolError("malformed_binary", f"{where}: binary_data_size must be a non-negative integer, got {size!r}")
+        if n_json is None:
+            raise ProtocolError(
+                "malformed_binary", f"{where} has binary_data_size but the request has no {HEADER_LENGTH} header"
+            )
+        if offset + size > len(binary):
+            raise ProtocolError(
+                "malformed_binary",
+                f"{where} declares {size} binary bytes at offset {offset}, but only {len(binary) - offset} remain",
+            )
+        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if size != expected:
+            raise ProtocolError(
+                "wrong_shape", f"{where}: {size} binary bytes do not match shape {list(shape)} of {dtype.name} ({expected} bytes)"
+            )
+        inputs[name] = np.frombuffer(binary[offset : offset + size], dtype=dtype.newbyteorder("<")).reshape(shape)
+        offset += size
+    if offset != len(binary):
+        raise ProtocolError(
+            "malformed_binary", f"{len(binary) - offset} bytes after the declared binary tensors; check binary_data_size"
+        )
+
+    binary_default = bool(params.get("binary_data_output", False))
+    outputs = None
+    if doc.get("outputs") is not None:
+        if not isinstance(doc["outputs"], list):
+            raise ProtocolError("malformed_json", "'outputs' must be a list of {name, parameters} objects")
+        requested = []
+        for i, out in enumerate(doc["outputs"]):
+            if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+                raise ProtocolError("malformed_json", f"outputs[{i}] must be an object with a string 'name'")
+            oparams = out.get("parameters") or {}
+            if not isinstance(oparams, dict):
+                raise ProtocolError("malformed_json", f"outputs[{i}]: 'parameters' must be an object")
+            requested.append(RequestedOutput(out["name"], bool(oparams.get("binary_data", binary_default))))
+        outputs = tuple(requested)
+    req_id = doc.get("id")
+    return InferRequest(
+        inputs=inputs,
+        outputs=outputs,
+        binary_output=binary_default,
+        id=str(req_id) if req_id is not None else None,
+        parameters=params,
+    )
+
+
+def encode_response(
+    model_name: str,
+    model_version: str,
+    outputs: Mapping[str, np.ndarray],
+    request: InferRequest,
+    parameters: Mapping[str, Any] | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """Encode the response for `request`: (body, extra headers).
+
+    Args:
+        outputs: every output the model produced, name -> array.
+    Raises:
+        ProtocolError('unknown_output'): the request names an output the model does not have.
+    """
+    wanted = request.outputs
+    if wanted is None:
+        wanted = tuple(RequestedOutput(name, request.binary_output) for name in outputs)
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": []}
+    if request.id is not None:
+        doc["id"] = request.id
+    if parameters:
+        doc["parameters"] = dict(parameters)
+    chunks: list[bytes] = []
+    for out in wanted:
+        if out.name not in outputs:
+            raise ProtocolError("unknown_output", f"output '{out.name}' is not an output of this model; it has {sorted(outputs)}")
+        arr = np.ascontiguousarray(outputs[out.name])
+        entry: dict[str, Any] = {"name": out.name, "datatype": oip_datatype(arr.dtype), "shape": list(arr.shape)}
+        if out.binary:
+            raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = arr.reshape(-1).tolist()
+        doc["outputs"].append(entry)
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    if not chunks:
+        return header, {"content-type": "application/json"}
+    return header + b"".join(chunks), {
+        "content-type": "application/octet-stream",
+        HEADER_LENGTH: str(len(header)),
+    }
+
+
+def tensor_metadata(names_shapes: Sequence[tuple[str, str, Sequence[int]]]) -> list[dict[str, Any]]:
+    """OIP metadata entries `{name, datatype, shape}`; the batch axis is -1 (variable)."""
+    return [{"name": n, "datatype": oip_datatype(dt), "shape": [-1, *shape]} for n, dt, shape in names_shapes]

@@ -1,0 +1,202 @@
+"""Live contribution telemetry, computed off the request path.
+
+For a telemetry-sampled request the scoring call already returned the four passes the exact
+two-modality Shapley values need (`service.TELEMETRY_MASKS`). Turning them into metrics, scoring
+the shadow model and updating the drift windows happens here, on one background thread fed by a
+bounded queue: the response never waits for it, and when the queue is full the item is dropped
+and counted (`fusionguard_telemetry_dropped_total`). `replay` calls `process` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from fusionguard.metrics import QueryGroups, attention_entropy, attention_mass, shapley_values, spearman_per_query
+from fusionguard.profile import ReferenceProfile, feature_summaries
+from fusionguard.scorer import Scorer
+from monitor.drift import DriftTracker
+from monitor.metrics import MonitorMetrics
+from monitor.service import Scored
+
+logger = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    queue_size: int = 256  # items waiting for the worker; beyond this, items are dropped and counted
+    shadow_window: int = 200  # requests in the windowed mean shadow Spearman
+    drift_window: int = 2000  # live values per feature in the drift window (rows, not requests)
+    drift_min_values: int = 100  # values needed before PSI / KS are reported
+    drift_every: int = 10  # recompute drift gauges every this many processed items
+
+
+@dataclass(frozen=True)
+class RequestTelemetry:
+    """The per-request numbers derived from one scored request (NaN where not applicable)."""
+
+    visual_share: float  # mean over candidates of the exact Shapley visual share
+    visual_attention_mass: float  # mean over candidates and heads
+    attention_entropy: float  # mean over candidates and heads, normalised by log K
+    shadow_spearman: float  # Spearman of served vs shadow scores over the request's candidates
+
+
+class TelemetryWorker:
+    """Turns scored requests into telemetry metrics; `submit` from the request path, never blocks."""
+
+    def __init__(
+        self,
+        model_name: str,
+        metrics: MonitorMetrics,
+        shadow: Scorer | None = None,
+        config: TelemetryConfig = TelemetryConfig(),
+    ) -> None:
+        self.name = model_name
+        self.metrics = metrics
+        self.shadow = shadow
+        self.config = config
+        self._queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
+        self._thread: threading.Thread | None = None
+        self._spearman: deque[float] = deque(maxlen=config.shadow_window)
+        self._drift: DriftTracker | None = None
+        self._drift_profile: ReferenceProfile | None = None
+        self._processed = 0
+        self._shadow_warned = False
+        self._lock = threading.Lock()  # process() may be called from the worker and from replay/flush
+
+    # ----- the background thread -------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="fusionguard-telemetry", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Process what is queued, then stop the thread."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        self._thread = None
+        self.flush()
+
+    def submit(self, scored: Scored) -> bool:
+        """Queue a scored request; False (and counted) when the queue is full."""
+        try:
+            self._queue.put_nowait(scored)
+        except queue.Full:
+            self.metrics.telemetry_dropped.labels(self.name).inc()
+            return False
+        return True
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Block until every queued item is processed (tests, replay); True when idle."""
+        done = threading.Event()
+
+        def waiter() -> None:
+            self._queue.join()
+            done.set()
+
+        threading.Thread(target=waiter, daemon=True).start()
+        ok = done.wait(timeout)
+        if ok:
+            self.flush()
+        return ok
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is _STOP:
+                    return
+                self.process(item)
+            except Exception:  # a bad item must not kill the worker; it is logged with its traceback
+                logger.exception("telemetry processing failed")
+            finally:
+                self._queue.task_done()
+
+    # ----- the work --------------------------------------------------------------------------
+    def process(self, scored: Scored) -> RequestTelemetry:
+        with self._lock:
+            return self._process(scored)
+
+    def _process(self, scored: Scored) -> RequestTelemetry:
+        state = scored.state
+        contract = state.scorer.contract
+        m, labels = self.metrics, (self.name, state.version)
+        full = scored.outputs[0]
+        drift_values: dict[str, np.ndarray] = dict(feature_summaries(scored.feeds))
+
+        share = float("nan")
+        if scored.telemetry:
+            s_tv, s_t, s_v, s_none = (o.score for o in scored.outputs[:4])
+            _, _, per_row = shapley_values(s_tv, s_t, s_v, s_none)
+            drift_values["visual_share"] = per_row
+            finite = per_row[np.isfinite(per_row)]
+            if finite.size:
+                share = float(finite.mean())
+                m.modality_share.labels(*labels, "visual").observe(share)
+                m.modality_share.labels(*labels, "text").observe(1.0 - share)
+
+        mass = entropy = float("nan")
+        if full.attention is not None and "visual" in contract.attention_keys:
+            per_row_mass = attention_mass(full.attention, contract.attention_keys["visual"]).mean(axis=1)  # (N,)
+            drift_values["attention_mass"] = per_row_mass
+            mass = float(per_row_mass.mean())
+            m.attention_mass.labels(*labels).observe(mass)
+            if full.attention.shape[2] >= 2:
+                entropy = float(attention_entropy(full.attention).mean())
+                m.attention_entropy.labels(*labels).observe(entropy)
+
+        rho = self._shadow(full.score, scored.feeds)
+        self._update_drift(state.profile, drift_values)
+        return RequestTelemetry(share, mass, entropy, rho)
+
+    def _shadow(self, served: np.ndarray, feeds: dict[str, np.ndarray]) -> float:
+        if self.shadow is None:
+            return float("nan")
+        names = self.shadow.contract.input_names
+        missing = [n for n in names if n not in feeds]
+        if missing:
+            if not self._shadow_warned:
+                logger.warning("shadow model needs inputs %s that the served model does not take; skipping", missing)
+                self._shadow_warned = True
+            return float("nan")
+        shadow_score = self.shadow.run({n: feeds[n] for n in names})[0].score
+        n = served.shape[0]
+        groups = QueryGroups.from_arrays(np.zeros(n, np.int64), np.arange(n), np.zeros(n))  # the request = one query
+        rho = float(spearman_per_query(groups, served, shadow_score)[0])
+        if np.isfinite(rho):
+            self.metrics.shadow_spearman_per_request.labels(self.name).observe(rho)
+            self._spearman.append(rho)
+            self.metrics.shadow_spearman.labels(self.name).set(float(np.mean(self._spearman)))
+        return rho
+
+    def _update_drift(self, profile: ReferenceProfile | None, values: dict[str, np.ndarray]) -> None:
+        if profile is None:
+            return
+        if profile is not self._drift_profile:  # a reload brought a new profile: start fresh windows
+            self._drift_profile = profile
+            self._drift = DriftTracker(profile, self.config.drift_window, self.config.drift_min_values)
+        self._drift.add(values)
+        self._processed += 1
+        if self._processed % self.config.drift_every == 0:
+            self._publish_drift()
+
+    def _publish_drift(self) -> None:
+        if self._drift is None:
+            return
+        for r in self._drift.results():
+            self.metrics.drift_psi.labels(self.name, r.feature).set(r.psi)
+            self.metrics.drift_pvalue.labels(self.name, r.feature).set(r.pvalue)
+
+    def flush(self) -> None:
+        """Publish the drift gauges now (end of replay, tests, shutdown)."""
+        with self._lock:
+            self._publish_drift()
