@@ -508,8 +508,13 @@ def _make_session(model: str | bytes, source: str, device: str, threads: int | N
     try:
         session = ort.InferenceSession(model, sess_options=options, providers=providers)
     except _ORT_ERRORS as err:
-        if providers[0] != CUDA or device == "cuda":
+        if providers[0] != CUDA:
             raise InvalidInputError(f"ONNX Runtime cannot load {source}: {err}") from None
+        if device == "cuda":
+            raise InvalidInputError(
+                f"device 'cuda' was requested but ONNX Runtime could not create a CUDA session for {source} ({err}); "
+                "check the CUDA/cuDNN libraries that onnxruntime-gpu needs, or use --device cpu"
+            ) from None
         logger.warning("CUDA session for %s failed (%s); falling back to the CPU provider", source, err)
         return _make_session(model, source, "cpu", threads)
     got = session.get_providers()
