@@ -31,7 +31,7 @@ tools:
 
 # The main job end to end on embedded defaults.
 demo: install
-	$(VENV)/bin/fusionguard demo --out demo-out
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh demo-out
 
 # The default test suite (fast; slow tests are opt-in with `make test-all`).
 test: install tools

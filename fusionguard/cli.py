@@ -14,7 +14,6 @@ from fusionguard.errors import FusionGuardError
 
 # name -> ("module:attribute", one-line help shown by --help without importing the module)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("fusionguard.demo:demo", "Run the whole flow end to end on a small built-in example."),
     "data": ("fusionguard.data_cli:data", "Generate and validate datasets."),
     "train": ("training.cli:train", "Train a fusion model variant (needs the 'train' extra)."),
     "export": ("export.cli:export", "Export a checkpoint to ONNX with its modality contract."),
