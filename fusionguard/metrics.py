@@ -14,7 +14,12 @@ on the same run. One caveat: trec_eval compares docnos as strings; string item_i
 the same way (code-point order, which equals strcmp's byte order for UTF-8), but integer item_ids
 are compared as numbers, so two tied integer ids such as 9 and 10 are ordered 10 before 9 here
 while trec_eval, seeing the strings "9" and "10", would put "9" first. Pass string ids when you
-need trec_eval's exact order on integer ids.
+need trec_eval's exact order on integer ids. Also, trec_eval keeps each score as a C `float`, so
+float64 scores that differ only beyond single precision tie there but not here; model scores are
+float32 by contract, so the two agree on them.
+
+Queries without any relevant item (label > 0) get NaN from NDCG and MRR and are counted by
+`QueryGroups.n_excluded`, rather than trec_eval's 0, so they cannot drag a mean down or up.
 """
 
 from __future__ import annotations

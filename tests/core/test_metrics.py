@@ -338,3 +338,15 @@ def test_scores_checked():
         ndcg_at_k(groups, [1.0, 2.0], k=0)
     with pytest.raises(InvalidInputError, match="gain"):
         ndcg_at_k(groups, [1.0, 2.0], gain="cubic")
+
+
+def test_query_groups_layout():
+    groups = QueryGroups.from_arrays(["b", "a", "b", "a", "c"], [7, 3, 2, 1, 5], [1, 0, 0, 2, 0])
+    assert list(groups.query_ids) == ["a", "b", "c"]
+    assert (groups.n_rows, groups.n_queries, groups.n_excluded) == (5, 3, 1)
+    assert list(groups.sizes) == [2, 2, 1] and list(groups.offsets) == [0, 2, 4, 5]
+    assert list(groups.item_id_sorted) == [1, 3, 2, 7, 5]  # ascending within each query
+    assert list(groups.sort(np.arange(5))) == [3, 1, 2, 0, 4]  # caller rows in sorted order
+    assert list(groups.per_query_sum(groups.label_sorted)) == [2.0, 1.0, 0.0]
+    with pytest.raises(InvalidInputError, match="5 rows"):
+        groups.sort(np.arange(4))
