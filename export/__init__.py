@@ -1,0 +1,25 @@
+"""Export: trained rankers to ONNX with the modality contract, verified against torch."""
+
+from export.errors import ExportFailedError, ExportVerificationError
+from export.exporter import contract_for, to_onnx
+from export.pipeline import ExportConfig, ExportResult, export_checkpoint, export_model
+from export.quantize import QuantizationReport, compare_int8, quantize_int8
+from export.verify import BatchParity, Check, VerificationReport, verify_model
+
+__all__ = [
+    "BatchParity",
+    "Check",
+    "ExportConfig",
+    "ExportFailedError",
+    "ExportResult",
+    "ExportVerificationError",
+    "QuantizationReport",
+    "VerificationReport",
+    "compare_int8",
+    "contract_for",
+    "export_checkpoint",
+    "export_model",
+    "quantize_int8",
+    "to_onnx",
+    "verify_model",
+]
