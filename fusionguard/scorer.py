@@ -317,8 +317,7 @@ class Scorer:
         if len(masks) == 1 and masks[0].is_unmasked:
             stacked: Mapping[str, np.ndarray] = feeds
         else:
-            copies = [self._masked(feeds, mask, n, groups, means) for mask in masks]
-            stacked = {spec.name: np.concatenate([c[spec.name] for c in copies]) for spec in self.contract.inputs}
+            stacked = self._stack(feeds, masks, n, groups, means)
         try:
             raw = self._session.run(self._outputs, dict(stacked))
         except _ORT_ERRORS as err:
@@ -364,30 +363,41 @@ class Scorer:
     def _inputs_of(self, mask: Mask) -> list[str]:
         return [name for modality in sorted(mask.modalities) for name in self.contract.modalities.get(modality, ())]
 
-    def _masked(
+    def _stack(
         self,
         feeds: Mapping[str, np.ndarray],
-        mask: Mask,
+        masks: list[Mask],
         n: int,
         groups: np.ndarray | None,
         means: Mapping[str, np.ndarray] | None,
     ) -> dict[str, np.ndarray]:
-        """One masked copy of the feeds (unmasked inputs are the caller's arrays, not copies)."""
-        out = dict(feeds)
-        rng = np.random.default_rng(mask.seed)
-        for modality in sorted(mask.modalities):
-            names = self.contract.modalities[modality]
-            perm = permutation(n, rng, groups) if mask.strategy == "permute" else None
-            for name in names:
-                x = feeds[name]
-                if mask.strategy == "zero":
-                    out[name] = np.zeros_like(x)
+        """The masked copies of every input, stacked on axis 0: rows [i*n, (i+1)*n) are mask i.
+
+        Each block is written in place into one preallocated array per input (no per-mask
+        temporaries, no concatenate), which halves the memory traffic of building the batch.
+        """
+        stacked = {
+            spec.name: np.empty((len(masks) * n, *spec.shape), dtype=feeds[spec.name].dtype)
+            for spec in self.contract.inputs
+        }
+        for i, mask in enumerate(masks):
+            masked: dict[str, np.ndarray | None] = {}  # input -> row permutation (None for zero/mean)
+            rng = np.random.default_rng(mask.seed)
+            for modality in sorted(mask.modalities):
+                perm = permutation(n, rng, groups) if mask.strategy == "permute" else None
+                for name in self.contract.modalities[modality]:
+                    masked[name] = perm
+            for name, x in ((spec.name, feeds[spec.name]) for spec in self.contract.inputs):
+                block = stacked[name][i * n:(i + 1) * n]
+                if name not in masked:
+                    block[...] = x
+                elif mask.strategy == "zero":
+                    block.fill(0)
                 elif mask.strategy == "mean":
-                    mean = np.asarray(means[name], dtype=x.dtype)  # type: ignore[index]
-                    out[name] = np.broadcast_to(mean, x.shape)
+                    block[...] = np.asarray(means[name], dtype=x.dtype)  # type: ignore[index]
                 else:
-                    out[name] = x[perm]
-        return out
+                    np.take(x, masked[name], axis=0, out=block)
+        return stacked
 
     def _check_outputs(self, raw: list[np.ndarray], rows: int) -> tuple[np.ndarray, np.ndarray | None]:
         score = np.asarray(raw[0])
