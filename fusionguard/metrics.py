@@ -186,17 +186,36 @@ def _scores_2d(groups: QueryGroups, scores: object) -> tuple[np.ndarray, bool]:
     return groups.sort(arr2), squeeze
 
 
-def _ranked_labels(groups: QueryGroups, scores_sorted: np.ndarray) -> np.ndarray:
-    """Labels in ranked order per query: (M, N), query blocks at the same offsets as `groups`.
+def _ranking(groups: QueryGroups, scores_sorted: np.ndarray) -> np.ndarray:
+    """Ranked sorted-row indices per query: (M, N), query blocks at the same offsets as `groups`.
 
     Within a query: score descending, ties by item_id descending (trec_eval's comp_sim_docno).
-    Rows are sorted by item_id ascending within a query, so descending item_id = descending position.
+    Rows are sorted by item_id ascending within a query, so descending item_id = descending
+    position, which a stable sort over the position-reversed rows gives for free.
     """
-    m = scores_sorted.shape[0]
-    q = np.broadcast_to(groups.query_index_sorted, (m, groups.n_rows))
-    neg_pos = np.broadcast_to(-groups.position_sorted, (m, groups.n_rows))
-    idx = np.lexsort((neg_pos, -scores_sorted, q), axis=-1)  # (M, N)
-    return groups.label_sorted[idx]
+    m, n = scores_sorted.shape
+    sizes = groups.sizes
+    width = int(sizes.max())
+    q = groups.query_index_sorted
+    if groups.n_queries * width <= 4 * n:
+        # Pad to (M, Q, L) and sort each query's short row: N log L instead of N log N.
+        padded = np.full((m, groups.n_queries, width), np.inf)
+        padded[:, q, width - 1 - groups.position_sorted] = -scores_sorted  # positions reversed
+        slot = np.argsort(padded, axis=-1, kind="stable")  # (M, Q, L); padding (+inf) sorts last
+        rows = groups.offsets[:-1, None] + (width - 1 - slot)
+        return rows[:, np.arange(width)[None, :] < sizes[:, None]]  # (M, N)
+    # Skewed query sizes: one global stable sort on score, then one on (query, score rank).
+    rev = -scores_sorted[:, ::-1]  # rows reversed: (query desc, item desc)
+    by_score = np.argsort(rev, axis=-1, kind="stable")
+    score_rank = np.empty_like(by_score)
+    np.put_along_axis(score_rank, by_score, np.broadcast_to(np.arange(n), (m, n)), axis=-1)
+    key = q[::-1] * n + score_rank  # unique per row
+    return n - 1 - np.argsort(key, axis=-1)
+
+
+def _ranked_labels(groups: QueryGroups, scores_sorted: np.ndarray) -> np.ndarray:
+    """Labels in ranked order per query, (M, N)."""
+    return groups.label_sorted[_ranking(groups, scores_sorted)]
 
 
 def _gain(labels: np.ndarray, gain: str) -> np.ndarray:

@@ -350,3 +350,19 @@ def test_query_groups_layout():
     assert list(groups.per_query_sum(groups.label_sorted)) == [2.0, 1.0, 0.0]
     with pytest.raises(InvalidInputError, match="5 rows"):
         groups.sort(np.arange(4))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31), st.integers(20, 60))
+def test_skewed_query_sizes_match_reference(seed, big):
+    # One long query among many singletons: too wasteful to pad, so the global-sort path runs.
+    rng = np.random.default_rng(seed)
+    sizes = [big] + [1] * 25
+    q = np.repeat(np.arange(len(sizes)), sizes)
+    i = np.concatenate([rng.permutation(100)[:s] for s in sizes])
+    lab = rng.integers(0, 3, q.shape[0])
+    s = np.round(rng.normal(size=q.shape[0]), 1)
+    groups = QueryGroups.from_arrays(q, i, lab)
+    assert groups.n_queries * big > 4 * groups.n_rows
+    np.testing.assert_allclose(ndcg_at_k(groups, s), ref_ndcg(q, i, lab, s), rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(mrr(groups, np.stack([s, -s]))[1], ref_mrr(q, i, lab, -s), equal_nan=True)
