@@ -1,0 +1,40 @@
+"""The monitor: an Open Inference Protocol v2 service on the core scorer with live modality
+contribution telemetry, drift against the gate's reference profile, and Prometheus metrics."""
+
+from monitor.app import AppConfig, MonitorApp, record_scored
+from monitor.drift import DriftResult, DriftTracker, psi
+from monitor.metrics import INVALID_REASONS, MonitorMetrics
+from monitor.protocol import InferRequest, ProtocolError, decode_request, encode_response
+from monitor.replay import ReplayConfig, ReplayResult, replay
+from monitor.server import ServeConfig, ServeResult, build, serve
+from monitor.service import ModelService, ModelState, Scored, ServiceConfig
+from monitor.telemetry import RequestTelemetry, TelemetryConfig, TelemetryWorker
+
+__all__ = [
+    "AppConfig",
+    "MonitorApp",
+    "record_scored",
+    "DriftResult",
+    "DriftTracker",
+    "psi",
+    "INVALID_REASONS",
+    "MonitorMetrics",
+    "InferRequest",
+    "ProtocolError",
+    "decode_request",
+    "encode_response",
+    "ReplayConfig",
+    "ReplayResult",
+    "replay",
+    "ServeConfig",
+    "ServeResult",
+    "build",
+    "serve",
+    "ModelService",
+    "ModelState",
+    "Scored",
+    "ServiceConfig",
+    "RequestTelemetry",
+    "TelemetryConfig",
+    "TelemetryWorker",
+]

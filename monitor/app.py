@@ -37,8 +37,8 @@ from fusionguard.errors import FusionGuardError
 from fusionguard.scorer import InvalidFeedsError
 from monitor.metrics import UNKNOWN_MODEL, MonitorMetrics
 from monitor.protocol import ProtocolError, decode_request, encode_response, tensor_metadata
-from monitor.service import ModelService, ModelState
-from monitor.telemetry import TelemetryWorker
+from monitor.service import ModelService, ModelState, Scored
+from monitor.telemetry import TelemetryConfig, TelemetryWorker
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,15 @@ class AppConfig:
     max_body_bytes: int = 32 * 1024 * 1024  # larger request bodies get 413
     inference_threads: int = 1  # concurrent ONNX Runtime calls (each may use several intra-op threads)
     handle_sighup: bool = True  # reload on SIGHUP (only possible when the server runs in the main thread)
+
+
+def record_scored(m: MonitorMetrics, name: str, scored: Scored) -> None:
+    """The request-path metrics of one successfully scored request (server and replay alike)."""
+    m.inference_duration.labels(name).observe(scored.seconds)
+    m.batch_size.labels(name).observe(scored.outputs[0].score.shape[0])
+    if scored.telemetry:
+        m.telemetry_requests.labels(name).inc()
+    m.requests.labels(name, "ok").inc()
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -62,15 +71,13 @@ class MonitorApp:
         self,
         service: ModelService,
         registry: CollectorRegistry,
-        worker: TelemetryWorker | None = None,
         config: AppConfig = AppConfig(),
+        telemetry: TelemetryConfig = TelemetryConfig(),
     ) -> None:
         self.service = service
         self.registry = registry
         self.metrics = MonitorMetrics.create(registry)
-        self.worker = worker or TelemetryWorker(service.name, self.metrics, service.shadow)
-        if self.worker.metrics is not self.metrics:
-            self.worker.metrics = self.metrics
+        self.worker = TelemetryWorker(service.name, self.metrics, service.shadow, telemetry)
         self.config = config
         self._inflight = 0
         self._limiter: anyio.CapacityLimiter | None = None
@@ -238,13 +245,9 @@ class MonitorApp:
             telemetry = self.service.sampler()
             scored = await anyio.to_thread.run_sync(self.service.score, req.inputs, telemetry, limiter=self._limiter)
             payload, headers = encode_response(name, scored.state.version, scored.response_outputs(), req)
-            m.inference_duration.labels(name).observe(scored.seconds)
-            m.batch_size.labels(name).observe(scored.outputs[0].score.shape[0])
-            if scored.telemetry:
-                m.telemetry_requests.labels(name).inc()
+            record_scored(m, name, scored)
             if telemetry:
                 self.worker.submit(scored)
-            m.requests.labels(name, "ok").inc()
             return Response(payload, headers=headers)
         except ProtocolError as err:
             return self._invalid(name, err.reason, err.status, str(err))

@@ -1,0 +1,120 @@
+"""`fusionguard monitor serve` and `fusionguard monitor replay`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fusionguard.cli import LazyGroup
+from monitor.app import AppConfig
+from monitor.service import ServiceConfig
+from monitor.telemetry import TelemetryConfig
+
+_path = click.Path(path_type=Path)
+
+
+def _model_options(fn):  # noqa: ANN001, ANN201 - click decorator stack
+    options = [
+        click.option("--registry", type=_path, default=None, help="Serve this registry's current model."),
+        click.option("--model", type=_path, default=None, help="Serve this ONNX file (instead of --registry)."),
+        click.option("--name", default="ranker", show_default=True, help="Model name in the OIP URLs and metric labels."),
+        click.option("--shadow", type=_path, default=None, help="V1 model scoring the same candidates (windowed Spearman)."),
+        click.option("--profile", type=_path, default=None, help="Reference profile.json for drift (default: the registry version's)."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ONNX Runtime decides)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _service(registry, model, name, shadow, profile, device, threads, share) -> ServiceConfig:  # noqa: ANN001
+    return ServiceConfig(
+        model=model, registry=registry, name=name, shadow=shadow, profile=profile,
+        telemetry_share=share, device=device, threads=threads,
+    )
+
+
+@click.group(cls=LazyGroup, lazy={})
+def monitor() -> None:
+    """Serve models over the Open Inference Protocol v2 with live modality-contribution telemetry.
+
+    Example: fusionguard monitor serve --registry registry/ --port 8000
+    """
+
+
+@monitor.command()
+@_model_options
+@click.option("--telemetry-share", type=float, default=ServiceConfig.telemetry_share, show_default=True,
+              help="Share of requests that also run the masked Shapley passes.")
+@click.option("--max-concurrency", type=int, default=AppConfig.max_concurrency, show_default=True,
+              help="Admitted inference requests at once; beyond it the server answers 503.")
+@click.option("--max-body-bytes", type=int, default=AppConfig.max_body_bytes, show_default=True,
+              help="Larger request bodies are answered 413.")
+@click.option("--inference-threads", type=int, default=AppConfig.inference_threads, show_default=True,
+              help="Concurrent ONNX Runtime calls.")
+@click.option("--telemetry-queue", type=int, default=TelemetryConfig.queue_size, show_default=True,
+              help="Telemetry items waiting for the background worker; beyond it they are dropped and counted.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told otherwise).")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--graceful-timeout", type=float, default=30.0, show_default=True,
+              help="Seconds shutdown waits for requests in flight.")
+def serve(registry, model, name, shadow, profile, device, threads, telemetry_share, max_concurrency,  # noqa: ANN001
+          max_body_bytes, inference_threads, telemetry_queue, host, port, graceful_timeout) -> None:
+    """Serve a model over OIP v2 REST (JSON and binary tensors) with /metrics.
+
+    POST /v2/repository/models/NAME/load or SIGHUP reloads the registry's current model.
+
+    Example: fusionguard monitor serve --model v2.onnx --shadow v1.onnx --profile profile.json --port 8000
+    """
+    from monitor.server import ServeConfig, serve as run_server
+
+    config = ServeConfig(
+        service=_service(registry, model, name, shadow, profile, device, threads, telemetry_share),
+        app=AppConfig(max_concurrency=max_concurrency, max_body_bytes=max_body_bytes, inference_threads=inference_threads),
+        telemetry=TelemetryConfig(queue_size=telemetry_queue),
+        host=host, port=port, graceful_timeout_s=graceful_timeout,
+    )
+    _check_positive(max_concurrency=max_concurrency, max_body_bytes=max_body_bytes,
+                    inference_threads=inference_threads, telemetry_queue=telemetry_queue)
+    result = run_server(config)
+    click.echo(result.summary())
+    raise SystemExit(result.exit_code)
+
+
+@monitor.command()
+@_model_options
+@click.option("--data", type=_path, required=True, help="Logged traffic, Parquet in the dataset schema.")
+@click.option("--out", type=_path, default=None, help="Write the Prometheus exposition to this file.")
+@click.option("--pushgateway", default=None, help="Push the metrics to this Pushgateway URL instead.")
+@click.option("--job", default="fusionguard_replay", show_default=True, help="Pushgateway job label.")
+@click.option("--telemetry-share", type=float, default=1.0, show_default=True,
+              help="Share of requests with telemetry (offline, every request by default).")
+def replay(registry, model, name, shadow, profile, device, threads, data, out, pushgateway, job,  # noqa: ANN001
+           telemetry_share) -> None:
+    """Score logged traffic through the serving code and write the same metrics.
+
+    Each query's rows are one request.
+
+    Example: fusionguard monitor replay --model v2.onnx --data traffic.parquet --out metrics.prom
+    """
+    from monitor.replay import ReplayConfig, replay as run_replay
+
+    result = run_replay(
+        ReplayConfig(
+            data=data,
+            service=_service(registry, model, name, shadow, profile, device, threads, telemetry_share),
+            out=out, pushgateway=pushgateway, job=job, progress=True,
+        )
+    )
+    click.echo(result.summary())
+    raise SystemExit(result.exit_code)
+
+
+def _check_positive(**values: int) -> None:
+    from fusionguard.errors import InvalidInputError
+
+    bad = [f"--{k.replace('_', '-')} must be >= 1, got {v}" for k, v in values.items() if v < 1]
+    if bad:
+        raise InvalidInputError("; ".join(bad))

@@ -1,0 +1,150 @@
+"""Replay logged traffic offline through the serving code path and export the same metrics.
+
+The traffic file is a Parquet dataset in the project's schema (DESIGN.md, "Dataset"): one row per
+(query, candidate), one column per model input. Each query's rows form one request, scored by the
+same `ModelService.score` the server calls, recorded by the same `record_scored`, with telemetry
+processed synchronously by the same `TelemetryWorker.process`. The metrics go to a Prometheus
+text file (for node_exporter's textfile collector) or to a Pushgateway.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from prometheus_client import CollectorRegistry, push_to_gateway, write_to_textfile
+
+from fusionguard.dataset import Batch, iter_batches
+from fusionguard.errors import InvalidInputError
+from fusionguard.scorer import InvalidFeedsError
+from monitor.app import record_scored
+from monitor.metrics import MonitorMetrics
+from monitor.service import ModelService, ServiceConfig
+from monitor.telemetry import TelemetryWorker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    data: Path  # traffic Parquet in the dataset schema; each query's rows are one request
+    service: ServiceConfig  # the model (file or registry), shadow, profile, telemetry share
+    out: Path | None = None  # write the exposition here (exactly one of out / pushgateway)
+    pushgateway: str | None = None  # e.g. http://127.0.0.1:9091
+    job: str = "fusionguard_replay"  # Pushgateway job label
+    batch_rows: int = 65_536  # rows read from Parquet at a time
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    requests: int
+    rows: int
+    invalid: int  # requests whose tensors failed validation (counted by reason, as in the server)
+    telemetry: int  # requests with telemetry
+    seconds: float
+    out: Path | None
+    pushed_to: str | None
+    exit_code: int = 0
+
+    def summary(self) -> str:
+        where = str(self.out) if self.out is not None else f"Pushgateway {self.pushed_to}"
+        return (
+            f"replayed {self.requests} requests ({self.rows} rows, {self.invalid} invalid, {self.telemetry} with "
+            f"telemetry) in {self.seconds:.1f} s; metrics written to {where}"
+        )
+
+
+def _slice(b: Batch, start: int, stop: int) -> Batch:
+    return Batch(b.query_id[start:stop], b.item_id[start:stop], b.label[start:stop], {k: v[start:stop] for k, v in b.feeds.items()})
+
+
+def _concat(a: Batch, b: Batch) -> Batch:
+    return Batch(
+        np.concatenate([a.query_id, b.query_id]),
+        np.concatenate([a.item_id, b.item_id]),
+        np.concatenate([a.label, b.label]),
+        {k: np.concatenate([a.feeds[k], b.feeds[k]]) for k in a.feeds},
+    )
+
+
+def iter_requests(batches: Iterator[Batch]) -> Iterator[Batch]:
+    """Cut a stream of batches into requests: runs of consecutive rows with the same query id
+    (a run that straddles two batches is joined)."""
+    carry: Batch | None = None
+    for batch in batches:
+        if carry is not None:
+            batch = _concat(carry, batch)
+            carry = None
+        qid = batch.query_id
+        n = len(qid)
+        if n == 0:
+            continue
+        starts = np.flatnonzero(np.concatenate(([True], qid[1:] != qid[:-1])))
+        bounds = list(starts) + [n]
+        for a, b in zip(bounds[:-2], bounds[1:-1]):
+            yield _slice(batch, a, b)
+        carry = _slice(batch, bounds[-2], n)
+    if carry is not None:
+        yield carry
+
+
+def replay(config: ReplayConfig) -> ReplayResult:
+    """Score the traffic file and export the metrics. See the module docstring.
+
+    Raises:
+        InvalidInputError: bad options, an unreadable model, traffic file or profile.
+        DataValidationError: the traffic file lacks the model's input columns.
+    """
+    if (config.out is None) == (config.pushgateway is None):
+        raise InvalidInputError("give exactly one of --out FILE or --pushgateway URL")
+    start = time.perf_counter()
+    service = ModelService(config.service)
+    registry = CollectorRegistry()
+    metrics = MonitorMetrics.create(registry)
+    worker = TelemetryWorker(service.name, metrics, service.shadow)
+    state = service.state
+    metrics.model_info.labels(service.name, state.version, state.scorer.sha256, state.scorer.provider).set(1)
+    metrics.model_ready.labels(service.name).set(1)
+    n_req = n_rows = n_invalid = n_tel = 0
+    batches = iter_batches(config.data, state.scorer.contract, batch_rows=config.batch_rows)
+    bar = None
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(unit="request", desc="replay")
+    for request in iter_requests(batches):
+        t0 = time.perf_counter()
+        n_req += 1
+        n_rows += len(request.query_id)
+        telemetry = service.sampler()
+        try:
+            scored = service.score(request.feeds, telemetry)
+        except InvalidFeedsError as err:
+            n_invalid += 1
+            metrics.invalid.labels(service.name, err.reasons[0]).inc()
+            metrics.requests.labels(service.name, "invalid").inc()
+            continue
+        record_scored(metrics, service.name, scored)
+        if telemetry:
+            worker.process(scored)
+            n_tel += int(scored.telemetry)
+        metrics.request_duration.labels(service.name).observe(time.perf_counter() - t0)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    worker.flush()
+    if config.out is not None:
+        config.out.parent.mkdir(parents=True, exist_ok=True)
+        write_to_textfile(str(config.out), registry)
+    else:
+        try:
+            push_to_gateway(config.pushgateway, job=config.job, registry=registry)
+        except OSError as err:
+            raise InvalidInputError(f"cannot push to the Pushgateway at {config.pushgateway}: {err}; check the URL") from None
+    return ReplayResult(n_req, n_rows, n_invalid, n_tel, time.perf_counter() - start, config.out, config.pushgateway)
