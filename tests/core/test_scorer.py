@@ -324,6 +324,17 @@ def test_non_finite_values_are_rejected_with_their_row(scorer, data, bad):
         check_feeds(scorer.contract, {**data.feeds, "visual_tokens": visual})
 
 
+def test_huge_finite_values_are_valid(scorer, data):
+    visual = data.feeds["visual_tokens"].copy()
+    visual[:2] = np.finfo(np.float32).max  # their sum overflows, the values are still finite
+    visual[2:4] = -np.finfo(np.float32).max
+    assert check_feeds(scorer.contract, {**data.feeds, "visual_tokens": visual}) == len(data)
+    visual[5, 0, 0] = np.inf
+    visual[6, 0, 0] = -np.inf
+    with pytest.raises(InvalidFeedsError, match=r"2 NaN/inf values \(first in row 5\)"):
+        check_feeds(scorer.contract, {**data.feeds, "visual_tokens": visual})
+
+
 def test_every_feed_problem_is_reported_at_once(scorer, data):
     feeds = {"query": data.feeds["query"].astype(np.float16), "extra": data.feeds["query"]}
     reasons = [r for r, _ in feed_problems(scorer.contract, feeds)]
