@@ -1,0 +1,215 @@
+"""The release checks: each turns measurements and the policy into an outcome with its numbers.
+
+Outcomes: ``passed``, ``failed`` (the candidate is blocked, exit 1), ``error`` (the check could
+not be evaluated: exit 3, or exit 2 when the input was invalid) and ``skipped`` (the policy
+decided not to run it, with the reason). Decision rules (docs/gate.md):
+
+- visual ablation fails when the upper CI bound of the mean relative visual drop is below
+  ``ablation.min_visual_drop``: the data must leave no doubt that the drop is too small;
+- integrity fails when the upper CI bound of mean per-query Spearman *or* of global Pearson is at
+  or above ``integrity.max_correlation`` (fail-closed: the candidate must show that it differs);
+- quality fails when the lower CI bound of mean(NDCG candidate - NDCG baseline) is below
+  ``-quality.margin`` (non-inferiority, decided on the CI, not on the point estimate).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fusionguard import metrics, stats
+from fusionguard.errors import EXIT_BLOCKED, EXIT_PASSED
+
+from gate.measures import ModelMeasures, head_means, interval, paired_interval, pearson_interval, per_query_mean
+from gate.policy import Policy
+
+PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
+CHECK_NAMES = ("data", "contract", "visual_ablation", "integrity", "quality", "attention")
+
+
+@dataclass
+class CheckResult:
+    """One check's outcome and the numbers behind it."""
+
+    name: str
+    outcome: str  # passed | failed | error | skipped
+    summary: str  # one line a reviewer reads first
+    numbers: dict[str, Any] = field(default_factory=dict)
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)  # why it failed / errored / was skipped
+    exit_code: int = EXIT_PASSED  # 0 passed/skipped, 1 failed, 2 invalid input, 3 not evaluable
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "outcome": self.outcome,
+            "summary": self.summary,
+            "numbers": clean(self.numbers),
+            "thresholds": clean(self.thresholds),
+            "reasons": list(self.reasons),
+            "exit_code": self.exit_code,
+        }
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python, Intervals -> dicts."""
+    if isinstance(value, stats.Interval):
+        return clean(
+            {
+                "estimate": value.estimate, "low": value.low, "high": value.high, "confidence": value.confidence,
+                "n_resamples": value.n_resamples, "method": value.method, "n": value.n,
+            }
+        )
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        f = float(value)
+        return f if math.isfinite(f) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def fmt(iv: stats.Interval, digits: int = 3) -> str:
+    """'0.123 [0.100, 0.150]'."""
+    return f"{iv.estimate:.{digits}f} [{iv.low:.{digits}f}, {iv.high:.{digits}f}]"
+
+
+def skipped(name: str, reason: str) -> CheckResult:
+    return CheckResult(name, SKIPPED, f"skipped: {reason}", reasons=[reason])
+
+
+def errored(name: str, reason: str, exit_code: int) -> CheckResult:
+    return CheckResult(name, ERROR, f"could not be evaluated: {reason.splitlines()[0]}", reasons=[reason], exit_code=exit_code)
+
+
+def _verdict(name: str, failures: list[str], summary: str, numbers: dict, thresholds: dict) -> CheckResult:
+    if failures:
+        return CheckResult(name, FAILED, summary, numbers, thresholds, failures, EXIT_BLOCKED)
+    return CheckResult(name, PASSED, summary, numbers, thresholds)
+
+
+def visual_ablation_check(m: ModelMeasures, policy: Policy) -> CheckResult:
+    """Masking the visual inputs must cost enough NDCG; text drop and Shapley shares are reported."""
+    a, sh = policy.ablation, policy.shapley
+    visual = interval(m.visual_drop, policy)
+    text = interval(m.text_drop, policy)
+    share = interval(m.visual_share_per_query, policy)
+    numbers = {
+        "visual_drop": visual,
+        "text_drop": text,
+        "visual_share": share,
+        "ndcg_full": float(np.nanmean(m.ndcg)),
+        "ndcg_visual_masked": float(np.nanmean(m.ndcg_visual_masked)),
+        "ndcg_text_masked": float(np.nanmean(m.ndcg_text_masked)),
+        "mean_abs_phi_text": float(np.mean(np.abs(m.phi_text))),
+        "mean_abs_phi_visual": float(np.mean(np.abs(m.phi_visual))),
+        "strategy": a.strategy,
+        "n_permutations": a.n_permutations if a.strategy == "permute" else 1,
+        "shapley_strategy": sh.strategy,
+        "n_queries": visual.n,
+    }
+    thresholds = {"min_visual_drop": a.min_visual_drop, "min_text_drop": a.min_text_drop, "min_visual_share": sh.min_visual_share}
+    failures = []
+    if visual.high < a.min_visual_drop:
+        failures.append(
+            f"visual ablation drop {fmt(visual)}: even the upper {policy.bootstrap.confidence:.0%} bound is below the "
+            f"minimum {a.min_visual_drop:g}; the model barely uses its visual input"
+        )
+    if a.min_text_drop is not None and text.high < a.min_text_drop:
+        failures.append(f"text ablation drop {fmt(text)}: upper bound below the minimum {a.min_text_drop:g}")
+    if sh.min_visual_share is not None and share.high < sh.min_visual_share:
+        failures.append(f"visual Shapley share {fmt(share)}: upper bound below the minimum {sh.min_visual_share:g}")
+    summary = f"visual drop {fmt(visual)} (min {a.min_visual_drop:g}), text drop {fmt(text)}, visual share {fmt(share)}"
+    return _verdict("visual_ablation", failures, summary, numbers, thresholds)
+
+
+def integrity_check(
+    m: ModelMeasures, baseline_scores: np.ndarray, groups: metrics.QueryGroups, policy: Policy
+) -> CheckResult:
+    """The candidate must not be the baseline in disguise (a monotone function of its scores)."""
+    limit = policy.integrity.max_correlation
+    per_query = metrics.spearman_per_query(groups, m.scores, baseline_scores)
+    spearman = interval(per_query, policy)
+    pearson = pearson_interval(groups, m.scores, baseline_scores, policy)
+    numbers = {
+        "spearman_mean": spearman,
+        "pearson": pearson,
+        "n_queries_constant": int(np.count_nonzero(np.isnan(per_query))),
+        "share_queries_spearman_ge_limit": float(np.nanmean(per_query >= limit)) if spearman.n else None,
+    }
+    failures = []
+    if spearman.high >= limit:
+        failures.append(
+            f"mean per-query Spearman vs the baseline is {fmt(spearman)}: the upper bound reaches the maximum "
+            f"{limit:g}; the candidate ranks like the baseline"
+        )
+    if pearson.high >= limit:
+        failures.append(f"Pearson vs the baseline is {fmt(pearson)}: the upper bound reaches the maximum {limit:g}")
+    summary = f"Spearman {fmt(spearman)}, Pearson {fmt(pearson)} (max {limit:g})"
+    return _verdict("integrity", failures, summary, numbers, {"max_correlation": limit})
+
+
+def quality_check(m: ModelMeasures, baseline_ndcg: np.ndarray, policy: Policy) -> CheckResult:
+    """NDCG@k must not be worse than the baseline's by more than the margin (CI-based)."""
+    margin = policy.quality.margin
+    diff = m.ndcg - baseline_ndcg
+    ci = paired_interval(m.ndcg, baseline_ndcg, policy)
+    p = stats.randomization_test(diff, policy.bootstrap.n_resamples, policy.seed)
+    effect = stats.paired_effect_size(diff)
+    k = policy.metric.k
+    numbers = {
+        f"ndcg@{k}_candidate": interval(m.ndcg, policy),
+        f"ndcg@{k}_baseline": interval(baseline_ndcg, policy),
+        "difference": ci,
+        "p_value": p,
+        "effect_size": effect,
+        "n_queries": ci.n,
+    }
+    failures = []
+    if ci.low < -margin:
+        failures.append(
+            f"NDCG@{k} difference {fmt(ci, 4)}: the lower bound is below -{margin:g}, so the candidate may be worse "
+            f"than the baseline by more than the non-inferiority margin (p = {p:.3g})"
+        )
+    summary = f"NDCG@{k} difference {fmt(ci, 4)} (margin {margin:g}), p = {p:.3g}, effect size {effect:.2f}"
+    return _verdict("quality", failures, summary, numbers, {"margin": margin})
+
+
+def attention_check(m: ModelMeasures, groups: metrics.QueryGroups, policy: Policy, has_output: bool) -> CheckResult:
+    """Visual attention mass and normalised entropy per head; thresholds optional."""
+    if m.attention_mass is None or m.attention_entropy is None:
+        reason = "the model exports no attention output" if not has_output else "the contract gives no visual key range"
+        return skipped("attention", reason)
+    ap = policy.attention
+    mass = interval(per_query_mean(groups, m.attention_mass.mean(axis=1)), policy)
+    entropy = interval(per_query_mean(groups, m.attention_entropy.mean(axis=1)), policy)
+    mass_heads = head_means(m.attention_mass) or []
+    entropy_heads = head_means(m.attention_entropy) or []
+    numbers = {
+        "visual_mass": mass,
+        "entropy": entropy,
+        "visual_mass_per_head": mass_heads,
+        "entropy_per_head": entropy_heads,
+        "n_heads": len(mass_heads),
+    }
+    thresholds = {"min_visual_mass": ap.min_visual_mass, "min_entropy": ap.min_entropy, "max_entropy": ap.max_entropy}
+    failures = []
+    if ap.min_visual_mass is not None and mass.high < ap.min_visual_mass:
+        failures.append(f"visual attention mass {fmt(mass)}: upper bound below the minimum {ap.min_visual_mass:g}")
+    for h, e in enumerate(entropy_heads):
+        if ap.min_entropy is not None and e < ap.min_entropy:
+            failures.append(f"head {h}: normalised entropy {e:.3f} below the minimum {ap.min_entropy:g} (attention collapsed)")
+        if ap.max_entropy is not None and e > ap.max_entropy:
+            failures.append(f"head {h}: normalised entropy {e:.3f} above the maximum {ap.max_entropy:g} (attention uniform)")
+    summary = f"visual attention mass {fmt(mass)}, entropy {fmt(entropy)} over {len(mass_heads)} heads"
+    if not any(v is not None for v in thresholds.values()):
+        summary += " (reported; no thresholds set)"
+    return _verdict("attention", failures, summary, numbers, thresholds)

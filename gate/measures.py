@@ -1,0 +1,199 @@
+"""Per-model measurements shared by the gate and the offline evaluation.
+
+One `Scorer.score_dataset` call per model runs every pass the checks need (full, visual and text
+ablations over several seeded permutations, the Shapley passes): the scorer stacks the masked
+copies on the batch axis, so each batch of rows is one `session.run`. Everything below is then
+numpy over the per-query arrays, through `fusionguard.metrics` and `fusionguard.stats`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fusionguard import metrics, stats
+from fusionguard.dataset import Batch
+from fusionguard.errors import EvaluationError
+from fusionguard.scorer import Mask, Scorer
+
+from gate.policy import Policy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PassPlan:
+    """The masks of one model's scoring call, grouped by what they are for."""
+
+    full: Mask
+    visual: tuple[Mask, ...]  # visual ablation, one per permutation
+    text: tuple[Mask, ...]  # text ablation, one per permutation
+    shapley_t: Mask  # text present, visual masked
+    shapley_v: Mask  # visual present, text masked
+    shapley_none: Mask  # both masked
+
+    @property
+    def masks(self) -> list[Mask]:
+        """Every distinct mask, in a fixed order."""
+        ordered = [self.full, *self.visual, *self.text, self.shapley_t, self.shapley_v, self.shapley_none]
+        return list(dict.fromkeys(ordered))
+
+
+def plan_passes(policy: Policy) -> PassPlan:
+    """The passes a fusion candidate needs under `policy`."""
+    a, s = policy.ablation, policy.shapley
+    repeats = a.n_permutations if a.strategy == "permute" else 1
+    seeds = [policy.seed + i for i in range(repeats)]
+    return PassPlan(
+        full=Mask(),
+        visual=tuple(Mask(frozenset({"visual"}), a.strategy, seed) for seed in seeds),
+        text=tuple(Mask(frozenset({"text"}), a.strategy, seed) for seed in seeds),
+        shapley_t=Mask(frozenset({"visual"}), s.strategy, policy.seed),
+        shapley_v=Mask(frozenset({"text"}), s.strategy, policy.seed),
+        shapley_none=Mask(frozenset({"text", "visual"}), s.strategy, policy.seed),
+    )
+
+
+@dataclass
+class ModelMeasures:
+    """A fusion model's per-query and per-row measures on the eval set (rows in dataset order)."""
+
+    scores: np.ndarray  # (N,) unmasked scores
+    ndcg: np.ndarray  # (Q,) NDCG@k, NaN for excluded queries
+    ndcg_visual_masked: np.ndarray  # (Q,) mean over the visual-ablation passes
+    ndcg_text_masked: np.ndarray  # (Q,)
+    visual_drop: np.ndarray  # (Q,) relative NDCG drop with visual masked
+    text_drop: np.ndarray  # (Q,)
+    phi_text: np.ndarray  # (N,) Shapley value of the text modality
+    phi_visual: np.ndarray  # (N,)
+    visual_share: np.ndarray  # (N,) |phi_v| / (|phi_t| + |phi_v|), NaN where both are 0
+    visual_share_per_query: np.ndarray  # (Q,) mean share over a query's candidates
+    attention_mass: np.ndarray | None  # (N, H) visual attention mass
+    attention_entropy: np.ndarray | None  # (N, H) normalised entropy
+    n_passes: int  # masks scored per row
+    provider: str
+
+
+def per_query_mean(groups: metrics.QueryGroups, values: np.ndarray) -> np.ndarray:
+    """(N,) per-row values in caller order -> (Q,) mean of each query's finite values (NaN if none)."""
+    v = groups.sort(np.asarray(values, dtype=np.float64))
+    finite = np.isfinite(v)
+    total = groups.per_query_sum(np.where(finite, v, 0.0))
+    count = groups.per_query_sum(finite.astype(np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
+
+
+def score_baseline(scorer: Scorer, batch: Batch, policy: Policy) -> np.ndarray:
+    """(N,) unmasked scores of a baseline (one pass)."""
+    feeds = {name: batch.feeds[name] for name in scorer.contract.input_names}
+    sub = Batch(batch.query_id, batch.item_id, batch.label, feeds)
+    result = scorer.score_dataset(sub, [Mask()], batch_rows=policy.scoring.batch_rows, keep_attention=False)
+    return result.scores[Mask()]
+
+
+def measure_model(
+    scorer: Scorer, batch: Batch, groups: metrics.QueryGroups, policy: Policy, *, progress: bool = False
+) -> ModelMeasures:
+    """Score every pass of a fusion model in one batched call and derive its measures.
+
+    Raises:
+        EvaluationError: ONNX Runtime failed or the outputs are unusable.
+    """
+    plan = plan_passes(policy)
+    masks = plan.masks
+    feeds = {name: batch.feeds[name] for name in scorer.contract.input_names}
+    sub = Batch(batch.query_id, batch.item_id, batch.label, feeds)
+    result = scorer.score_dataset(sub, masks, batch_rows=policy.scoring.batch_rows, progress=progress)
+    s = result.scores
+    k, gain = policy.metric.k, policy.metric.gain
+    # All NDCG vectors in one call: (M, Q).
+    ndcg_all = metrics.ndcg_at_k(groups, np.stack([s[m] for m in masks]), k=k, gain=gain)
+    by_mask = dict(zip(masks, ndcg_all))
+    ndcg = by_mask[plan.full]
+    ndcg_v = np.mean([by_mask[m] for m in plan.visual], axis=0)
+    ndcg_t = np.mean([by_mask[m] for m in plan.text], axis=0)
+    phi_t, phi_v, share = metrics.shapley_values(s[plan.full], s[plan.shapley_t], s[plan.shapley_v], s[plan.shapley_none])
+    mass = entropy = None
+    if result.attention is not None and "visual" in scorer.contract.attention_keys:
+        mass = metrics.attention_mass(result.attention, scorer.contract.attention_keys["visual"])
+        entropy = metrics.attention_entropy(result.attention)
+    return ModelMeasures(
+        scores=s[plan.full].astype(np.float64),
+        ndcg=ndcg,
+        ndcg_visual_masked=ndcg_v,
+        ndcg_text_masked=ndcg_t,
+        visual_drop=metrics.ablation_drop(ndcg, ndcg_v),
+        text_drop=metrics.ablation_drop(ndcg, ndcg_t),
+        phi_text=phi_t,
+        phi_visual=phi_v,
+        visual_share=share,
+        visual_share_per_query=per_query_mean(groups, share),
+        attention_mass=mass,
+        attention_entropy=entropy,
+        n_passes=len(masks),
+        provider=scorer.provider,
+    )
+
+
+# ----- intervals ----------------------------------------------------------------------------------
+
+def interval(values: np.ndarray, policy: Policy) -> stats.Interval:
+    """Bootstrap CI of the mean over queries (NaN dropped) under the policy's settings."""
+    b = policy.bootstrap
+    return stats.bootstrap_ci(values, "mean", b.n_resamples, b.confidence, policy.seed, b.method)
+
+
+def paired_interval(a: np.ndarray, b: np.ndarray, policy: Policy) -> stats.Interval:
+    """Paired bootstrap CI of mean(a - b) over queries."""
+    p = policy.bootstrap
+    return stats.paired_bootstrap_ci(a, b, p.n_resamples, p.confidence, policy.seed, p.method)
+
+
+def pearson_interval(groups: metrics.QueryGroups, a: np.ndarray, b: np.ndarray, policy: Policy) -> stats.Interval:
+    """Global Pearson correlation of a and b with a CI from a bootstrap over queries.
+
+    Rows of one query are not independent, so whole queries are resampled (a cluster
+    bootstrap): the statistic is Pearson over all rows of the resampled queries, computed from
+    per-query sums (n, Σa, Σb, Σa², Σb², Σab) so a resample is a few gathers, not a copy of rows.
+    The point estimate is `fusionguard.metrics.pearson` on the observed rows.
+    """
+    x = groups.sort(np.asarray(a, dtype=np.float64))
+    y = groups.sort(np.asarray(b, dtype=np.float64))
+    x = x - x.mean()  # centring keeps the sums-of-squares formula well conditioned
+    y = y - y.mean()
+    sums = np.stack(
+        [groups.sizes.astype(np.float64)]
+        + [groups.per_query_sum(v) for v in (x, y, x * x, y * y, x * y)]
+    )  # (6, Q)
+
+    def statistic(index: np.ndarray, axis: int = -1) -> np.ndarray:
+        idx = index.astype(np.int64)
+        n, sx, sy, sxx, syy, sxy = (row[idx].sum(axis=axis) for row in sums)
+        cov = sxy - sx * sy / n
+        var = (sxx - sx * sx / n) * (syy - sy * sy / n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(var > 0, np.clip(cov / np.sqrt(var), -1.0, 1.0), np.nan)
+
+    estimate = metrics.pearson(a, b)
+    if not np.isfinite(estimate):
+        raise EvaluationError("the Pearson correlation is undefined: one model gives every row the same score")
+    p = policy.bootstrap
+    ci = stats.bootstrap_ci(
+        np.arange(groups.n_queries, dtype=np.float64), statistic, p.n_resamples, p.confidence, policy.seed, p.method
+    )
+    return stats.Interval(estimate, ci.low, ci.high, ci.confidence, ci.n_resamples, ci.method, groups.n_queries)
+
+
+def head_means(values: np.ndarray | None) -> list[float] | None:
+    """(N, H) -> per-head mean over rows."""
+    if values is None:
+        return None
+    return [float(v) for v in values.mean(axis=0)]
+
+
+def finite_count(values: Sequence[float] | np.ndarray) -> int:
+    return int(np.count_nonzero(np.isfinite(np.asarray(values, dtype=np.float64))))

@@ -1,0 +1,308 @@
+"""`run_gate`: the release gate from files to a verdict and a report directory.
+
+Checks run in order: data, contract, visual ablation, integrity, quality, attention. An invalid
+input (unreadable model, contract disagreeing with the data, invalid eval set) is recorded as an
+``error`` of the data or contract check and gives exit 2; a check that cannot be evaluated gives
+exit 3; any failed check gives exit 1. The reports are written in every case, so a CI job always
+has something to attach. The gate fails closed: only exit 0 lets `promote` through.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fusionguard import metrics
+from fusionguard.dataset import Batch, dataset_sha256, load_dataset, validate_dataset
+from fusionguard.errors import (
+    EXIT_BLOCKED,
+    EXIT_INVALID,
+    EXIT_PASSED,
+    EXIT_UNEVALUABLE,
+    FusionGuardError,
+    InvalidInputError,
+)
+from fusionguard.registry import file_sha256
+from fusionguard.scorer import Scorer
+
+from gate import checks
+from gate.checks import CheckResult, errored, skipped
+from gate.measures import ModelMeasures, measure_model, score_baseline
+from gate.policy import Policy, load_policy
+
+logger = logging.getLogger(__name__)
+
+OUTCOME_BY_EXIT = {EXIT_PASSED: "passed", EXIT_BLOCKED: "blocked", EXIT_INVALID: "invalid", EXIT_UNEVALUABLE: "unevaluated"}
+
+
+@dataclass
+class ModelInfo:
+    """What the report says about one model file."""
+
+    path: str
+    sha256: str | None
+    variant: str | None = None
+    provider: str | None = None
+    contract: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256, "variant": self.variant, "provider": self.provider, "contract": self.contract}
+
+
+@dataclass
+class GateResult:
+    """The verdict of one gate run."""
+
+    exit_code: int
+    outcome: str  # passed | blocked | invalid | unevaluated
+    checks: list[CheckResult]
+    candidate: ModelInfo
+    baseline: ModelInfo | None
+    data: dict[str, Any]
+    policy: Policy
+    report_dir: Path | None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    measures: ModelMeasures | None = None  # kept for plots and the profile, not serialised
+    baseline_ndcg: np.ndarray | None = None
+    groups: metrics.QueryGroups | None = None
+    feeds: dict[str, np.ndarray] | None = None
+
+    @property
+    def message(self) -> str:
+        """One line per check that did not pass."""
+        lines = [f"{c.name}: {c.outcome}: {r}" for c in self.checks if c.outcome in ("failed", "error") for r in c.reasons]
+        return "\n".join(lines)
+
+
+def _exit_code(results: list[CheckResult]) -> int:
+    """Invalid input (2) first, then a failed check (1: the candidate is blocked for sure), then
+    an unevaluable check (3), else 0. Skipped checks do not block: skipping is a policy decision."""
+    codes = {c.exit_code for c in results}
+    for code in (EXIT_INVALID, EXIT_BLOCKED, EXIT_UNEVALUABLE):
+        if code in codes:
+            return code
+    return EXIT_PASSED
+
+
+def _model_info(path: Path) -> ModelInfo:
+    sha = file_sha256(path) if path.is_file() else None
+    return ModelInfo(str(path.resolve()) if path.exists() else str(path), sha)
+
+
+def _load_scorer(path: Path, sidecar: str | Path | None, policy: Policy, info: ModelInfo, role: str) -> Scorer:
+    if not path.is_file():
+        raise InvalidInputError(f"{role} model {path} does not exist; check --{role}")
+    scorer = Scorer(path, sidecar=sidecar, device=policy.scoring.device, threads=policy.scoring.threads)
+    info.sha256 = scorer.sha256
+    info.variant = scorer.contract.variant
+    info.provider = scorer.provider
+    info.contract = scorer.contract.to_dict()
+    return scorer
+
+
+def run_gate(
+    candidate: str | Path,
+    data: str | Path,
+    out: str | Path | None,
+    *,
+    baseline: str | Path | None = None,
+    policy: Policy | str | Path | None = None,
+    candidate_contract: str | Path | None = None,
+    baseline_contract: str | Path | None = None,
+    progress: bool = False,
+) -> GateResult:
+    """Run every check on `candidate` and write the reports to `out` (skipped when None).
+
+    Args:
+        candidate: the candidate ONNX model.
+        data: the eval set (Parquet).
+        out: report directory (created); None writes nothing.
+        baseline: the baseline (V1) ONNX model; required unless `policy.baseline.required` is false.
+        policy: a Policy, a TOML path, or None for the defaults.
+        candidate_contract, baseline_contract: sidecar contracts for models without an embedded one.
+        progress: show progress bars while scoring.
+    Returns:
+        GateResult; `exit_code` follows DESIGN.md (0 passed, 1 blocked, 2 invalid input, 3 not evaluable).
+    Raises:
+        ConfigError / InvalidInputError: the policy is invalid, or no baseline was given while the
+            policy requires one (nothing is written then).
+    """
+    policy = policy if isinstance(policy, Policy) else load_policy(policy)
+    candidate, data = Path(candidate), Path(data)
+    if baseline is None and policy.baseline.required:
+        raise InvalidInputError(
+            "no baseline given; pass --baseline V1.onnx, or set baseline.required = false in the policy "
+            "to gate without the integrity and quality checks"
+        )
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    cand_info = _model_info(candidate)
+    base_info = _model_info(Path(baseline)) if baseline is not None else None
+    data_info: dict[str, Any] = {"path": str(data.resolve()) if data.exists() else str(data)}
+    results: dict[str, CheckResult] = {}
+    result = GateResult(EXIT_PASSED, "passed", [], cand_info, base_info, data_info, policy, None, timings)
+
+    # ----- load models (reported under "contract") and validate the data ---------------------
+    load_problems: list[tuple[str, int]] = []
+    cand_scorer = base_scorer = None
+    try:
+        cand_scorer = _load_scorer(candidate, candidate_contract, policy, cand_info, "candidate")
+    except FusionGuardError as err:
+        load_problems.append((f"candidate {candidate}: {err}", err.exit_code))
+    if baseline is not None:
+        try:
+            base_scorer = _load_scorer(Path(baseline), baseline_contract, policy, base_info, "baseline")  # type: ignore[arg-type]
+        except FusionGuardError as err:
+            load_problems.append((f"baseline {baseline}: {err}", err.exit_code))
+    contracts = [s.contract for s in (cand_scorer, base_scorer) if s is not None]
+    timings["load_models"] = time.perf_counter() - started
+
+    t0 = time.perf_counter()
+    results["data"] = _data_check(data, contracts, policy, data_info)
+    timings["validate_data"] = time.perf_counter() - t0
+    results["contract"] = _contract_check(cand_scorer, base_scorer, load_problems)
+
+    batch = groups = None
+    if results["data"].outcome == checks.PASSED and results["contract"].outcome == checks.PASSED:
+        t0 = time.perf_counter()
+        try:
+            batch, groups = _load(data, cand_scorer, base_scorer, policy, data_info)  # type: ignore[arg-type]
+        except FusionGuardError as err:
+            results["data"] = errored("data", str(err), err.exit_code)
+        timings["load_data"] = time.perf_counter() - t0
+
+    if batch is None or groups is None:
+        blocker = "data" if results["data"].outcome != checks.PASSED else "contract"
+        for name in checks.CHECK_NAMES[2:]:
+            results[name] = skipped(name, f"not run: the {blocker} check did not pass")
+    else:
+        result.groups = groups
+        result.feeds = batch.feeds
+        _run_measured_checks(results, cand_scorer, base_scorer, batch, groups, policy, result, progress)  # type: ignore[arg-type]
+
+    result.checks = [results[name] for name in checks.CHECK_NAMES]
+    result.exit_code = _exit_code(result.checks)
+    result.outcome = OUTCOME_BY_EXIT[result.exit_code]
+    timings["total_checks"] = time.perf_counter() - started
+    if out is not None:
+        from gate.report import write_reports  # matplotlib and friends load only when reports are written
+
+        t0 = time.perf_counter()
+        result.report_dir = write_reports(result, Path(out))
+        timings["reports"] = time.perf_counter() - t0
+    return result
+
+
+def _data_check(data: Path, contracts: list, policy: Policy, info: dict[str, Any]) -> CheckResult:
+    if not data.is_file():
+        return errored("data", f"eval set {data} does not exist; check --data", EXIT_INVALID)
+    info["sha256"] = dataset_sha256(data)
+    report = validate_dataset(data, contracts, max_label=policy.data.max_label)
+    info.update({"n_rows": report.n_rows, "n_queries": report.n_queries})
+    if not report.ok:
+        problems = list(report.problems)
+        return CheckResult(
+            "data", checks.ERROR, f"the eval set is invalid ({len(problems)} problem(s))",
+            {"n_rows": report.n_rows, "n_queries": report.n_queries}, reasons=problems, exit_code=EXIT_INVALID,
+        )
+    return CheckResult(
+        "data", checks.PASSED, f"{report.n_rows} rows, {report.n_queries} queries, valid for both contracts",
+        {"n_rows": report.n_rows, "n_queries": report.n_queries},
+    )
+
+
+def _contract_check(cand: Scorer | None, base: Scorer | None, load_problems: list[tuple[str, int]]) -> CheckResult:
+    if load_problems:
+        code = max(c for _, c in load_problems)
+        return CheckResult("contract", checks.ERROR, "a model could not be loaded", reasons=[p for p, _ in load_problems], exit_code=code)
+    if cand is None:  # no load problem recorded, yet no scorer: treat as not loadable
+        return CheckResult("contract", checks.ERROR, "the candidate could not be loaded", exit_code=EXIT_INVALID)
+    problems = []
+    for modality in ("visual", "text"):
+        if not cand.contract.has_modality(modality):
+            problems.append(
+                f"the candidate declares no '{modality}' inputs (modalities: {dict(cand.contract.modalities)}); "
+                "the gate checks fusion models: fix the contract or pass --candidate-contract"
+            )
+    if base is not None:
+        for spec in base.contract.inputs:
+            if spec.name in cand.contract.input_names and cand.contract.input(spec.name) != spec:
+                problems.append(
+                    f"input '{spec.name}' differs between baseline {spec} and candidate {cand.contract.input(spec.name)}; "
+                    "both models read the same eval-set column"
+                )
+    if problems:
+        return CheckResult("contract", checks.ERROR, "the candidate's contract is unusable", reasons=problems, exit_code=EXIT_INVALID)
+    numbers = {
+        "candidate_inputs": list(cand.contract.input_names),
+        "candidate_modalities": {m: list(v) for m, v in cand.contract.modalities.items()},
+        "baseline_inputs": list(base.contract.input_names) if base is not None else None,
+    }
+    return CheckResult("contract", checks.PASSED, "both models load; inputs match the eval set", numbers)
+
+
+def _load(data: Path, cand: Scorer, base: Scorer | None, policy: Policy, info: dict[str, Any]) -> tuple[Batch, metrics.QueryGroups]:
+    batch = load_dataset(data, cand.contract)
+    if base is not None:
+        missing = [s.name for s in base.contract.inputs if s.name not in batch.feeds]
+        if missing:
+            extra = load_dataset(data, base.contract, inputs=missing)
+            batch.feeds.update({name: extra.feeds[name] for name in missing})
+    groups = metrics.QueryGroups.from_arrays(batch.query_id, batch.item_id, batch.label)
+    evaluable = groups.n_queries - groups.n_excluded
+    info.update({"n_excluded_queries": groups.n_excluded, "n_evaluable_queries": evaluable})
+    if evaluable < policy.data.min_queries:
+        raise InvalidInputError(
+            f"the eval set {data} has {evaluable} evaluable quer{'y' if evaluable == 1 else 'ies'} (with a relevant item); "
+            f"the policy needs at least data.min_queries = {policy.data.min_queries} for confidence intervals to mean "
+            "anything: use a larger eval set"
+        )
+    return batch, groups
+
+
+def _run_measured_checks(
+    results: dict[str, CheckResult],
+    cand: Scorer,
+    base: Scorer | None,
+    batch: Batch,
+    groups: metrics.QueryGroups,
+    policy: Policy,
+    result: GateResult,
+    progress: bool,
+) -> None:
+    t0 = time.perf_counter()
+    try:
+        m = measure_model(cand, batch, groups, policy, progress=progress)
+        base_scores = score_baseline(base, batch, policy) if base is not None else None
+    except FusionGuardError as err:
+        for name in checks.CHECK_NAMES[2:]:
+            results[name] = errored(name, f"scoring failed: {err}", err.exit_code if err.exit_code != EXIT_BLOCKED else EXIT_UNEVALUABLE)
+        return
+    result.timings["scoring"] = time.perf_counter() - t0
+    result.measures = m
+    t0 = time.perf_counter()
+
+    def guarded(name: str, fn, *args) -> CheckResult:  # noqa: ANN001
+        try:
+            return fn(*args)
+        except FusionGuardError as err:
+            return errored(name, str(err), EXIT_UNEVALUABLE if err.exit_code != EXIT_INVALID else EXIT_INVALID)
+
+    results["visual_ablation"] = guarded("visual_ablation", checks.visual_ablation_check, m, policy)
+    if base_scores is None:
+        reason = "no baseline given and the policy sets baseline.required = false"
+        results["integrity"] = skipped("integrity", reason)
+        results["quality"] = skipped("quality", reason)
+    else:
+        base_ndcg = metrics.ndcg_at_k(groups, base_scores, k=policy.metric.k, gain=policy.metric.gain)
+        result.baseline_ndcg = base_ndcg
+        results["integrity"] = guarded("integrity", checks.integrity_check, m, base_scores, groups, policy)
+        results["quality"] = guarded("quality", checks.quality_check, m, base_ndcg, policy)
+    has_attention = cand.contract.attention_output is not None
+    results["attention"] = guarded("attention", checks.attention_check, m, groups, policy, has_attention)
+    result.timings["statistics"] = time.perf_counter() - t0
