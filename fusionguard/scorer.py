@@ -455,8 +455,9 @@ class Scorer:
             data: a Parquet dataset path or a `fusionguard.dataset.Batch`.
             masks: the passes; "permute" shuffles within each query.
             batch_rows: the most rows one session.run sees, counting every masked copy (a batch
-                reads batch_rows // len(masks) dataset rows; a query is never split, so a batch
-                can exceed it by the size of one query).
+                reads batch_rows // len(masks) dataset rows). A query whose rows are contiguous
+                in the data is never split between batches, so a batch can exceed this by one
+                query; a query whose rows are scattered is permuted within each batch's part.
             progress: show a tqdm bar over the rows.
             means: per-row means for "mean" masks; by default the dataset's own (one extra pass).
             keep_attention: keep the unmasked pass's attention (N, H, K) when the model has it.

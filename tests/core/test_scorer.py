@@ -35,6 +35,11 @@ VISUAL = frozenset({"visual"})
 TEXT = frozenset({"text"})
 
 
+# built once at import for the Hypothesis test (fixtures do not mix with @given)
+_FUSION_SMALL = toymodels.build_fusion_model(0.5, dim=DIM, n_text=LT, n_visual=LV, n_heads=H)
+_SMALL_DATA = toymodels.make_toy_dataset(n_queries=3, n_candidates=4, dim=DIM, n_text=LT, n_visual=LV, seed=2)
+
+
 @pytest.fixture(scope="module")
 def data() -> Batch:
     return toymodels.make_toy_dataset(n_queries=8, n_candidates=5, dim=DIM, n_text=LT, n_visual=LV, seed=11)
@@ -259,6 +264,19 @@ def test_permutation_stays_within_groups(groups, seed):
     assert sorted(perm.tolist()) == list(range(len(groups)))
     np.testing.assert_array_equal(groups[perm], groups)
     np.testing.assert_array_equal(perm, permutation(len(groups), seed, groups))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.permutations(list(range(12))), st.sampled_from(["zero", "mean"]))
+def test_row_wise_masks_are_equivariant_to_row_order(order, strategy):
+    s = Scorer(_FUSION_SMALL, device="cpu", threads=1)
+    feeds = {k: v[:12] for k, v in _SMALL_DATA.feeds.items()}
+    means = s.reference_means(_SMALL_DATA)
+    masks = [Mask(), Mask(VISUAL, strategy), Mask(TEXT, strategy)]
+    base = s.run(feeds, masks, means=means)
+    moved = s.run({k: v[list(order)] for k, v in feeds.items()}, masks, means=means)
+    for a, b in zip(base, moved):
+        np.testing.assert_allclose(b.score, a.score[list(order)], rtol=1e-5, atol=1e-6)
 
 
 def test_permutation_without_groups_is_rng_permutation():
