@@ -28,6 +28,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from fusionguard.contract import ModelContract, load_contract, validate_contract
+from fusionguard.dataset import Batch, iter_batches, open_parquet
 from fusionguard.errors import EvaluationError, InvalidInputError, ProblemsError
 
 logger = logging.getLogger(__name__)
@@ -426,7 +427,7 @@ class Scorer:
         return score.astype(np.float32, copy=False), attention
 
     # ----- datasets --------------------------------------------------------------------------
-    def reference_means(self, data: object, *, batch_rows: int = 65_536) -> dict[str, np.ndarray]:
+    def reference_means(self, data: str | Path | Batch, *, batch_rows: int = 65_536) -> dict[str, np.ndarray]:
         """Per-row mean tensor of each input over a reference set (Parquet path or Batch), for "mean" masks."""
         sums: dict[str, np.ndarray] = {}
         count = 0
@@ -441,7 +442,7 @@ class Scorer:
 
     def score_dataset(
         self,
-        data: object,
+        data: str | Path | Batch,
         masks: Sequence[Mask] = (Mask(),),
         *,
         batch_rows: int = DEFAULT_BATCH_ROWS,
@@ -498,16 +499,14 @@ class Scorer:
             attention=np.concatenate(attn_parts) if attn_parts else None,
         )
 
-    def _batches(self, data: object, batch_rows: int) -> Iterator[object]:
+    def _batches(self, data: str | Path | Batch, batch_rows: int) -> Iterator[Batch]:
         """Non-empty Batches of at most batch_rows rows from a path or an in-memory Batch."""
-        from fusionguard import dataset  # the core dataset module
-
-        if isinstance(data, dataset.Batch):
+        if isinstance(data, Batch):
             n = len(data)
             for start in range(0, n, batch_rows):
                 yield _slice(data, start, min(start + batch_rows, n))
         elif isinstance(data, (str, Path)):
-            for batch in dataset.iter_batches(data, self.contract, batch_rows=batch_rows):
+            for batch in iter_batches(data, self.contract, batch_rows=batch_rows):
                 if len(batch):
                     yield batch
         else:
@@ -554,8 +553,8 @@ def _file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _slice(batch, start: int, stop: int):  # noqa: ANN001, ANN202 - fusionguard.dataset.Batch
-    return type(batch)(
+def _slice(batch: Batch, start: int, stop: int) -> Batch:
+    return Batch(
         query_id=batch.query_id[start:stop],
         item_id=batch.item_id[start:stop],
         label=batch.label[start:stop],
@@ -563,8 +562,8 @@ def _slice(batch, start: int, stop: int):  # noqa: ANN001, ANN202 - fusionguard.
     )
 
 
-def _concat(a, b):  # noqa: ANN001, ANN202
-    return type(a)(
+def _concat(a: Batch, b: Batch) -> Batch:
+    return Batch(
         query_id=np.concatenate([a.query_id, b.query_id]),
         item_id=np.concatenate([a.item_id, b.item_id]),
         label=np.concatenate([a.label, b.label]),
@@ -572,7 +571,7 @@ def _concat(a, b):  # noqa: ANN001, ANN202
     )
 
 
-def _whole_queries(batches: Iterator[object]) -> Iterator[object]:
+def _whole_queries(batches: Iterator[Batch]) -> Iterator[Batch]:
     """Re-cut batches so that a query whose rows are contiguous is never split between two
     batches: the trailing rows of each batch that share its last query id move to the next."""
     carry = None
@@ -596,8 +595,6 @@ def _whole_queries(batches: Iterator[object]) -> Iterator[object]:
 
 def _row_count(data: object) -> int | None:
     if isinstance(data, (str, Path)):
-        from fusionguard.dataset import open_parquet
-
         return int(open_parquet(data).metadata.num_rows)
     length = getattr(data, "__len__", None)
     return int(length()) if length is not None else None

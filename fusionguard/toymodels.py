@@ -33,17 +33,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from fusionguard.contract import ModelContract, TensorSpec, write_contract
+from fusionguard.dataset import Batch
 from fusionguard.errors import InvalidInputError
-
-if TYPE_CHECKING:
-    from fusionguard.dataset import Batch
 
 OPSET = 18
 IR_VERSION = 9  # readable by every ONNX Runtime from 1.16 on
@@ -106,8 +102,6 @@ def make_toy_dataset(
     ]
     if problems:
         raise InvalidInputError("make_toy_dataset: " + "; ".join(problems))
-    from fusionguard.dataset import Batch  # the core dataset module; imported late to keep import order free
-
     rng = np.random.default_rng(seed)
     n = n_queries * n_candidates
     query_vec = rng.standard_normal((n_queries, dim)) / math.sqrt(dim)  # (Q, D), |q| ~ 1
