@@ -1,0 +1,88 @@
+"""Training-time diagnostics: ablation drops, attention statistics, per-modality gradient norms.
+
+The measures themselves come from `fusionguard.metrics` (one implementation of each); this module
+only produces the torch-side inputs: scores with a modality masked, the attention tensor, and
+gradient norms, which need torch tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fusionguard.metrics import ablation_drop, attention_entropy, attention_mass, ndcg_at_k
+from training.data import Split
+from training.models import Ranker
+
+
+@dataclass
+class SplitScores:
+    """Scores of one split under the unmasked pass and each single-modality mask."""
+
+    full: np.ndarray  # (N,)
+    visual_masked: np.ndarray | None  # (N,) visual_tokens masked
+    text_masked: np.ndarray  # (N,) query and text_tokens masked (the contract's text modality)
+    attention: np.ndarray  # (N, H, K) unmasked pass
+
+
+def _permute_within_queries(x: torch.Tensor, split: Split, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    group = split.group.cpu().numpy()
+    perm = np.lexsort((rng.random(group.shape[0]), group))  # rows sorted by query, shuffled inside
+    return x[torch.from_numpy(perm).to(x.device)]  # split rows are already sorted by query
+
+
+def _mask(x: torch.Tensor, strategy: str, split: Split, seed: int) -> torch.Tensor:
+    return torch.zeros_like(x) if strategy == "zero" else _permute_within_queries(x, split, seed)
+
+
+@torch.no_grad()
+def score_split(model: Ranker, split: Split, mask: str = "zero", seed: int = 0, chunk_rows: int = 8192) -> SplitScores:
+    """Run the model on a split three times (unmasked, visual masked, text masked) in eval mode."""
+    was_training = model.training
+    model.eval()
+
+    def run(q, t, v):
+        scores, atts = [], []
+        for start in range(0, q.shape[0], chunk_rows):
+            sl = slice(start, start + chunk_rows)
+            s, a = model(q[sl], t[sl], None if v is None else v[sl])
+            scores.append(s.float().cpu())
+            atts.append(a.float().cpu())
+        return torch.cat(scores).numpy(), torch.cat(atts).numpy()
+
+    q, t, v = split.query, split.text_tokens, split.visual_tokens if model.has_visual else None
+    full, att = run(q, t, v)
+    visual_masked = run(q, t, _mask(v, mask, split, seed))[0] if v is not None else None
+    text_masked = run(_mask(q, mask, split, seed + 1), _mask(t, mask, split, seed + 2), v)[0]
+    model.train(was_training)
+    return SplitScores(full, visual_masked, text_masked, att)
+
+
+def summarize(model: Ranker, split: Split, scores: SplitScores, k: int = 10) -> dict[str, float | None]:
+    """Mean NDCG@k, visual/text ablation drop (mean over queries of (full − masked)/full),
+    visual attention mass and normalised entropy (mean over rows and heads)."""
+    stacked = [scores.full, scores.text_masked] + ([scores.visual_masked] if scores.visual_masked is not None else [])
+    ndcg = ndcg_at_k(split.groups, np.stack(stacked), k=k)  # (M, Q)
+    out: dict[str, float | None] = {
+        "ndcg": float(np.nanmean(ndcg[0])),
+        "text_drop": float(np.nanmean(ablation_drop(ndcg[0], ndcg[1]))),
+        "visual_drop": None,
+        "visual_attention_mass": None,
+        "attention_entropy": float(np.mean(attention_entropy(scores.attention))),
+    }
+    if scores.visual_masked is not None:
+        out["visual_drop"] = float(np.nanmean(ablation_drop(ndcg[0], ndcg[2])))
+        out["visual_attention_mass"] = float(np.mean(attention_mass(scores.attention, model.attention_keys["visual"])))
+    return out
+
+
+def modality_grad_norms(model: Ranker) -> dict[str, float]:
+    """L2 norm of the current gradients of each modality's own parameters (call after backward)."""
+    norms = {}
+    for modality, params in model.modality_parameters().items():
+        sq = sum(float(p.grad.detach().pow(2).sum()) for p in params if p.grad is not None)
+        norms[modality] = sq**0.5
+    return norms

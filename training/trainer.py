@@ -1,0 +1,235 @@
+"""The trainer: one loop, read top to bottom.
+
+    validate config + data (every problem at once) -> load splits -> build model, AdamW
+    -> (resume if OUT/resume.pt exists) -> per epoch: train steps (variant's loss and gradient
+    treatment) -> diagnostics on val -> JSONL log line -> best checkpoint / early stopping
+    -> reload the best checkpoint, evaluate on test, write OUT/result.json.
+
+Determinism: every epoch's shuffling, dropout plans and OGM-GE noise come from generators seeded
+with (seed, epoch), so a resumed run follows the same path as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fusionguard.dataset import dataset_sha256
+from fusionguard.errors import ConfigError
+from training import losses
+from training.checkpoint import load_checkpoint, load_resume_state, save_checkpoint, save_resume_state
+from training.config import TrainConfig
+from training.data import Split, data_problems, load_split, read_dims
+from training.diagnostics import modality_grad_norms, score_split, summarize
+from training.models import Ranker, build_model
+
+logger = logging.getLogger(__name__)
+
+LOG_FILE = "train_log.jsonl"
+RESULT_FILE = "result.json"
+AUX_VARIANTS = ("mbl", "combined", "adversarial")
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    variant: str
+    epochs_run: int
+    best_epoch: int
+    best_val_ndcg: float
+    test: dict[str, float | None]  # summarize() on the test split with the best checkpoint
+    train_seconds: float  # wall time of the whole run
+    examples_per_s: float  # training rows per second of optimisation (diagnostics excluded)
+    diagnostics_share: float  # diagnostics time / (train + diagnostics) time, over all epochs
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        t = self.test
+        fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+        return (
+            f"{self.variant}: best epoch {self.best_epoch}/{self.epochs_run}, val NDCG@10 {self.best_val_ndcg:.4f}\n"
+            f"test NDCG@10 {fmt(t['ndcg'])}, visual ablation drop {fmt(t['visual_drop'])}, "
+            f"text ablation drop {fmt(t['text_drop'])}, visual attention mass {fmt(t['visual_attention_mass'])}\n"
+            f"{self.train_seconds:.1f} s, {self.examples_per_s:.0f} examples/s, "
+            f"diagnostics {100 * self.diagnostics_share:.1f}% of epoch time; checkpoint in {self.out}"
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device", ["device 'cuda' was asked for but torch sees no CUDA device; use --device cpu or auto"])
+    return torch.device(name)
+
+
+def validate_run(config: TrainConfig, data_dir: str | Path, source: str = "config") -> None:
+    """Raise one ConfigError listing every problem of the config and the data directory."""
+    from training.config import config_problems
+
+    problems = config_problems(config) + data_problems(data_dir, needs_visual=config.variant != "v1")
+    if problems:
+        raise ConfigError(source, problems)
+
+
+def _batches(split: Split, batch_queries: int, gen: torch.Generator):
+    """Yield (row index, group index within the batch, n_groups) for shuffled query batches."""
+    order = torch.randperm(split.n_queries, generator=gen)
+    sizes = torch.from_numpy(np.diff(split.offsets))
+    starts = torch.from_numpy(split.offsets[:-1])
+    for i in range(0, split.n_queries, batch_queries):
+        qs = order[i : i + batch_queries]
+        rows = torch.cat([torch.arange(int(starts[q]), int(starts[q] + sizes[q])) for q in qs])
+        group = torch.repeat_interleave(torch.arange(len(qs)), sizes[qs])
+        yield rows, group, len(qs)
+
+
+def _step_loss(model: Ranker, config: TrainConfig, q, t, v, label, group, n_groups, gen) -> tuple[torch.Tensor, dict[str, float]]:
+    """The variant's training loss for one batch, and its own logged quantities."""
+    variant, mit = config.variant, config.mitigation
+    extra: dict[str, float] = {}
+    if variant == "modality-dropout":
+        plan = losses.modality_dropout_plan(n_groups, mit.modality_dropout, gen, q.device)
+        t, v = losses.apply_dropout(t, v, plan, group)
+        extra = {"dropped_text": float(plan.text.float().mean()), "dropped_visual": float(plan.visual.float().mean())}
+    out = model.train_outputs(q, t, v, aux=variant in AUX_VARIANTS)
+    task = losses.listwise_softmax_ce(out.score, label, group, n_groups)
+    loss = task
+    if variant in ("mbl", "combined"):
+        penalty = losses.visual_attention_penalty(out.attention, model.attention_keys["visual"])
+        aux = losses.listwise_softmax_ce(out.text_score, label, group, n_groups) + losses.listwise_softmax_ce(
+            out.visual_score, label, group, n_groups
+        )
+        loss = task + mit.lambda_visual * penalty + mit.lambda_aux * aux
+        extra.update(visual_penalty=float(penalty.detach()), aux_loss=float(aux.detach()))
+    elif variant == "adversarial":
+        adv = losses.adversarial_loss(out.score, out.text_score, group, n_groups, mit.grl_scale)
+        loss = task + mit.lambda_adv * adv
+        extra["adversary_mse"] = float(adv.detach())
+    extra["task_loss"] = float(task.detach())
+    return loss, extra
+
+
+def _ogm_ge(model: Ranker, config: TrainConfig, q, t, v, label, group, n_groups, gen) -> dict[str, float]:
+    """OGM-GE: unimodal performance from masked passes, then dampen the dominant modality."""
+    with torch.no_grad():
+        s_text = model(q, t, torch.zeros_like(v))[0]  # visual masked: the text modality alone
+        s_visual = model(q, torch.zeros_like(t), v)[0]  # text tokens masked (query kept)
+    perf_t = losses.listwise_confidence(s_text, label, group, n_groups)
+    perf_v = losses.listwise_confidence(s_visual, label, group, n_groups)
+    coefs = losses.ogm_coefficients(perf_t, perf_v, config.mitigation.ogm_alpha)
+    params = model.modality_parameters()
+    losses.modulate_gradients(params["text"], coefs["coef_text"], config.mitigation.ogm_noise, gen)
+    losses.modulate_gradients(params["visual"], coefs["coef_visual"], config.mitigation.ogm_noise, gen)
+    return coefs
+
+
+def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: bool = True, resume: bool = True) -> TrainResult:
+    """Train `config.variant` on the benchmark in `data_dir`; checkpoints and logs go to `out`.
+
+    Raises:
+        ConfigError: the config or the data directory has problems (all listed).
+    """
+    validate_run(config, data_dir)
+    data_dir, out = Path(data_dir), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    with_visual = config.variant != "v1"
+    dims = read_dims(data_dir)
+    train_split = load_split(data_dir / "train.parquet", dims, with_visual).to(device)
+    val_split = load_split(data_dir / "val.parquet", dims, with_visual).to(device)
+    model = build_model(config.variant, dims, config.model).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    meta = {"data_dir": str(data_dir), "data_sha256": dataset_sha256(data_dir / "train.parquet"), "seed": config.seed}
+    k = config.diagnostics.ndcg_k
+
+    start_epoch, best, best_epoch, bad_epochs = 0, -1.0, -1, 0
+    state = load_resume_state(out) if resume else None
+    if state is not None and state.get("config_sha256") == config.sha256():
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, best, best_epoch, bad_epochs = state["epoch"] + 1, state["best"], state["best_epoch"], state["bad_epochs"]
+        logger.info("resuming %s at epoch %d (best val NDCG@%d %.4f)", config.variant, start_epoch, k, best)
+    elif (out / LOG_FILE).exists():
+        (out / LOG_FILE).unlink()  # a fresh run starts a fresh log
+
+    history: list[dict[str, Any]] = []
+    train_time = diag_time = 0.0
+    rows_seen = 0
+    t_run = time.perf_counter()
+    epochs = tqdm(range(start_epoch, config.optim.max_epochs), desc=config.variant, disable=not progress, leave=False)
+    for epoch in epochs:
+        # ---- train one epoch -------------------------------------------------------------
+        t0 = time.perf_counter()
+        model.train()
+        gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        sums: dict[str, float] = {}
+        n_steps = 0
+        for rows, group, n_groups in _batches(train_split, config.optim.batch_queries, gen):
+            rows_d, group = rows.to(device), group.to(device)
+            q, t, label = train_split.query[rows_d], train_split.text_tokens[rows_d], train_split.label[rows_d]
+            v = train_split.visual_tokens[rows_d] if with_visual else None
+            loss, extra = _step_loss(model, config, q, t, v, label, group, n_groups, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            norms = modality_grad_norms(model)
+            if with_visual:
+                extra["grad_ratio_visual_text"] = norms["visual"] / max(norms["text"], 1e-12)
+            if config.variant == "ogm-ge":
+                extra.update(_ogm_ge(model, config, q, t, v, label, group, n_groups, gen))
+            if config.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+            opt.step()
+            extra["loss"] = float(loss.detach())
+            for key, value in extra.items():
+                sums[key] = sums.get(key, 0.0) + value
+            n_steps += 1
+            rows_seen += len(rows)
+        t1 = time.perf_counter()
+        # ---- diagnostics on val ----------------------------------------------------------
+        diag = summarize(model, val_split, score_split(model, val_split, config.diagnostics.mask, seed=epoch), k=k)
+        t2 = time.perf_counter()
+        train_time += t1 - t0
+        diag_time += t2 - t1
+        record = {"epoch": epoch, **{key: v / n_steps for key, v in sums.items()}, **{f"val_{key}": v for key, v in diag.items()},
+                  "train_s": t1 - t0, "diagnostics_s": t2 - t1}
+        history.append(record)
+        with (out / LOG_FILE).open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        epochs.set_postfix(ndcg=f"{diag['ndcg']:.4f}", vdrop=diag["visual_drop"])
+        # ---- checkpoint / early stopping -------------------------------------------------
+        if diag["ndcg"] > best + config.optim.min_delta:
+            best, best_epoch, bad_epochs = diag["ndcg"], epoch, 0
+            save_checkpoint(out, model, config, {**meta, "epoch": epoch, "val_ndcg": best})
+        else:
+            bad_epochs += 1
+        save_resume_state(out, {"config_sha256": config.sha256(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
+                                "bad_epochs": bad_epochs, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                "torch_rng": torch.get_rng_state()})
+        if bad_epochs >= config.optim.patience:
+            break
+
+    # ---- test with the best checkpoint -----------------------------------------------------
+    best_model = load_checkpoint(out, device=device).model
+    test_split = load_split(data_dir / "test.parquet", dims, with_visual).to(device)
+    test = summarize(best_model, test_split, score_split(best_model, test_split, config.diagnostics.mask), k=k)
+    result = TrainResult(
+        out=out, variant=config.variant, epochs_run=(history[-1]["epoch"] + 1) if history else start_epoch,
+        best_epoch=best_epoch, best_val_ndcg=best, test=test, train_seconds=time.perf_counter() - t_run,
+        examples_per_s=rows_seen / max(train_time, 1e-9), diagnostics_share=diag_time / max(train_time + diag_time, 1e-9),
+        history=history,
+    )
+    payload = {k2: v for k2, v in asdict(result).items() if k2 != "history"}
+    payload["out"] = str(out)
+    (out / RESULT_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    return result
