@@ -330,18 +330,26 @@ def dataset_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
 # ----- validation (Great Expectations is slow to import: fusionguard.validation loads it lazily) --
 
 def validate_dataset(
-    path: str | Path, contracts: Sequence[ModelContract] = (), max_label: int | None = None
+    path: str | Path,
+    contracts: Sequence[ModelContract] = (),
+    *,
+    max_label: int | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> ValidationReport:
     """Check a dataset and report every problem at once; see `fusionguard.validation`."""
     from fusionguard.validation import validate_dataset as _validate
 
-    return _validate(path, contracts, max_label=max_label)
+    return _validate(path, contracts, max_label=max_label, batch_rows=batch_rows)
 
 
 def ensure_valid(
-    path: str | Path, contracts: Sequence[ModelContract] = (), max_label: int | None = None
+    path: str | Path,
+    contracts: Sequence[ModelContract] = (),
+    *,
+    max_label: int | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> ValidationReport:
     """Like `validate_dataset`, but raise DataValidationError (exit 2) listing every problem."""
     from fusionguard.validation import ensure_valid as _ensure
 
-    return _ensure(path, contracts, max_label=max_label)
+    return _ensure(path, contracts, max_label=max_label, batch_rows=batch_rows)
