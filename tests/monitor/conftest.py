@@ -69,6 +69,8 @@ class LiveServer:
     app: MonitorApp
     url: str  # http://127.0.0.1:PORT
     host_port: str  # 127.0.0.1:PORT (tritonclient's form)
+    server: object  # the uvicorn.Server; set .should_exit = True to start a graceful shutdown
+    thread: threading.Thread
 
     def metrics(self) -> dict[tuple[str, tuple], float]:
         """The parsed /metrics exposition: (sample name, sorted labels) -> value."""
@@ -97,7 +99,7 @@ def live_server() -> Iterator:
                 raise RuntimeError("uvicorn did not start")
             time.sleep(0.02)
         started.append((server, thread))
-        return LiveServer(mapp, f"http://127.0.0.1:{port}", f"127.0.0.1:{port}")
+        return LiveServer(mapp, f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", server, thread)
 
     yield start
     for server, thread in started:

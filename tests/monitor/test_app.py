@@ -3,6 +3,7 @@ telemetry values against a plain reference, shadow correlation, drift and hot re
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -24,8 +25,14 @@ def make_app(app_config: AppConfig = AppConfig(handle_sighup=False), **service) 
     return MonitorApp(svc, registry, config=app_config), registry
 
 
+@functools.lru_cache(maxsize=8)
+def _session(model_path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+
+
 def plain_scores(model_path, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    """Scores from a plain ONNX Runtime session (the reference for the service's answers)."""
+    sess = _session(model_path)
     names = [i.name for i in sess.get_inputs()]
     return sess.run(["score"], {k: feeds[k] for k in names})[0]
 
