@@ -114,9 +114,10 @@ class ExportResult:
             q = self.quantization
             lines += [
                 f"int8 model {q.path} ({q.int8_bytes / 1024:.0f} KiB vs {q.float_bytes / 1024:.0f} KiB float), "
-                f"{q.rows} validation rows, {q.queries} queries:",
+                f"{q.rows} validation rows, {q.queries} queries, each query scored as one batch:",
                 f"  score Pearson {q.pearson:.5f}   mean per-query Spearman {q.spearman:.5f}   max|Δscore| {q.max_abs_score_diff:.3e}",
                 f"  NDCG@10 float {q.ndcg10_float:.4f}   int8 {q.ndcg10_int8:.4f}   difference {q.ndcg10_diff:+.4f}",
+                f"  int8 scores move by up to {q.batch_sensitivity:.3e} with the batch they share (per-query vs 4096-row batches)",
                 "  (no pass/fail: decide from these numbers whether the int8 model is good enough)",
             ]
         return "\n".join(lines)
@@ -202,7 +203,7 @@ def export_model(
     quantization = None
     if config.quantize == "int8":
         q_path = quantize_int8(out, int8_path(out), contract)
-        quantization = compare_int8(out, q_path, data, threads=config.threads)
+        quantization = compare_int8(out, q_path, data, contract, threads=config.threads)
     return ExportResult(out, contract.variant, report, quantization, dict(contract.provenance))
 
 

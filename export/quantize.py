@@ -3,7 +3,8 @@
 Dynamic quantization stores MatMul/Gemm weights as int8 and quantizes activations at run time.
 It changes the scores, so there is no pass/fail here: the report gives the numbers (Pearson over
 all rows, mean per-query Spearman, NDCG@10 of both models and their difference, on the validation
-set) and the user decides whether the int8 model is good enough.
+set, each query scored as its own batch) and the user decides whether the int8 model is good
+enough.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from fusionguard.contract import ModelContract, write_contract
+from fusionguard.dataset import load_dataset
 from fusionguard.errors import InvalidInputError
 from fusionguard.metrics import QueryGroups, ndcg_at_k, pearson, spearman_per_query
-from fusionguard.scorer import Mask, Scorer
+from fusionguard.scorer import Scorer
 
 from export.errors import ExportVerificationError
 
@@ -43,6 +45,7 @@ class QuantizationReport:
     ndcg10_int8: float  # mean NDCG@10 of the int8 model
     ndcg10_diff: float  # int8 minus float
     max_abs_score_diff: float
+    batch_sensitivity: float  # max abs change of an int8 score between per-query batches and 4096-row batches
     float_bytes: int  # file sizes
     int8_bytes: int
 
@@ -93,29 +96,55 @@ def quantize_int8(float_path: str | Path, out: str | Path, contract: ModelContra
     return out
 
 
-def compare_int8(float_path: Path, int8_model: Path, data: Path, *, threads: int | None = None) -> QuantizationReport:
-    """Score the validation set with both models (the core scorer, CPU) and compare."""
-    unmasked = Mask()
-    ref = Scorer(float_path, device="cpu", threads=threads).score_dataset(data)
-    got = Scorer(int8_model, device="cpu", threads=threads).score_dataset(data)
-    a, b = ref.scores[unmasked], got.scores[unmasked]
-    if len(a) == 0:
+def _per_query(scorer: Scorer, feeds: dict[str, np.ndarray], query_rows: list[np.ndarray], n: int) -> np.ndarray:
+    """Scores with one session.run per query, as a serving request would send them."""
+    out = np.empty(n, dtype=np.float64)
+    for rows in query_rows:
+        out[rows] = scorer.run({name: value[rows] for name, value in feeds.items()})[0].score
+    return out
+
+
+def compare_int8(
+    float_path: Path, int8_model: Path, data: Path, contract: ModelContract, *, threads: int | None = None
+) -> QuantizationReport:
+    """Score the validation set with both models (the core scorer, CPU) and compare.
+
+    Each query is scored as its own batch, as a ranking request would be: dynamic quantization
+    picks the activation scale from the whole batch, so an int8 score depends on which other
+    rows share its batch (`batch_sensitivity` measures by how much).
+    """
+    batch = load_dataset(data, contract)
+    n = len(batch)
+    if n == 0:
         raise InvalidInputError(f"{data} has no rows; the quantization report needs validation rows")
-    groups = QueryGroups.from_arrays(ref.query_id, ref.item_id, ref.label)
+    feeds = {name: batch.feeds[name] for name in contract.input_names}
+    _, inverse = np.unique(batch.query_id, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    query_rows = np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
+    ref_scorer = Scorer(float_path, device="cpu", threads=threads)
+    int8_scorer = Scorer(int8_model, device="cpu", threads=threads)
+    a = _per_query(ref_scorer, feeds, query_rows, n)
+    b = _per_query(int8_scorer, feeds, query_rows, n)
+    chunk = 4096  # the core scorer's default rows per session.run
+    whole = np.concatenate(
+        [int8_scorer.run({k: v[i:i + chunk] for k, v in feeds.items()})[0].score for i in range(0, n, chunk)]
+    )
+    groups = QueryGroups.from_arrays(batch.query_id, batch.item_id, batch.label)
     ndcg_a = ndcg_at_k(groups, a, k=10)
     ndcg_b = ndcg_at_k(groups, b, k=10)
     defined = ~np.isnan(ndcg_a)
     spearman = spearman_per_query(groups, a, b)
     return QuantizationReport(
         path=int8_model,
-        rows=len(a),
+        rows=n,
         queries=int(defined.sum()),
         pearson=float(pearson(a, b)),
         spearman=float(np.nanmean(spearman)) if np.any(~np.isnan(spearman)) else float("nan"),
         ndcg10_float=float(np.nanmean(ndcg_a)) if defined.any() else float("nan"),
         ndcg10_int8=float(np.nanmean(ndcg_b)) if defined.any() else float("nan"),
         ndcg10_diff=float(np.nanmean(ndcg_b - ndcg_a)) if defined.any() else float("nan"),
-        max_abs_score_diff=float(np.max(np.abs(a.astype(np.float64) - b))),
+        max_abs_score_diff=float(np.max(np.abs(a - b))),
+        batch_sensitivity=float(np.max(np.abs(whole - b))),
         float_bytes=float_path.stat().st_size,
         int8_bytes=int8_model.stat().st_size,
     )
