@@ -68,7 +68,9 @@ def _build(
     inits = [helper.make_tensor("axis1", TensorProto.INT64, [1], [1])]
     outputs = [helper.make_tensor_value_info(score or "score_like", TensorProto.FLOAT, list(score_dims))]
     if attention is not None:
-        h, k = int(attention_dims[1]) if len(attention_dims) > 1 else HEADS, int(attention_dims[-1])
+        dims = [d if isinstance(d, int) else None for d in attention_dims]
+        h = dims[1] if len(dims) > 1 and dims[1] is not None else HEADS
+        k = dims[-1] if dims[-1] is not None else LT + LV
         inits.append(helper.make_tensor("uniform", TensorProto.FLOAT, [1, h, k], [1.0 / k] * (h * k)))
         inits.append(helper.make_tensor("hk", TensorProto.INT64, [2], [h, k]))
         nodes += [
@@ -110,7 +112,9 @@ def tiny_model(tiny_contract) -> onnx.ModelProto:
 def tiny_model_path(tmp_path, tiny_model, tiny_contract):
     """`tiny_model` with the contract embedded, saved under tmp_path."""
     path = tmp_path / "tiny.onnx"
-    onnx.save(write_contract(tiny_model, tiny_contract), path)
+    model = onnx.ModelProto()
+    model.CopyFrom(tiny_model)  # leave the `tiny_model` fixture without a contract
+    onnx.save(write_contract(model, tiny_contract), path)
     return path
 
 
