@@ -78,8 +78,9 @@ def clean(value: Any) -> Any:
 
 
 def fmt(iv: stats.Interval, digits: int = 3) -> str:
-    """'0.123 [0.100, 0.150]'."""
-    return f"{iv.estimate:.{digits}f} [{iv.low:.{digits}f}, {iv.high:.{digits}f}]"
+    """'0.123 [0.100, 0.150]' (a rounding-level negative shows as 0.000, not -0.000)."""
+    e, lo, hi = (round(x, digits) + 0.0 for x in (iv.estimate, iv.low, iv.high))
+    return f"{e:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def skipped(name: str, reason: str) -> CheckResult:

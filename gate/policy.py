@@ -161,6 +161,8 @@ def _is_optional(tp: Any) -> bool:
 
 def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     """(ok, value) for a TOML value against a field type (int accepted where float is)."""
+    if value is None:  # TOML has no null; a dict from Policy.to_dict can hold None for optional fields
+        return _is_optional(tp), value
     base = [a for a in typing.get_args(tp) if a is not type(None)][0] if _is_optional(tp) else tp
     if base is bool:
         return isinstance(value, bool), value
@@ -201,7 +203,7 @@ def _build(cls: type, table: Mapping[str, Any], prefix: str, problems: list[str]
             problems.append(f"'{path}' must be {_type_name(tp)}, got {value!r}")
             continue
         rule = _RULES.get(path)
-        if rule is not None and not rule[0](coerced):
+        if rule is not None and coerced is not None and not rule[0](coerced):
             problems.append(f"'{path}' must be {rule[1]}, got {value!r}")
             continue
         kwargs[key] = coerced

@@ -75,7 +75,7 @@ class GateResult:
     @property
     def message(self) -> str:
         """One line per check that did not pass."""
-        lines = [f"{c.name}: {c.outcome}: {r}" for c in self.checks if c.outcome in ("failed", "error") for r in c.reasons]
+        lines = [f"{c.name}: {r}" for c in self.checks if c.outcome in ("failed", "error") for r in c.reasons]
         return "\n".join(lines)
 
 

@@ -1,0 +1,111 @@
+"""The gate end to end on toy ONNX models whose behaviour is known by construction."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from fusionguard.errors import InvalidInputError
+from fusionguard.profile import ReferenceProfile
+from fusionguard.registry import file_sha256
+from gate.checks import CheckResult
+from gate.policy import load_policy, with_overrides
+from gate.runner import _exit_code, run_gate
+
+
+def _outcomes(result):
+    return {c.name: c.outcome for c in result.checks}
+
+
+@pytest.fixture(scope="module")
+def fusion_run(toys, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fusion-report")
+    return run_gate(toys.fusion, toys.data, out, baseline=toys.v1, policy=toys.policy), out
+
+
+def test_honest_fusion_model_passes(fusion_run, toys):
+    result, out = fusion_run
+    assert result.exit_code == 0 and result.outcome == "passed"
+    assert set(_outcomes(result).values()) == {"passed"}
+    report = json.loads((out / "report.json").read_text())
+    assert report["outcome"] == "passed" and report["exit_code"] == 0
+    assert report["candidate"]["sha256"] == file_sha256(toys.fusion)
+    assert report["baseline"]["sha256"] == file_sha256(toys.v1)
+    assert len(report["data"]["sha256"]) == 64
+    assert report["policy"]["bootstrap"]["n_resamples"] == 500
+    assert report["seeds"]["ablation_permutations"] == [0, 1, 2]
+    assert "onnxruntime" in report["versions"] and "numpy" in report["versions"]
+    quality = next(c for c in report["checks"] if c["name"] == "quality")["numbers"]
+    assert 0 < quality["p_value"] <= 1 and quality["difference"]["low"] > 0
+    for name in ("report.md", "junit.xml", "ndcg_difference.png", "contributions.png", "profile.json"):
+        assert (out / name).stat().st_size > 0
+    profile = ReferenceProfile.read(out / "profile.json")
+    assert profile.model_sha256 == report["candidate"]["sha256"]
+    assert set(profile.features) == {"query", "text_tokens", "visual_tokens"}
+    assert profile.attention_mass is not None and 0.3 < profile.visual_share.mean < 0.7
+
+
+def test_visual_blind_model_is_blocked_by_visual_ablation(toys, tmp_path):
+    result = run_gate(toys.blind, toys.data, tmp_path, baseline=toys.v1, policy=toys.policy)
+    assert result.exit_code == 1 and result.outcome == "blocked"
+    ablation = next(c for c in result.checks if c.name == "visual_ablation")
+    assert ablation.outcome == "failed"
+    assert ablation.numbers["visual_drop"].high < 0.10
+    junit = ET.parse(tmp_path / "junit.xml").getroot()
+    failed = {case.get("name") for case in junit.iter("testcase") if case.find("failure") is not None}
+    assert "visual_ablation" in failed
+    assert "BLOCKED" in (tmp_path / "report.md").read_text()
+
+
+def test_monotone_of_v1_model_is_blocked_by_integrity(toys, tmp_path):
+    result = run_gate(toys.monotone, toys.data, tmp_path, baseline=toys.v1, policy=toys.policy)
+    assert result.exit_code == 1
+    integrity = next(c for c in result.checks if c.name == "integrity")
+    assert integrity.outcome == "failed"
+    assert integrity.numbers["spearman_mean"].estimate == pytest.approx(1.0)
+    # its attention looks healthy: only the integrity check (and ablation) can catch it
+    assert _outcomes(result)["attention"] == "passed"
+
+
+def test_report_is_deterministic_except_the_timestamp(fusion_run, toys, tmp_path):
+    _, first = fusion_run
+    run_gate(toys.fusion, toys.data, tmp_path, baseline=toys.v1, policy=toys.policy)
+    a = json.loads((first / "report.json").read_text())
+    b = json.loads((tmp_path / "report.json").read_text())
+    a.pop("created_at"), b.pop("created_at")
+    assert a == b
+    assert (first / "profile.json").read_text() == (tmp_path / "profile.json").read_text()
+
+
+def test_missing_baseline_is_an_explicit_policy_decision(toys, tmp_path):
+    with pytest.raises(InvalidInputError, match="baseline.required"):
+        run_gate(toys.fusion, toys.data, tmp_path, policy=toys.policy)
+    assert not (tmp_path / "report.json").exists()
+    policy = with_overrides(load_policy(toys.policy), baseline={"required": False})
+    result = run_gate(toys.fusion, toys.data, tmp_path, policy=policy)
+    assert result.exit_code == 0
+    skipped = {c.name: c for c in result.checks if c.outcome == "skipped"}
+    assert set(skipped) == {"integrity", "quality"}
+    assert "baseline.required = false" in skipped["integrity"].reasons[0]
+    junit = ET.parse(tmp_path / "junit.xml").getroot()
+    assert sum(case.find("skipped") is not None for case in junit.iter("testcase")) == 2
+    assert not (tmp_path / "ndcg_difference.png").exists()
+
+
+def test_attention_thresholds_are_optional_and_enforced(toys, tmp_path):
+    policy = with_overrides(load_policy(toys.policy), attention={"min_entropy": 0.99})
+    result = run_gate(toys.fusion, toys.data, None, baseline=toys.v1, policy=policy)
+    attention = next(c for c in result.checks if c.name == "attention")
+    assert attention.outcome == "failed" and result.exit_code == 1
+    assert any("head" in r for r in attention.reasons)
+
+
+@pytest.mark.parametrize(
+    ("codes", "expected"),
+    [((0, 0), 0), ((0, 1), 1), ((3, 1), 1), ((3, 0), 3), ((2, 1, 3), 2), ((), 0)],
+)
+def test_exit_code_precedence(codes, expected):
+    results = [CheckResult(f"c{i}", "x", "", exit_code=c) for i, c in enumerate(codes)]
+    assert _exit_code(results) == expected
