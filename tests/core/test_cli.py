@@ -1,0 +1,113 @@
+"""The root CLI: help lists every subcommand lazily, --version, error handling, and no torch import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from fusionguard import __version__
+from fusionguard.cli import SUBCOMMANDS, LazyGroup, cli
+from fusionguard.errors import CheckFailedError, DataValidationError, EvaluationError
+
+
+def test_help_lists_every_subcommand():
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for name, (_, short_help) in SUBCOMMANDS.items():
+        line = next((ln for ln in result.stdout.splitlines() if ln.strip().startswith(name + " ")), None)
+        assert line is not None, f"{name} missing from --help"
+        assert short_help.split()[0] in line
+    assert "Exit codes" in result.stdout and "Example:" in result.stdout
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_short_and_long_help(flag):
+    assert CliRunner().invoke(cli, [flag]).exit_code == 0
+
+
+def test_version():
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"fusionguard, version {__version__}"
+
+
+def test_unknown_subcommand_is_a_usage_error():
+    result = CliRunner().invoke(cli, ["frobnicate"])
+    assert result.exit_code == 2
+    assert "No such command 'frobnicate'" in result.stderr
+
+
+def test_data_group_lists_validate():
+    result = CliRunner().invoke(cli, ["data", "--help"])
+    assert result.exit_code == 0
+    assert "validate" in result.stdout and "synth" in result.stdout
+
+
+def _group_raising(error: Exception) -> click.Group:
+    @click.group(cls=LazyGroup)
+    def root() -> None:
+        """A tiny root built inline."""
+
+    @root.command()
+    def boom() -> None:
+        raise error
+
+    return root
+
+
+@pytest.mark.parametrize(
+    "error, code",
+    [
+        (CheckFailedError("the candidate collapsed"), 1),
+        (DataValidationError("d.parquet", ["3 rows contain NaN"]), 2),
+        (EvaluationError("no query has a relevant item"), 3),
+    ],
+)
+def test_fusionguard_errors_become_a_message_and_their_exit_code(error, code):
+    result = CliRunner().invoke(_group_raising(error), ["boom"])
+    assert result.exit_code == code
+    assert result.stderr == f"error: {error}\n"
+    assert "Traceback" not in result.output
+
+
+def test_a_missing_extra_names_the_install_command(monkeypatch):
+    import fusionguard.cli as cli_module
+
+    monkeypatch.setitem(cli_module._EXTRA_HINT, "fusionguard_absent_extra", "pip install 'fusionguard[tracking]'")
+    root = LazyGroup(name="root", lazy={"track": ("fusionguard_absent_extra.cli:track", "Track runs.")})
+    result = CliRunner().invoke(root, ["track"])
+    assert result.exit_code == 1
+    assert "needs the package 'fusionguard_absent_extra'" in result.stderr
+    assert "pip install 'fusionguard[tracking]'" in result.stderr
+
+
+_PROBE = """
+import sys
+from fusionguard.cli import main
+try:
+    main({argv!r})
+except SystemExit as exit:
+    code = exit.code
+heavy = sorted(m for m in ("torch", "great_expectations", "onnxruntime", "training", "export") if m in sys.modules)
+print("EXIT", code, "HEAVY", ",".join(heavy) or "-")
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["data", "--help"], ["data", "validate", "--help"]])
+def test_help_imports_neither_torch_nor_heavy_libraries(argv):
+    out = subprocess.run([sys.executable, "-c", _PROBE.format(argv=argv)], capture_output=True, text=True, timeout=60)
+    last = out.stdout.strip().splitlines()[-1]
+    assert last == "EXIT 0 HEAVY -", out.stdout + out.stderr
+
+
+def test_console_script_help_under_importtime_never_imports_torch():
+    code = "import sys; from fusionguard.cli import main; sys.argv = ['fusionguard', '--help']; main()"
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "fusionguard.cli" in out.stderr  # the import log is there...
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+    assert not {m for m in imported if m == "torch" or m.startswith("torch.")}  # ...and has no torch in it
