@@ -56,6 +56,7 @@ def test_documented_series_parse_the_interfaces_table() -> None:
     assert "fusionguard_shadow_spearman" in series
     assert "fusionguard_shadow_spearman_per_request_bucket" in series
     assert "fusionguard_model_ready_sum" not in series
+    assert "fusionguard_shadow_spearman_per_request_sum" not in series  # see NO_SUM
 
 
 def test_rules_use_only_documented_metrics() -> None:
