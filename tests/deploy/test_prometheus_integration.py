@@ -25,13 +25,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import yaml
 
 from tests.deploy._deploy import ALERT_SHAPE, DASHBOARD, RULES_FILE, alert_rules, dashboard_targets, require_tool
-
-httpx = pytest.importorskip("httpx")  # a dev dependency: always installed where the suite runs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
