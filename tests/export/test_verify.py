@@ -44,7 +44,7 @@ def baseline(exports, loaded, data_dir, tmp_path):
     shutil.copy(exports["baseline"]["path"], path)
     contract = load_contract(path)
     rows = next(iter_batches(data_dir / "val.parquet", contract, batch_rows=512))
-    return path, loaded["baseline"].model, contract, rows
+    return path, loaded["baseline"], contract, rows
 
 
 def _set_metadata(path: Path, value: str) -> None:
@@ -190,7 +190,7 @@ def test_batch_one_example_is_refused(loaded, exports):
     contract = load_contract(exports["v1"]["path"])
     example = {"query": np.zeros((1, 8), np.float32), "text_tokens": np.zeros((1, 4, 8), np.float32)}
     with pytest.raises(InvalidInputError, match="batch-1 example freezes"):
-        to_onnx(loaded["v1"].model, contract, example, 18)
+        to_onnx(loaded["v1"], contract, example, 18)
 
 
 # ----- the ranking comparison against a plain reference -----------------------------------------
