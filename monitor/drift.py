@@ -22,7 +22,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from fusionguard.profile import ReferenceProfile, Summary
 
@@ -104,6 +103,8 @@ class DriftTracker:
         """PSI and KS p-value per feature whose window holds at least `min_values` values."""
         with self._lock:
             snap = {name: (np.fromiter(w.values, dtype=np.float64), w) for name, w in self._windows.items()}
+        from scipy import stats  # imported on first use: scipy.stats costs seconds at server start
+
         out = []
         for name, (vals, w) in snap.items():
             if vals.size < self.min_values:
