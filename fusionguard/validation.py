@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from tqdm import tqdm
 
 from fusionguard.contract import ModelContract
 from fusionguard.dataset import DEFAULT_BATCH_ROWS, ID_COLUMNS, open_parquet
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 NONFINITE_SUFFIX = "__nonfinite"  # derived column: NaN/inf/null values per row of a list input
 INTEGRAL_LABEL = "label__integral"  # derived column: the float label is a finite integer
+_PROGRESS_ROWS = 200_000  # files at least this long get a progress bar on a terminal
 
 __all__ = ["ValidationReport", "ensure_valid", "validate_dataset"]
 
@@ -94,13 +96,18 @@ def _row_stats(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 def _scan(pf, scalar_cols: list[str], list_cols: list[str], batch_rows: int) -> pd.DataFrame:
     """One streaming pass: id/label columns as they are, list columns reduced to per-row stats."""
     parts: list[pd.DataFrame] = []
+    n_rows = pf.metadata.num_rows
+    # The bar shows on a terminal for large files only (disable=None: off when not a TTY).
+    bar = tqdm(total=n_rows, unit="rows", desc="validating", disable=None if n_rows >= _PROGRESS_ROWS else True)
     for batch in pf.iter_batches(batch_size=batch_rows, columns=scalar_cols + list_cols):
+        bar.update(batch.num_rows)
         frame = {c: batch.column(c).to_pandas() for c in scalar_cols}
         for c in list_cols:
             lengths, nonfinite = _row_stats(batch.column(c))
             frame[c] = lengths
             frame[c + NONFINITE_SUFFIX] = nonfinite
         parts.append(pd.DataFrame(frame))
+    bar.close()
     if not parts:
         empty: dict[str, Any] = {c: pd.Series([], dtype=object) for c in scalar_cols}
         for c in list_cols:
