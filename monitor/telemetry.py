@@ -31,7 +31,7 @@ _STOP = object()
 
 @dataclass(frozen=True)
 class TelemetryConfig:
-    queue_size: int = 256  # items waiting for the worker; beyond this, items are dropped and counted
+    queue_size: int = 64  # items waiting for the worker (memory: about queue_size x request size); beyond: dropped, counted
     shadow_window: int = 200  # requests in the windowed mean shadow Spearman
     drift_window: int = 2000  # live values per feature in the drift window (rows, not requests)
     drift_min_values: int = 100  # values needed before PSI / KS are reported

@@ -257,3 +257,36 @@ def test_reload_swaps_model_and_info(models, toy, tmp_path):
         for s in fam.samples
     }
     assert info == {"v0002"}
+
+
+def test_scoring_failure_is_500_and_counted(models, toy):
+    mapp, registry = make_app(model=models["fusion"])
+
+    def broken(feeds, telemetry):
+        raise RuntimeError("session exploded")
+
+    mapp.service.score = broken
+    with TestClient(mapp.app) as c:
+        r = c.post("/v2/models/ranker/infer", json=json_body(rows(toy, 0, 2)))
+        assert r.status_code == 500 and "session exploded" in r.json()["error"]
+        assert c.get("/v2/health/live").status_code == 200
+    assert registry.get_sample_value("fusionguard_requests_total", {"model": "ranker", "outcome": "error"}) == 1
+    assert registry.get_sample_value("fusionguard_inflight_requests") == 0
+
+
+def test_full_telemetry_queue_drops_and_counts(models, toy):
+    from monitor.metrics import MonitorMetrics
+    from monitor.telemetry import TelemetryConfig, TelemetryWorker
+
+    svc = ModelService(ServiceConfig(model=models["fusion"], device="cpu"))
+    registry = CollectorRegistry()
+    worker = TelemetryWorker("ranker", MonitorMetrics.create(registry), config=TelemetryConfig(queue_size=2))
+    scored = svc.score(rows(toy, 0, 3), True)
+    assert [worker.submit(scored) for _ in range(4)] == [True, True, False, False]  # worker not started
+    assert registry.get_sample_value("fusionguard_telemetry_dropped_total", {"model": "ranker"}) == 2
+    worker.start()
+    assert worker.wait_idle()
+    worker.stop()
+    assert registry.get_sample_value(
+        "fusionguard_modality_share_count", {"model": "ranker", "version": svc.state.version, "modality": "visual"}
+    ) == 2

@@ -92,3 +92,15 @@ def test_cli_replay_and_bad_usage(models, traffic, tmp_path):
     assert r.exit_code == 2 and "--telemetry-share must be in [0, 1]" in r.output
     r = runner.invoke(cli, ["monitor", "serve", "--model", str(tmp_path / "missing.onnx")])
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_replay_counts_invalid_requests(models, toy, tmp_path):
+    feeds = {k: v.copy() for k, v in toy.feeds.items()}
+    feeds["visual_tokens"][7, 1, 2] = np.nan  # row 7 belongs to the second query
+    path = write_dataset(tmp_path / "bad.parquet", toy.query_id, toy.item_id, toy.label, feeds)
+    out = tmp_path / "m.prom"
+    result = replay(ReplayConfig(path, ServiceConfig(model=models["fusion"], device="cpu"), out=out))
+    assert (result.requests, result.invalid) == (12, 1)
+    m = samples(out.read_text())
+    assert m[("fusionguard_invalid_requests_total", (("model", "ranker"), ("reason", "non_finite")))] == 1
+    assert m[("fusionguard_requests_total", (("model", "ranker"), ("outcome", "ok")))] == 11
