@@ -28,6 +28,7 @@ import anyio
 import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -97,7 +98,15 @@ class MonitorApp:
             Route("/v2/repository/models/{name}/load", self.load, methods=["POST"]),
             Route("/metrics", self.metrics_endpoint),
         ]
-        self.app = Starlette(routes=routes, lifespan=self._lifespan)
+        self.app = Starlette(
+            routes=routes, lifespan=self._lifespan, exception_handlers={HTTPException: self._http_error}
+        )
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        """Routing errors (unknown path 404, wrong method 405) in the OIP error shape."""
+        status = getattr(exc, "status_code", 500)
+        detail = getattr(exc, "detail", "") or "error"
+        return _error(status, f"{request.method} {request.url.path}: {detail}")
 
     # ----- lifecycle -------------------------------------------------------------------------
     @contextlib.asynccontextmanager

@@ -130,7 +130,7 @@ def decode_request(body: bytes, headers: Mapping[str, str]) -> InferRequest:
     json_part = body if n_json is None else body[:n_json]
     binary = memoryview(b"" if n_json is None else body[n_json:])
     try:
-        doc = json.loads(json_part)
+        doc = json.loads(bytes(json_part).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ProtocolError("malformed_json", f"request body is not valid JSON ({err})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):

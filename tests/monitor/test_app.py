@@ -74,6 +74,9 @@ def test_health_and_metadata(models):
         for url in ("/v2/models/other", "/v2/models/other/ready", "/v2/models/ranker/versions/nope"):
             r = c.get(url)
             assert r.status_code == 404 and "ranker" in r.json()["error"]
+        assert c.get("/v2/nothing").json()["error"].startswith("GET /v2/nothing")
+        r = c.get("/v2/models/ranker/infer")
+        assert r.status_code == 405 and "error" in r.json()
 
 
 def _binary_request(feeds: dict[str, np.ndarray], header_patch=None, trailing=b""):
