@@ -141,12 +141,18 @@ def test_hot_reload_drops_no_request(live_server, models, toy, tmp_path):
     threads = [threading.Thread(target=hammer) for _ in range(3)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + 20
+        while len(seen) < n:
+            assert time.monotonic() < deadline, "the clients got no answers"
+            time.sleep(0.02)
+
+    wait_for(3)
     set_current(root, "v0002")
     r = httpx.post(live.url + "/v2/repository/models/ranker/load", timeout=20)
     assert r.json()["version"] == "v0002"
     n_at_swap = len(seen)
-    time.sleep(0.3)
+    wait_for(n_at_swap + 6)
     stop.set()
     for t in threads:
         t.join(10)
