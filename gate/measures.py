@@ -170,13 +170,20 @@ def pearson_interval(groups: metrics.QueryGroups, a: np.ndarray, b: np.ndarray, 
         + [groups.per_query_sum(v) for v in (x, y, x * x, y * y, x * y)]
     )  # (6, Q)
 
+    n_queries = groups.n_queries
+
     def statistic(index: np.ndarray, axis: int = -1) -> np.ndarray:
-        idx = index.astype(np.int64)
-        n, sx, sy, sxx, syy, sxy = (row[idx].sum(axis=axis) for row in sums)
+        idx = np.asarray(index).astype(np.int64)  # (c, n) resampled query indices, or (n,)
+        flat = idx.reshape(-1, idx.shape[-1])
+        c = flat.shape[0]
+        # How often each query is drawn in each resample, then every sum in one matrix product.
+        counts = np.bincount((flat + n_queries * np.arange(c)[:, None]).ravel(), minlength=c * n_queries)
+        n, sx, sy, sxx, syy, sxy = (counts.reshape(c, n_queries).astype(np.float64) @ sums.T).T  # each (c,)
         cov = sxy - sx * sy / n
         var = (sxx - sx * sx / n) * (syy - sy * sy / n)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(var > 0, np.clip(cov / np.sqrt(var), -1.0, 1.0), np.nan)
+            r = np.where(var > 0, np.clip(cov / np.sqrt(np.maximum(var, 0.0)), -1.0, 1.0), np.nan)
+        return r.reshape(idx.shape[:-1])
 
     estimate = metrics.pearson(a, b)
     if not np.isfinite(estimate):

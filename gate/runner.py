@@ -281,7 +281,8 @@ def _run_measured_checks(
         base_scores = score_baseline(base, batch, policy) if base is not None else None
     except FusionGuardError as err:
         for name in checks.CHECK_NAMES[2:]:
-            results[name] = errored(name, f"scoring failed: {err}", err.exit_code if err.exit_code != EXIT_BLOCKED else EXIT_UNEVALUABLE)
+            # Inputs were validated above, so a failure here is the model's: not evaluable (3).
+            results[name] = errored(name, f"scoring failed: {err}", EXIT_UNEVALUABLE)
         return
     result.timings["scoring"] = time.perf_counter() - t0
     result.measures = m
@@ -291,7 +292,7 @@ def _run_measured_checks(
         try:
             return fn(*args)
         except FusionGuardError as err:
-            return errored(name, str(err), EXIT_UNEVALUABLE if err.exit_code != EXIT_INVALID else EXIT_INVALID)
+            return errored(name, str(err), EXIT_UNEVALUABLE)
 
     results["visual_ablation"] = guarded("visual_ablation", checks.visual_ablation_check, m, policy)
     if base_scores is None:

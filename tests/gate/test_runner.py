@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 
+import numpy as np
 import pytest
 
+from fusionguard import toymodels as tm
 from fusionguard.errors import InvalidInputError
 from fusionguard.profile import ReferenceProfile
 from fusionguard.registry import file_sha256
@@ -109,3 +111,46 @@ def test_attention_thresholds_are_optional_and_enforced(toys, tmp_path):
 def test_exit_code_precedence(codes, expected):
     results = [CheckResult(f"c{i}", "x", "", exit_code=c) for i, c in enumerate(codes)]
     assert _exit_code(results) == expected
+
+
+def _nan_model():
+    """A fusion-shaped model whose score is NaN for every row: log(0 * sum(query) - 1)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from fusionguard.contract import ModelContract, TensorSpec, write_contract
+
+    dim, lt, lv = tm.DIM, tm.N_TEXT, tm.N_VISUAL
+    nodes = [
+        helper.make_node("ReduceSum", ["query", "axes"], ["s"], keepdims=0),
+        helper.make_node("Mul", ["s", "zero"], ["z"]),
+        helper.make_node("Sub", ["z", "one"], ["neg"]),
+        helper.make_node("Log", ["neg"], ["score"]),
+    ]
+    inits = [
+        onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
+        onnx.numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+        onnx.numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("query", TensorProto.FLOAT, ["N", dim]),
+        helper.make_tensor_value_info("text_tokens", TensorProto.FLOAT, ["N", lt, dim]),
+        helper.make_tensor_value_info("visual_tokens", TensorProto.FLOAT, ["N", lv, dim]),
+    ]
+    graph = helper.make_graph(nodes, "nan", inputs, [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    contract = ModelContract(
+        inputs=(TensorSpec("query", "float32", (dim,)), TensorSpec("text_tokens", "float32", (lt, dim)),
+                TensorSpec("visual_tokens", "float32", (lv, dim))),
+        modalities={"text": ("query", "text_tokens"), "visual": ("visual_tokens",)},
+    )
+    return write_contract(model, contract)
+
+
+def test_a_model_that_cannot_be_evaluated_exits_3(toys, tmp_path):
+    model = tm.save(_nan_model(), tmp_path / "nan.onnx")
+    result = run_gate(model, toys.data, tmp_path / "out", baseline=toys.v1, policy=toys.policy)
+    assert result.exit_code == 3 and result.outcome == "unevaluated"
+    assert {c.name for c in result.checks if c.outcome == "error"} == {"visual_ablation", "integrity", "quality", "attention"}
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["exit_code"] == 3 and "NaN" in report["checks"][2]["reasons"][0]
