@@ -15,6 +15,7 @@ Everything here is pure: bytes in, arrays out, so it is tested without a server.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,7 +115,7 @@ def _json_data(data: Any, shape: tuple[int, ...], dtype: np.dtype, where: str) -
         arr = np.asarray(data, dtype=dtype)
     except (TypeError, ValueError, OverflowError) as err:
         raise ProtocolError("malformed_json", f"{where}: 'data' is not a list of {dtype.name} values ({err})") from None
-    expected = int(np.prod(shape, dtype=np.int64))
+    expected = math.prod(shape)
     if arr.size != expected:
         raise ProtocolError("wrong_shape", f"{where}: 'data' holds {arr.size} values but shape {list(shape)} needs {expected}")
     return arr.reshape(shape)
@@ -170,7 +171,7 @@ def decode_request(body: bytes, headers: Mapping[str, str]) -> InferRequest:
                 "malformed_binary",
                 f"{where} declares {size} binary bytes at offset {offset}, but only {len(binary) - offset} remain",
             )
-        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        expected = math.prod(shape) * dtype.itemsize
         if size != expected:
             raise ProtocolError(
                 "wrong_shape", f"{where}: {size} binary bytes do not match shape {list(shape)} of {dtype.name} ({expected} bytes)"

@@ -95,6 +95,8 @@ BAD_CASES = [
     ("bad datatype", json.dumps({"inputs": [{**GOOD, "datatype": "BYTES", "data": ["a", "b"]}]}).encode(), {}, "unsupported_datatype"),
     ("data count", json.dumps({"inputs": [{**GOOD, "data": [1, 2, 3]}]}).encode(), {}, "wrong_shape"),
     ("data not numbers", json.dumps({"inputs": [{**GOOD, "data": ["a", "b"]}]}).encode(), {}, "malformed_json"),
+    ("huge shape", json.dumps({"inputs": [{**GOOD, "shape": [10**30], "data": [1]}]}).encode(), {}, "wrong_shape"),
+    ("huge binary shape", *_binary({"inputs": [{**GOOD, "shape": [2**40, 2**40], "parameters": {"binary_data_size": 8}}]}, b"\0" * 8), "wrong_shape"),
     ("no data", json.dumps({"inputs": [GOOD]}).encode(), {}, "malformed_json"),
     ("header not int", b'{"inputs": []}', {HEADER_LENGTH: "abc"}, "malformed_binary"),
     ("header too long", b'{"inputs": []}', {HEADER_LENGTH: "999"}, "malformed_binary"),
