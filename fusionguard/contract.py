@@ -187,7 +187,7 @@ def _dict_problems(data: Any) -> list[str]:
     if unknown:
         problems.append(f"unknown keys {unknown}; allowed keys are {sorted(allowed)}")
     version = data.get("contract_version", CONTRACT_VERSION)
-    if version != CONTRACT_VERSION:
+    if isinstance(version, bool) or version != CONTRACT_VERSION:
         problems.append(f"contract_version {version!r} is not supported (this fusionguard reads version {CONTRACT_VERSION})")
     inputs = data.get("inputs")
     if not isinstance(inputs, list) or not inputs:
@@ -203,6 +203,18 @@ def _dict_problems(data: Any) -> list[str]:
         problems.append("'modalities' must map a modality ('text', 'visual') to a list of input names")
     elif not all(isinstance(v, list) for v in modalities.values()):
         problems.append("every entry of 'modalities' must be a list of input names")
+    heads = data.get("attention_heads")
+    if heads is not None and (isinstance(heads, bool) or not isinstance(heads, int)):
+        problems.append(f"'attention_heads' must be an integer or null, got {heads!r}")
+    provenance = data.get("provenance")
+    if provenance is not None and not isinstance(provenance, Mapping):
+        problems.append(f"'provenance' must be an object of string values, got {type(provenance).__name__}")
+    for key in ("score_output", "variant"):
+        if key in data and not isinstance(data[key], str):
+            problems.append(f"'{key}' must be a string, got {data[key]!r}")
+    attention_output = data.get("attention_output")
+    if attention_output is not None and not isinstance(attention_output, str):
+        problems.append(f"'attention_output' must be a string or null, got {attention_output!r}")
     keys = data.get("attention_keys") or {}
     if not isinstance(keys, Mapping) or not all(
         isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v) for v in keys.values()
