@@ -132,6 +132,9 @@ def run_gate(
         ConfigError / InvalidInputError: the policy is invalid, or no baseline was given while the
             policy requires one (nothing is written then).
     """
+    if out is not None and (Path(out) / "report.json").is_file():
+        # Fail closed: a report left by an earlier run must never be promotable after this one stops early.
+        (Path(out) / "report.json").unlink()
     policy = policy if isinstance(policy, Policy) else load_policy(policy)
     candidate, data = Path(candidate), Path(data)
     if baseline is None and policy.baseline.required:

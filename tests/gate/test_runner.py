@@ -82,9 +82,10 @@ def test_report_is_deterministic_except_the_timestamp(fusion_run, toys, tmp_path
 
 
 def test_missing_baseline_is_an_explicit_policy_decision(toys, tmp_path):
+    (tmp_path / "report.json").write_text('{"outcome": "passed", "exit_code": 0}')  # left by an earlier run
     with pytest.raises(InvalidInputError, match="baseline.required"):
         run_gate(toys.fusion, toys.data, tmp_path, policy=toys.policy)
-    assert not (tmp_path / "report.json").exists()
+    assert not (tmp_path / "report.json").exists()  # a stale passing report is never left behind
     policy = with_overrides(load_policy(toys.policy), baseline={"required": False})
     result = run_gate(toys.fusion, toys.data, tmp_path, policy=policy)
     assert result.exit_code == 0
