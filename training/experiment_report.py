@@ -153,7 +153,7 @@ def write_table(frame: pd.DataFrame, stem: Path, caption: str) -> list[Path]:
     md += ["| " + " | ".join(_cells(r, False)) + " |" for _, r in frame.iterrows()]
     paths[1].write_text("\n".join([f"**{caption}**", "", *md, ""]), encoding="utf-8")
     head = [c.replace("%", r"\%").replace("Δ", r"$\Delta$").replace("<", "$<$").replace(">", "$>$") for c in COLUMNS]
-    tex = [r"\begin{table}[t]", r"\centering", r"\small", f"\\caption{{{caption}}}",
+    tex = [r"\begin{table}[t]", r"\centering", r"\small", f"\\caption{{{caption.replace('%', chr(92) + '%').replace('_', chr(92) + '_')}}}",
            r"\begin{tabular}{ll" + "r" * (len(COLUMNS) - 2) + "}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
     tex += [" & ".join(_cells(r, True)) + r" \\" for _, r in frame.iterrows()]
     tex += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
@@ -173,7 +173,7 @@ def build_report(out: str | Path) -> ReportResult:
     (report_dir / "tables").mkdir(parents=True, exist_ok=True)
     result = ReportResult(report_dir)
     n_seeds, n_res = len(grid["seeds"]), grid["eval"]["n_resamples"]
-    note = (f"{grid['track']} track, scale {grid['scale']}, {n_seeds} seeds (per-query mean over seeds), 95\\% bootstrap CIs "
+    note = (f"{grid['track']} track, scale {grid['scale']}, {n_seeds} seeds (per-query mean over seeds), 95% bootstrap CIs "
             f"over test queries ({n_res} resamples), sign-flip p-values vs {reference}, Holm-corrected within the table")
     tables = {}
     for group, title in (("main", "Main results"), ("lambda", "Ablation: lambda_visual"), ("depth", "Ablation: fusion depth")):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ def log_run(uri: str, experiment: str, run_name: str, params: Mapping[str, Any],
     """Log one run: flattened params, every numeric field of each JSONL epoch line as a metric
     at step = epoch, extra scalar metrics, and the ONNX model as an artifact. Returns the run id."""
     mlflow = require_mlflow()
+    if "://" not in uri or uri.startswith("file:"):
+        # MLflow >= 3.x refuses the filesystem store unless opted in; a local path was asked for explicitly.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name) as run:

@@ -1,0 +1,158 @@
+"""The experiment grid: config validation, run keys, the report's statistics, and a toy grid end to end."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from fusionguard import stats
+from fusionguard.cli import cli
+from fusionguard.errors import ConfigError
+from training.experiment import expand, load_grid, run_key
+from training.experiment_report import build_report
+
+TOY = """
+name = "toy"
+seeds = [0]
+variants = ["baseline", "v1"]
+reference = "baseline"
+[train]
+device = "cpu"
+[train.model]
+d_model = 8
+n_heads = 2
+[train.optim]
+max_epochs = 2
+[data]
+n_train = 12
+n_val = 6
+n_test = 20
+n_candidates = 6
+dim = 8
+text_tokens = 2
+visual_tokens = 2
+object_patches = 1
+[eval]
+n_resamples = 200
+latency_repeats = 2
+attention_rows = 60
+"""
+
+
+def _write(tmp_path, text, name="grid.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_grid_problems_are_listed_together(tmp_path):
+    path = _write(tmp_path, 'variants = ["baseline", "nope"]\nreference = "mbl"\nseeds = [-1]\ntrack = "x"\n')
+    with pytest.raises(ConfigError) as err:
+        load_grid(path)
+    text = " ".join(err.value.problems)
+    for needle in ("nope", "reference 'mbl'", "seeds", "track 'x'"):
+        assert needle in text
+
+
+def test_scale_overrides_and_shared_runs(tmp_path):
+    path = _write(tmp_path, TOY + "\n[ablations]\nlambda_visual = [0.1, 0.5]\nlambda_variant = \"mbl\"\n"
+                  "[scale.full.train.optim]\nmax_epochs = 30\n")
+    small, full = load_grid(path, "small"), load_grid(path, "full")
+    assert small.train["optim"]["max_epochs"] == 2 and full.train["optim"]["max_epochs"] == 30
+    specs = {s.label: s for s in expand(small)}
+    assert specs["mbl λ=0.1"].config.mitigation.lambda_visual == 0.1
+    # lambda 0.5 is the default: the same config as a plain mbl run, and a different one from 0.1
+    plain = specs["mbl λ=0.5"].config.__class__.from_dict({**specs["mbl λ=0.5"].config.to_dict(), "variant": "mbl"})
+    assert run_key(specs["mbl λ=0.5"], "d") == run_key(type(specs["mbl λ=0.5"])("mbl", "main", None, "mbl", 0, "main", plain), "d")
+    assert run_key(specs["mbl λ=0.1"], "d") != run_key(specs["mbl λ=0.5"], "d")
+    assert run_key(specs["baseline"], "d") != run_key(specs["baseline"], "other data")
+
+
+def _fake_experiment(tmp_path, deltas):
+    """A stored experiment without training: per-query NDCG of a reference and shifted variants."""
+    rng = np.random.default_rng(0)
+    out = tmp_path / "exp"
+    n_q, seeds = 60, (0, 1)
+    base = {s: rng.uniform(0.3, 0.7, n_q) for s in seeds}
+    entries = []
+    for label, delta in {"baseline": 0.0, **deltas}.items():
+        for s in seeds:
+            run = f"runs/{label}-s{s}"
+            (out / run).mkdir(parents=True)
+            (out / run / "latency.json").write_text(json.dumps({"median_ms": 1.0 + delta}))
+            entries.append({"label": label, "group": "main", "value": None, "variant": "baseline", "seed": s,
+                            "dataset": "main", "key": f"{label}{s}", "run_dir": run, "model": f"{label}{s}"})
+    for s in seeds:
+        frames = []
+        for label, delta in {"baseline": 0.0, **deltas}.items():
+            noise = rng.normal(0, 0.01, n_q)
+            frames.append(pd.DataFrame({"model": f"{label}{s}", "query_id": [str(q) for q in range(n_q)],
+                                        "ndcg": base[s] + delta + noise, "visual_drop": 0.1 + noise}))
+        (out / "eval" / f"main-s{s}").mkdir(parents=True)
+        pd.concat(frames).to_csv(out / "eval" / f"main-s{s}" / "per_query.csv", index=False)
+    grid = {"reference": "baseline", "track": "synth", "scale": "small", "seeds": list(seeds), "eval": {"n_resamples": 500}}
+    (out / "manifest.json").write_text(json.dumps({"grid": grid, "entries": entries}))
+    return out
+
+
+def test_report_statistics_match_plain_reference(tmp_path):
+    out = _fake_experiment(tmp_path, {"better": 0.05, "same": 0.0, "worse": -0.05})
+    report = build_report(out)
+    table = pd.read_csv(out / "report" / "tables" / "main.csv").set_index("row")
+    assert table.loc["better", "beats_baseline"] == "yes"
+    assert table.loc["same", "beats_baseline"] == "no (n.s.)"
+    assert table.loc["worse", "beats_baseline"] == "no (lower NDCG)"
+    # every number traces to the per-query files: recompute from them with plain pandas
+    pq = pd.concat([pd.read_csv(out / "eval" / f"main-s{s}" / "per_query.csv", dtype={"query_id": str}) for s in (0, 1)])
+    pq["label"] = pq["model"].str[:-1]
+    per_query = pq.groupby(["label", "query_id"])["ndcg"].mean().unstack(0)
+    assert table.loc["better", "ndcg@10"] == pytest.approx(per_query["better"].mean(), abs=1e-9)
+    diff = {k: (per_query[k] - per_query["baseline"]).to_numpy() for k in ("better", "same", "worse")}
+    raw = [stats.randomization_test(diff[k], 500, 0) for k in ("better", "same", "worse")]
+    np.testing.assert_allclose(table.loc[["better", "same", "worse"], "p_holm"], stats.holm(np.array(raw)))
+    assert table.loc["better", "delta_ndcg@10"] == pytest.approx(diff["better"].mean(), abs=1e-9)
+    assert {p.name for p in report.figures} >= {"latency.png", "latency.pdf"}
+    assert "yes" in (out / "report" / "tables" / "main.md").read_text() and "\\toprule" in (out / "report" / "tables" / "main.tex").read_text()
+
+
+def test_two_run_grid_end_to_end_with_mlflow(tmp_path):
+    import mlflow
+
+    config = _write(tmp_path, TOY)
+    out, store = tmp_path / "exp", tmp_path / "mlruns"
+    runner = CliRunner()
+    res = runner.invoke(cli, ["experiment", "run", "--config", str(config), "--out", str(out), "--no-progress",
+                              "--mlflow-uri", str(store)])
+    assert res.exit_code == 0, res.output
+    assert "2 runs (2 trained, 0 reused)" in res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(e["variant"] for e in manifest["entries"]) == ["baseline", "v1"]
+    for e in manifest["entries"]:
+        assert (out / e["run_dir"] / "complete.json").is_file() and (out / e["run_dir"] / f"{e['model']}.onnx").is_file()
+    per_query = pd.read_csv(out / "eval" / "main-s0" / "per_query.csv")
+    table = pd.read_csv(out / "report" / "tables" / "main.csv").set_index("row")
+    assert table.loc["baseline", "ndcg@10"] == pytest.approx(per_query["ndcg"].mean(), abs=1e-9)
+    assert table.loc["v1", "modalities"] == "text only"
+    # report rebuilds from stored files: delete it and regenerate without training
+    for p in (out / "report").rglob("*.*"):
+        p.unlink()
+    res = runner.invoke(cli, ["experiment", "report", str(out)])
+    assert res.exit_code == 0, res.output
+    names = {p.name for p in (out / "report").rglob("*.*")}
+    assert {"main.csv", "main.md", "main.tex", "attention.png", "grad_norms.pdf", "latency.png"} <= names
+    # finished runs are reused
+    res = runner.invoke(cli, ["experiment", "run", "--config", str(config), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0 and "(0 trained, 2 reused)" in res.output, res.output
+    # MLflow: two runs with params, per-epoch metrics and the ONNX model
+    client = mlflow.MlflowClient(tracking_uri=str(store))
+    runs = client.search_runs([client.get_experiment_by_name("toy").experiment_id])
+    assert len(runs) == 2
+    for run in runs:
+        assert run.data.params["optim.max_epochs"] == "2"
+        assert len(client.get_metric_history(run.info.run_id, "val_ndcg")) == 2
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "model")][0].endswith(".onnx")
