@@ -37,15 +37,16 @@ class OptimConfig:
     max_epochs: int = 40
     patience: int = 4  # early stopping: epochs without a better val NDCG@10 before stopping
     min_delta: float = 1e-3  # an epoch counts as better only if val NDCG@10 rises by more than this
-    batch_queries: int = 16  # queries per optimisation step (all candidates of a query stay together)
+    batch_queries: int = 8  # queries per optimisation step (all candidates of a query stay together)
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
 
 
 @dataclass(frozen=True)
 class MitigationConfig:
-    lambda_visual: float = 0.5  # MBL: weight of -log(visual attention mass)
+    lambda_visual: float = 0.1  # MBL: weight of -log(visual attention mass)
+    lambda_text: float = 0.1  # MBL: weight of -log(text attention mass); with lambda_visual it sets the balance point
     lambda_aux: float = 0.5  # MBL: weight of each unimodal auxiliary head's listwise loss
-    lambda_adv: float = 0.5  # adversarial: weight of the text-predictability adversary's loss
+    lambda_adv: float = 0.1  # adversarial: weight of the text-predictability adversary's loss
     grl_scale: float = 1.0  # adversarial: gradient reversal factor (the backward pass multiplies by -grl_scale)
     ogm_alpha: float = 0.5  # OGM-GE: alpha in the coefficient 1 - tanh(alpha * rho)
     ogm_noise: float = 1.0  # OGM-GE: GE noise std as a multiple of the dampened gradient's own std; 0 disables
@@ -54,7 +55,7 @@ class MitigationConfig:
 
 @dataclass(frozen=True)
 class DiagnosticsConfig:
-    mask: str = "zero"  # how ablations mask a modality: "zero" or "permute" (shuffled within each query)
+    mask: str = "permute"  # how ablations mask a modality: "permute" (shuffled across the query's candidates) or "zero"
     ndcg_k: int = 10
 
 
@@ -163,7 +164,7 @@ def config_problems(config: TrainConfig) -> list[str]:
         if getattr(o, name) < 1:
             p.append(f"optim.{name} = {getattr(o, name)} must be >= 1")
     mi = config.mitigation
-    for name in ("lambda_visual", "lambda_aux", "lambda_adv", "grl_scale", "ogm_alpha", "ogm_noise"):
+    for name in ("lambda_visual", "lambda_text", "lambda_aux", "lambda_adv", "grl_scale", "ogm_alpha", "ogm_noise"):
         if getattr(mi, name) < 0:
             p.append(f"mitigation.{name} = {getattr(mi, name)} must be >= 0 (a negative weight rewards the opposite)")
     if not 0 <= mi.modality_dropout < 0.5:

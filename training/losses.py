@@ -41,14 +41,17 @@ def listwise_softmax_ce(scores: Tensor, labels: Tensor, group: Tensor, n_groups:
     return per_query[valid].sum() / valid.sum().clamp_min(1)
 
 
-def visual_attention_penalty(attention: Tensor, visual_keys: tuple[int, int], eps: float = 1e-6) -> Tensor:
-    """Modality-balanced loss term: mean over rows and heads of −log(visual attention mass).
+def modality_attention_penalty(attention: Tensor, keys: tuple[int, int], eps: float = 1e-6) -> Tensor:
+    """Modality-balanced loss term: mean over rows and heads of −log(attention mass on `keys`).
 
-    m_{n,h} = Σ_{k ∈ visual keys} a_{n,h,k};  L_visual = mean_{n,h} −log(m_{n,h} + eps).
-    Source: the research plan's Modality-Balanced Loss (L_total = L_task + λ_visual·L_visual,
-    L_visual = −log(visual attention weight)), fusionguard's seed/ document.
+    m_{n,h} = Σ_{k ∈ keys} a_{n,h,k};  L_m = mean_{n,h} −log(m_{n,h} + eps).
+    The modality-balanced loss is L = L_task + λ_visual·L_visual + λ_text·L_text (+ aux heads);
+    per head, λ_v·(−log m) + λ_t·(−log(1 − m)) is smallest at m = λ_v / (λ_v + λ_t), so the
+    text term keeps the visual term from starving text (with λ_text = 0, m → 1 is optimal).
+    Source: the research plan's Modality-Balanced Loss (L_total = L_task + λ_visual·L_visual +
+    λ_text·L_text, L_visual = −log(visual attention weight)), fusionguard's seed/ document.
     """
-    mass = attention[:, :, visual_keys[0] : visual_keys[1]].sum(-1)  # (N, H)
+    mass = attention[:, :, keys[0] : keys[1]].sum(-1)  # (N, H)
     return -torch.log(mass + eps).mean()
 
 

@@ -12,7 +12,8 @@ Generative story (one query, `n_candidates` candidates; docs/training.md has the
    `text_noise` per coordinate. The text signal is easy: it is linear in the mean text token.
 4. Visual modality: `visual_tokens` are Lv patches. `object_patches` of them, at random
    positions, show the attribute as `visual_strength·s·c_{b_i}` where the sign s = ±1 is drawn per
-   patch (a texture/polarity nuisance), the rest are clutter of the same scale; every patch gets
+   patch (a texture/polarity nuisance), the rest are random clutter of norm `clutter_strength`
+   (background, other objects); every patch gets
    `visual_noise`. The visual signal is weaker and harder: spread over patch positions, invisible
    to mean pooling (the signs cancel), and only readable through a query-dependent, sign-invariant
    interaction such as sharp attention onto the object patch.
@@ -61,8 +62,10 @@ class SynthConfig:
     text_strength: float = 1.0  # norm of the topic signal on each text token
     text_noise: float = 0.3  # per-coordinate std on text tokens (before /sqrt(D) scaling)
     visual_strength: float = 1.0  # norm of the attribute signal on an object patch
+    clutter_strength: float = 1.0  # norm of the clutter on the other patches (background, other objects)
     visual_noise: float = 0.5  # per-coordinate std on patches (before /sqrt(D) scaling)
     object_patches: int = 2  # patches that show the attribute
+    object_sign_flip: bool = True  # draw the sign of each object patch at random (defeats mean pooling)
     query_attribute: float = 0.7  # weight of the attribute prototype in the query embedding
     grade_quantiles: tuple[float, ...] = (0.55, 0.8, 0.92, 0.98)  # z quantiles separating labels 0|1|2|3|4
 
@@ -79,7 +82,7 @@ class SynthConfig:
             p.append(f"object_patches = {self.object_patches} cannot exceed visual_tokens = {self.visual_tokens}")
         if not 0 < self.match_rate < 1:
             p.append(f"match_rate = {self.match_rate} must be in (0, 1)")
-        for name in ("text_weight", "visual_weight", "label_noise", "text_strength", "text_noise", "visual_strength", "visual_noise", "query_attribute"):
+        for name in ("text_weight", "visual_weight", "label_noise", "text_strength", "text_noise", "visual_strength", "clutter_strength", "visual_noise", "query_attribute"):
             if getattr(self, name) < 0:
                 p.append(f"{name} = {getattr(self, name)} must be >= 0")
         q = self.grade_quantiles
@@ -137,9 +140,11 @@ def _generate(cfg: SynthConfig, n_queries: int, rng: np.random.Generator, protot
     # text tokens: noisy copies of the candidate topic
     text = cfg.text_strength * w[:, :, None, :] + cfg.text_noise * rng.standard_normal((n_queries, c, lt, d)) / np.sqrt(d)
     # visual patches: clutter everywhere, the attribute (random sign) on `object_patches` positions
-    vis = cfg.visual_strength * _unit(rng.standard_normal((n_queries, c, lv, d)))
+    vis = cfg.clutter_strength * _unit(rng.standard_normal((n_queries, c, lv, d)))
     pos = np.argsort(rng.random((n_queries, c, lv)), axis=-1)[..., : cfg.object_patches]  # (Q, C, P)
     sign = rng.choice(np.array([-1.0, 1.0]), (n_queries, c, cfg.object_patches))
+    if not cfg.object_sign_flip:
+        sign = np.abs(sign)
     obj = cfg.visual_strength * sign[..., None] * prototypes[cand_attr][:, :, None, :]  # (Q, C, P, D)
     np.put_along_axis(vis, pos[..., None], obj, axis=2)
     vis = vis + cfg.visual_noise * rng.standard_normal(vis.shape) / np.sqrt(d)

@@ -104,12 +104,13 @@ def _step_loss(model: Ranker, config: TrainConfig, q, t, v, label, group, n_grou
     task = losses.listwise_softmax_ce(out.score, label, group, n_groups)
     loss = task
     if variant in ("mbl", "combined"):
-        penalty = losses.visual_attention_penalty(out.attention, model.attention_keys["visual"])
+        pen_v = losses.modality_attention_penalty(out.attention, model.attention_keys["visual"])
+        pen_t = losses.modality_attention_penalty(out.attention, model.attention_keys["text"])
         aux = losses.listwise_softmax_ce(out.text_score, label, group, n_groups) + losses.listwise_softmax_ce(
             out.visual_score, label, group, n_groups
         )
-        loss = task + mit.lambda_visual * penalty + mit.lambda_aux * aux
-        extra.update(visual_penalty=float(penalty.detach()), aux_loss=float(aux.detach()))
+        loss = task + mit.lambda_visual * pen_v + mit.lambda_text * pen_t + mit.lambda_aux * aux
+        extra.update(visual_penalty=float(pen_v.detach()), text_penalty=float(pen_t.detach()), aux_loss=float(aux.detach()))
     elif variant == "adversarial":
         adv = losses.adversarial_loss(out.score, out.text_score, group, n_groups, mit.grl_scale)
         loss = task + mit.lambda_adv * adv

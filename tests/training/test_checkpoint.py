@@ -1,0 +1,74 @@
+"""Checkpoints round-trip through weights_only loading; models honour the contract seam."""
+
+import json
+
+import pytest
+import torch
+
+from training.checkpoint import load_checkpoint, load_resume_state, save_checkpoint, save_resume_state
+from training.models import InputDims, build_model
+
+from .conftest import tiny_config
+
+DIMS = InputDims(d=8, lt=2, lv=3)
+
+
+def _inputs(n=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 8, generator=g), torch.randn(n, 2, 8, generator=g), torch.randn(n, 3, 8, generator=g)
+
+
+@pytest.mark.parametrize("variant", ["v1", "baseline", "progressive", "combined", "ogm-ge"])
+def test_checkpoint_round_trip(tmp_path, variant):
+    config = tiny_config(variant)
+    model = build_model(variant, DIMS, config.model).eval()
+    save_checkpoint(tmp_path, model, config, {"data_sha256": "abc", "data_dir": "bench"})
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.config == config
+    assert not ckpt.model.training
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    for key in ("variant", "config_sha256", "data_sha256", "data_dir", "fusionguard_version"):
+        assert key in meta and meta[key] == ckpt.meta[key]
+    assert meta["variant"] == variant and meta["config_sha256"] == config.sha256()
+    q, t, v = _inputs()
+    s1, a1 = model(q, t, v)
+    s2, a2 = ckpt.model(q, t, v)
+    torch.testing.assert_close(s1, s2)
+    torch.testing.assert_close(a1, a2)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert set(state) == set(model.state_dict())
+
+
+@pytest.mark.parametrize("variant", ["v1", "baseline", "progressive"])
+def test_model_contract_shapes(variant):
+    model = build_model(variant, DIMS, tiny_config(variant).model).eval()
+    q, t, v = _inputs(n=6)
+    score, attention = model(q, t, v if model.has_visual else None)
+    n_keys = 2 + (3 if model.has_visual else 0)
+    assert score.shape == (6,) and attention.shape == (6, model.n_heads, n_keys)
+    torch.testing.assert_close(attention.sum(-1), torch.ones(6, model.n_heads))
+    assert max(stop for _, stop in model.attention_keys.values()) == n_keys
+    names = [s.name for s in model.input_specs()]
+    assert names == ["query", "text_tokens"] + (["visual_tokens"] if model.has_visual else [])
+    assert sorted(n for members in model.modalities.values() for n in members) == sorted(names)
+
+
+def test_train_outputs_match_forward_and_aux_heads_stay_out():
+    model = build_model("mbl", DIMS, tiny_config("mbl").model).eval()
+    q, t, v = _inputs()
+    out = model.train_outputs(q, t, v, aux=True)
+    score, attention = model(q, t, v)
+    torch.testing.assert_close(out.score, score)
+    torch.testing.assert_close(out.attention, attention)
+    assert out.text_score.shape == (5,) and out.visual_score.shape == (5,)
+
+
+def test_resume_state_round_trip(tmp_path):
+    assert load_resume_state(tmp_path) is None
+    model = build_model("baseline", DIMS, tiny_config().model)
+    opt = torch.optim.AdamW(model.parameters())
+    save_resume_state(tmp_path, {"epoch": 3, "best": 0.5, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                 "torch_rng": torch.get_rng_state()})
+    state = load_resume_state(tmp_path)
+    assert state["epoch"] == 3 and state["best"] == 0.5
+    torch.testing.assert_close(state["torch_rng"], torch.get_rng_state())
