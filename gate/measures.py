@@ -9,7 +9,6 @@ numpy over the per-query arrays, through `fusionguard.metrics` and `fusionguard.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -200,7 +199,3 @@ def head_means(values: np.ndarray | None) -> list[float] | None:
     if values is None:
         return None
     return [float(v) for v in values.mean(axis=0)]
-
-
-def finite_count(values: Sequence[float] | np.ndarray) -> int:
-    return int(np.count_nonzero(np.isfinite(np.asarray(values, dtype=np.float64))))

@@ -155,3 +155,11 @@ def test_a_model_that_cannot_be_evaluated_exits_3(toys, tmp_path):
     assert {c.name for c in result.checks if c.outcome == "error"} == {"visual_ablation", "integrity", "quality", "attention"}
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["exit_code"] == 3 and "NaN" in report["checks"][2]["reasons"][0]
+
+
+@pytest.mark.parametrize(("model", "strategy", "exit_code"), [("fusion", "mean", 0), ("blind", "zero", 1)])
+def test_other_masking_strategies(toys, model, strategy, exit_code):
+    policy = with_overrides(load_policy(toys.policy), ablation={"strategy": strategy}, shapley={"strategy": strategy})
+    result = run_gate(getattr(toys, model), toys.data, None, baseline=toys.v1, policy=policy)
+    assert result.exit_code == exit_code
+    assert result.measures is not None and result.measures.n_passes == 4  # full, -visual, -text, -both
