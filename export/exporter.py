@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import re
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -58,6 +59,19 @@ class _Adapter(torch.nn.Module):
         if self.with_attention:
             return score, attention
         return (score,)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _reason(err: BaseException) -> str:
+    """The most specific one-line reason of an exporter failure: its root cause when it has one."""
+    cause = err
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    lines = [line.strip() for line in _ANSI.sub("", str(cause)).splitlines() if line.strip()]
+    head = lines[0] if lines else type(cause).__name__
+    return head if cause is err else f"{type(cause).__name__}: {head}"
 
 
 def _package_version(name: str) -> str:
@@ -210,7 +224,8 @@ def to_onnx(
     except torch.onnx.OnnxExporterError as err:
         raise ExportFailedError(
             f"torch.onnx.export (dynamo, opset {opset}) could not convert variant '{contract.variant}': "
-            f"{str(err).splitlines()[0]}; check that the model uses only exportable ops and try another --opset"
+            f"{_reason(err)}; keep forward free of data-dependent Python control flow (.item(), float(tensor)) "
+            "and unsupported ops, or try another --opset"
         ) from None
     if program is None:  # only the legacy exporter returns None
         raise ExportFailedError("torch.onnx.export returned no ONNX program; the dynamo exporter is required")

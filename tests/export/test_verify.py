@@ -239,3 +239,38 @@ def test_config_problems(changes, message):
     problems = ExportConfig(**changes).problems()
     assert len(problems) == 1 and message in problems[0]
     assert ExportConfig().problems() == []
+
+
+def test_exporter_failure_exits_3_with_the_root_cause(checkpoints, monkeypatch, tmp_path):
+    """torch.onnx.export raising (here stubbed, the real failure takes seconds) becomes exit 3,
+    naming the root cause, and leaves no file behind."""
+
+    def failing_export(*args, **kwargs):
+        try:
+            raise ValueError("Could not guard on data-dependent expression u0")
+        except ValueError as cause:
+            raise torch.onnx.OnnxExporterError("\x1b[96mFailed to export the model with torch.export\x1b[0m") from cause
+
+    monkeypatch.setattr(torch.onnx, "export", failing_export)
+    out = tmp_path / "v1.onnx"
+    run = CliRunner().invoke(cli, ["export", "--checkpoint", str(checkpoints["v1"].checkpoint), "--out", str(out)])
+    assert run.exit_code == 3, run.output
+    assert "ValueError: Could not guard on data-dependent expression u0" in run.stderr
+    assert "\x1b" not in run.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_human_readable_output(exports):
+    """The CLI's table names every check and batch size (rendered from the stored result)."""
+    from export.pipeline import ExportResult
+    from export.verify import BatchParity, Check, VerificationReport
+
+    v = exports["progressive"]["verification"]
+    report = VerificationReport(
+        tuple(Check(**c) for c in v["checks"]), tuple(BatchParity(**p) for p in v["parity"]), v["tolerance"]
+    )
+    text = str(ExportResult(Path(exports["progressive"]["path"]), "progressive", report))
+    for name in ("checker", "shape_inference", "dynamic_batch", "contract", "session", "parity"):
+        assert f"  {name}" in text
+    for size in (1, 7, 50, 128):
+        assert any(line.split()[:1] == [str(size)] for line in text.splitlines())
