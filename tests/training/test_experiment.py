@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ from fusionguard import stats
 from fusionguard.cli import cli
 from fusionguard.errors import ConfigError
 from training.experiment import expand, load_grid, run_key
+from training.config import TrainConfig
 from training.experiment_report import build_report
 
 TOY = """
@@ -60,17 +62,23 @@ def test_grid_problems_are_listed_together(tmp_path):
 
 
 def test_scale_overrides_and_shared_runs(tmp_path):
-    path = _write(tmp_path, TOY + "\n[ablations]\nlambda_visual = [0.1, 0.5]\nlambda_variant = \"mbl\"\n"
+    from training.config import MitigationConfig
+
+    default = MitigationConfig().lambda_visual
+    other = default + 0.2
+    path = _write(tmp_path, TOY + f"\n[ablations]\nlambda_visual = [{other}, {default}]\nlambda_variant = \"mbl\"\n"
                   "[scale.full.train.optim]\nmax_epochs = 30\n")
     small, full = load_grid(path, "small"), load_grid(path, "full")
     assert small.train["optim"]["max_epochs"] == 2 and full.train["optim"]["max_epochs"] == 30
-    specs = {s.label: s for s in expand(small)}
-    assert specs["mbl λ=0.1"].config.mitigation.lambda_visual == 0.1
-    # lambda 0.5 is the default: the same config as a plain mbl run, and a different one from 0.1
-    plain = specs["mbl λ=0.5"].config.__class__.from_dict({**specs["mbl λ=0.5"].config.to_dict(), "variant": "mbl"})
-    assert run_key(specs["mbl λ=0.5"], "d") == run_key(type(specs["mbl λ=0.5"])("mbl", "main", None, "mbl", 0, "main", plain), "d")
-    assert run_key(specs["mbl λ=0.1"], "d") != run_key(specs["mbl λ=0.5"], "d")
-    assert run_key(specs["baseline"], "d") != run_key(specs["baseline"], "other data")
+    specs = {(s.group, s.value): s for s in expand(small)}
+    assert specs[("lambda", other)].config.mitigation.lambda_visual == pytest.approx(other)
+    # the training default lambda resolves to the same config (and key) as a plain mbl run; another value does not
+    at_default = specs[("lambda", default)]
+    plain = replace(at_default, label="mbl", group="main", value=None,
+                    config=TrainConfig.from_dict({**at_default.config.to_dict(), "variant": "mbl"}))
+    assert run_key(at_default, "d") == run_key(plain, "d")
+    assert run_key(specs[("lambda", other)], "d") != run_key(at_default, "d")
+    assert run_key(specs[("main", None)], "d") != run_key(specs[("main", None)], "other data")
 
 
 def _fake_experiment(tmp_path, deltas):
