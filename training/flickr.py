@@ -2,16 +2,19 @@
 
 The folder (README there: internal evaluation only; never copy it into this repository) holds,
 per split (`val/`, `test/`), 1000 images in sorted filename order with:
-    image_ids.json  captions.json  clip_image.npy [1000, 512]  minilm_captions.npy [1000, 5, 384] (float16)
+    image_ids.json  captions.json  clip_image.npy [1000, 512]  clip_text_caption0.npy [1000, 512]
+    minilm_captions.npy [1000, 5, 384] (float16)
 
 Ranking task (one query = one caption, one relevant image):
     query          = MiniLM embedding of caption #k of image i (k = 1..queries_per_image)
     candidates     = images of the same split subset: image i (label 1), `hard_negatives` images
                      whose caption #0 is closest to the query in MiniLM space, the rest random (label 0)
-    text_tokens    = (1, D) the candidate's own caption #0 (MiniLM), the item text
+    text_tokens    = (2, D) the candidate's own caption #0, the item text: its MiniLM embedding and
+                     its CLIP text feature (L2-normalised); two keys, so a text-only model's
+                     attention entropy is defined
     visual_tokens  = (1, D) the candidate's CLIP ViT-B/32 image feature (L2-normalised)
 Both feature spaces go to a common width D through fixed Gaussian random projections seeded by
-`seed` (N(0, 1/D) entries, so inner products are kept in expectation); MiniLM is re-normalised
+`seed` (one for MiniLM, one shared by CLIP image and CLIP text, so their alignment is kept) (N(0, 1/D) entries, so inner products are kept in expectation); MiniLM is re-normalised
 after the float16 -> float32 cast.
 
 Splits: Flickr8k's validation images train the models (`1 - es_fraction` of them) and stop them
@@ -32,7 +35,7 @@ from fusionguard.errors import ConfigError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 
-FILES = ("image_ids.json", "captions.json", "clip_image.npy", "minilm_captions.npy")
+FILES = ("image_ids.json", "captions.json", "clip_image.npy", "clip_text_caption0.npy", "minilm_captions.npy")
 META_FILE = "flickr.json"
 
 
@@ -69,6 +72,7 @@ class FlickrSplit:
 
     image_ids: list[str]
     clip_image: np.ndarray  # (n, 512) float32, raw
+    clip_text: np.ndarray  # (n, 512) float32, raw CLIP text feature of caption #0
     minilm: np.ndarray  # (n, 5, 384) float32, unit norm
 
 
@@ -80,22 +84,25 @@ def read_split(root: Path, split: str, max_images: int | None = None) -> FlickrS
         raise InvalidInputError(f"{folder} lacks {missing}; point --data-root at the Flickr8k feature folder (see its README.md)")
     ids = json.loads((folder / "image_ids.json").read_text(encoding="utf-8"))
     img = np.load(folder / "clip_image.npy").astype(np.float32)
+    txt = np.load(folder / "clip_text_caption0.npy").astype(np.float32)
     mini = np.load(folder / "minilm_captions.npy").astype(np.float32)
     problems = []
     n = len(ids)
     if img.ndim != 2 or img.shape[0] != n:
         problems.append(f"clip_image.npy has shape {img.shape}; expected ({n}, F)")
+    if txt.shape != img.shape:
+        problems.append(f"clip_text_caption0.npy has shape {txt.shape}; expected {img.shape} like clip_image.npy")
     if mini.ndim != 3 or mini.shape[:2] != (n, 5):
         problems.append(f"minilm_captions.npy has shape {mini.shape}; expected ({n}, 5, E)")
     if ids != sorted(ids):
         problems.append("image_ids.json is not in sorted order; every array's rows must follow sorted image ids")
-    if not (np.isfinite(img).all() and np.isfinite(mini).all()):
+    if not (np.isfinite(img).all() and np.isfinite(txt).all() and np.isfinite(mini).all()):
         problems.append("features contain NaN or inf")
     if problems:
         raise InvalidInputError(f"{folder}: " + "; ".join(problems))
     m = n if max_images is None else min(n, max_images)
     mini = mini[:m] / np.linalg.norm(mini[:m], axis=-1, keepdims=True)
-    return FlickrSplit(ids[:m], img[:m], mini)
+    return FlickrSplit(ids[:m], img[:m], txt[:m], mini)
 
 
 def _projection(rng: np.random.Generator, d_in: int, d_out: int) -> np.ndarray:
@@ -108,7 +115,8 @@ def build_queries(split: FlickrSplit, images: np.ndarray, cfg: FlickrConfig, rng
     n_cand = min(cfg.n_candidates, len(images))
     caption0 = split.minilm[images, 0]  # (m, E) item texts of the subset
     image_n = split.clip_image[images] / np.linalg.norm(split.clip_image[images], axis=1, keepdims=True)
-    text_tok = caption0 @ proj_text  # (m, D)
+    clip_text = split.clip_text[images] / np.linalg.norm(split.clip_text[images], axis=1, keepdims=True)
+    text_tok = np.stack([caption0 @ proj_text, clip_text @ proj_image], axis=1)  # (m, 2, D)
     vis_tok = image_n @ proj_image  # (m, D)
     qid, iid, label, query, cand = [], [], [], [], []
     q = first_qid
@@ -131,7 +139,7 @@ def build_queries(split: FlickrSplit, images: np.ndarray, cfg: FlickrConfig, rng
     chosen_all = np.concatenate(cand)
     return {"query_id": np.concatenate(qid), "item_id": np.concatenate(iid), "label": np.concatenate(label),
             "query": np.concatenate(query).astype(np.float32),
-            "text_tokens": text_tok[chosen_all][:, None, :].astype(np.float32),
+            "text_tokens": text_tok[chosen_all].astype(np.float32),
             "visual_tokens": vis_tok[chosen_all][:, None, :].astype(np.float32)}
 
 
@@ -173,6 +181,6 @@ def import_flickr(root: str | Path, out: str | Path, cfg: FlickrConfig = FlickrC
         queries[name] = int(len(np.unique(data["query_id"])))
         first += queries[name]
     meta = {"config": asdict(cfg), "source": str(root), "rows": rows, "queries": queries,
-            "input_dims": {"d": cfg.dim, "lt": 1, "lv": 1}}
+            "input_dims": {"d": cfg.dim, "lt": 2, "lv": 1}}
     (out / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return FlickrImport(out, rows, queries)

@@ -21,9 +21,10 @@ def _write_split(folder, n, rng):
     mini = rng.standard_normal((n, 5, 6))
     mini /= np.linalg.norm(mini, axis=-1, keepdims=True)
     np.save(folder / "clip_image.npy", img)
-    np.save(folder / "clip_text_caption0.npy", rng.standard_normal((n, 12)).astype(np.float32))
+    txt = rng.standard_normal((n, 12)).astype(np.float32) * 8
+    np.save(folder / "clip_text_caption0.npy", txt)
     np.save(folder / "minilm_captions.npy", mini.astype(np.float16))
-    return img, mini.astype(np.float16).astype(np.float32)
+    return img, txt, mini.astype(np.float16).astype(np.float32)
 
 
 @pytest.fixture()
@@ -39,7 +40,7 @@ def test_import_schema_and_candidates(root, tmp_path):
     result = import_flickr(folder, tmp_path / "out", cfg)
     assert result.queries == {"train": 30, "val": 10, "test": 40}  # 15/5 val images x 2 captions, 20 test x 2
     test = load_dataset(tmp_path / "out" / "test.parquet", inputs=["query", "text_tokens", "visual_tokens"])
-    img, mini = arrays["test"]
+    img, txt, mini = arrays["test"]
     qids = np.unique(test.query_id)
     for q in qids:
         rows = test.query_id == q
@@ -55,9 +56,10 @@ def test_import_schema_and_candidates(root, tmp_path):
     assert relevant == 0  # test queries go image by image, captions #1..#k
     cap = mini[0, 1] / np.linalg.norm(mini[0, 1])
     np.testing.assert_allclose(test.feeds["query"].reshape(-1, 5)[rows][0], cap @ p_text, rtol=1e-5, atol=1e-6)
-    for item, t, v in zip(test.item_id[rows], test.feeds["text_tokens"].reshape(-1, 5)[rows], test.feeds["visual_tokens"].reshape(-1, 5)[rows]):
+    for item, t, v in zip(test.item_id[rows], test.feeds["text_tokens"].reshape(-1, 2, 5)[rows], test.feeds["visual_tokens"].reshape(-1, 5)[rows]):
         c0 = mini[item, 0] / np.linalg.norm(mini[item, 0])
-        np.testing.assert_allclose(t, c0 @ p_text, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(t[0], c0 @ p_text, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(t[1], (txt[item] / np.linalg.norm(txt[item])) @ p_img, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(v, (img[item] / np.linalg.norm(img[item])) @ p_img, rtol=1e-5, atol=1e-6)
     # the hard negatives are the images whose caption #0 is nearest to the query caption
     sims = np.array([(mini[j, 0] / np.linalg.norm(mini[j, 0])) @ cap for j in range(20)])
