@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from fusionguard import metrics, stats
-from fusionguard.errors import EXIT_BLOCKED, EXIT_PASSED
+from fusionguard.errors import EXIT_BLOCKED, EXIT_INVALID, EXIT_PASSED
 
 from gate.measures import ModelMeasures, head_means, interval, paired_interval, pearson_interval, per_query_mean
 from gate.policy import Policy
@@ -88,7 +88,8 @@ def skipped(name: str, reason: str) -> CheckResult:
 
 
 def errored(name: str, reason: str, exit_code: int) -> CheckResult:
-    return CheckResult(name, ERROR, f"could not be evaluated: {reason.splitlines()[0]}", reasons=[reason], exit_code=exit_code)
+    prefix = "invalid input" if exit_code == EXIT_INVALID else "could not be evaluated"
+    return CheckResult(name, ERROR, f"{prefix}: {reason.splitlines()[0]}", reasons=[reason], exit_code=exit_code)
 
 
 def _verdict(name: str, failures: list[str], summary: str, numbers: dict, thresholds: dict) -> CheckResult:

@@ -246,7 +246,7 @@ def _contract_check(cand: Scorer | None, base: Scorer | None, load_problems: lis
         "candidate_modalities": {m: list(v) for m, v in cand.contract.modalities.items()},
         "baseline_inputs": list(base.contract.input_names) if base is not None else None,
     }
-    return CheckResult("contract", checks.PASSED, "both models load; inputs match the eval set", numbers)
+    return CheckResult("contract", checks.PASSED, "both models load with consistent contracts; the candidate declares text and visual inputs", numbers)
 
 
 def _load(data: Path, cand: Scorer, base: Scorer | None, policy: Policy, info: dict[str, Any]) -> tuple[Batch, metrics.QueryGroups]:
