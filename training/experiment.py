@@ -136,6 +136,7 @@ def load_grid(path: str | Path, scale: str = "small") -> GridConfig:
     for name, variant in (("lambda_variant", grid.lambda_variant), ("depth_variant", grid.depth_variant)):
         if variant not in VARIANTS:
             problems.append(f"ablations.{name} '{variant}' must be a training variant {list(VARIANTS)}")
+    problems += data_problems(grid)
     if grid.eval.n_resamples < 100:
         problems.append(f"eval.n_resamples = {grid.eval.n_resamples} must be >= 100")
     if not problems:  # every resolved training config must validate too
@@ -148,6 +149,22 @@ def load_grid(path: str | Path, scale: str = "small") -> GridConfig:
     if problems:
         raise ConfigError(str(path), problems)
     return grid
+
+
+def data_config(grid: GridConfig) -> Any:
+    """The grid's `[data]` table as a SynthConfig (synth track) or FlickrConfig (flickr track)."""
+    if grid.track == "flickr":
+        from training.flickr import FlickrConfig as cls
+    else:
+        from training.synth import SynthConfig as cls
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in grid.data.items()})
+
+
+def data_problems(grid: GridConfig) -> list[str]:
+    try:
+        return [f"data.{p}" for p in data_config(grid).problems()]
+    except TypeError as err:
+        return [f"[data]: {err}; it holds the fields of training.synth.SynthConfig or training.flickr.FlickrConfig"]
 
 
 def _train_dict(grid: GridConfig, variant: str, seed: int, group: str, value: float | None) -> dict[str, Any]:
@@ -241,19 +258,15 @@ def prepare_data(grid: GridConfig, out: Path, data_root: Path | None) -> dict[st
     want = json.dumps({"track": grid.track, "data": dict(grid.data), "root": str(data_root)}, sort_keys=True)
     if not (stamp.is_file() and stamp.read_text(encoding="utf-8") == want):
         if grid.track == "synth":
-            from training.synth import SynthConfig, write_benchmark
+            from training.synth import write_benchmark
 
-            try:
-                cfg = SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in grid.data.items()})
-            except TypeError as err:
-                raise ConfigError("[data]", [f"{err}; the synth track's [data] holds training.synth.SynthConfig fields"]) from None
-            write_benchmark(cfg, data_dir)
+            write_benchmark(data_config(grid), data_dir)
         else:
-            from training.flickr import FlickrConfig, import_flickr
+            from training.flickr import import_flickr
 
             if data_root is None:
                 raise InvalidInputError("the flickr track needs --data-root pointing at the Flickr8k feature folder")
-            import_flickr(data_root, data_dir, FlickrConfig(**grid.data))
+            import_flickr(data_root, data_dir, data_config(grid))
         stamp.write_text(want, encoding="utf-8")
     dirs = {"main": data_dir}
     if "visual-only" in grid.variants:

@@ -53,11 +53,11 @@ def _write(tmp_path, text, name="grid.toml"):
 
 
 def test_grid_problems_are_listed_together(tmp_path):
-    path = _write(tmp_path, 'variants = ["baseline", "nope"]\nreference = "mbl"\nseeds = [-1]\ntrack = "x"\n')
+    path = _write(tmp_path, 'variants = ["baseline", "nope"]\nreference = "mbl"\nseeds = [-1]\n[data]\nn_train = 0\n')
     with pytest.raises(ConfigError) as err:
         load_grid(path)
     text = " ".join(err.value.problems)
-    for needle in ("nope", "reference 'mbl'", "seeds", "track 'x'"):
+    for needle in ("nope", "reference 'mbl'", "seeds", "data.n_train"):
         assert needle in text
 
 
