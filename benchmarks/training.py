@@ -15,15 +15,18 @@ import argparse
 import json
 import os
 import statistics
+import platform
 import time
-from dataclasses import replace
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, replace
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
 from fusionguard.metrics import spearman_per_query
 from training.checkpoint import load_checkpoint
-from training.config import VARIANTS, load_config, with_variant
+from training.config import VARIANTS, TrainConfig, read_toml, with_variant
 from training.data import load_split, read_dims
 from training.diagnostics import score_split
 from training.synth import SynthConfig, write_benchmark
@@ -50,40 +53,61 @@ def _fmt(mean: float | None, sd: float | None, pct: bool = False) -> str:
     return f"{100 * mean:.2f}% ± {100 * sd:.2f}" if pct else f"{mean:.4f} ± {sd:.4f}"
 
 
-def run(seeds: list[int], variants: list[str], work: Path) -> dict:
+def recipe_config(recipe: dict | None = None) -> TrainConfig:
+    """training/configs/default.toml with `recipe` ({section: {key: value}}) merged over it."""
+    data = read_toml(CONFIG)
+    for key, value in (recipe or {}).items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return TrainConfig.from_dict(data, source=f"{CONFIG} + --recipe")
+
+
+def _train_one(task: tuple[str, int, str, str, dict]) -> dict:
+    """Train one (variant, seed) run; top-level so a process pool can call it."""
+    variant, seed, data, work, recipe = task
+    import torch
+
+    torch.set_num_threads(1)
+    config = replace(with_variant(recipe_config(recipe), variant), seed=seed)
+    out = Path(work) / f"{variant}-s{seed}"
+    t0 = time.perf_counter()
+    result = train(config, data, out, progress=False, resume=False)
+    print(f"trained {variant} seed {seed}: {result.summary()}", flush=True)  # partial results survive a timeout
+    return {"variant": variant, "seed": seed, **result.test, "seconds": time.perf_counter() - t0,
+            "epochs": result.epochs_run, "best_epoch": result.best_epoch, "examples_per_s": result.examples_per_s,
+            "diagnostics_share": result.diagnostics_share, "out": str(out)}
+
+
+def run(seeds: list[int], variants: list[str], work: Path, jobs: int = 1, synth: SynthConfig | None = None,
+        recipe: dict | None = None) -> dict:
     data = work / "bench"
-    synth = write_benchmark(SynthConfig(), data)
-    print(synth.summary(), flush=True)
+    synth_result = write_benchmark(synth or SynthConfig(), data)
+    print(synth_result.summary(), flush=True)
+    order = ["v1"] + [v for v in variants if v != "v1"]  # V1 is always trained: Spearman needs its scores
+    tasks = [(variant, seed, str(data), str(work), recipe or {}) for seed in seeds for variant in order]
+    if jobs > 1:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            runs = list(pool.map(_train_one, tasks))
+    else:
+        runs = [_train_one(task) for task in tasks]
     dims = read_dims(data)
     test_full = load_split(data / "test.parquet", dims, with_visual=True)
-    base_config = load_config(CONFIG)
-    runs: list[dict] = []
-    v1_scores: dict[int, np.ndarray] = {}
-    order = ["v1"] + [v for v in variants if v != "v1"]  # V1 first: Spearman needs its scores
-    for seed in seeds:
-        for variant in order:
-            config = replace(with_variant(base_config, variant), seed=seed)
-            out = work / f"{variant}-s{seed}"
-            t0 = time.perf_counter()
-            result = train(config, data, out, progress=False, resume=False)
-            seconds = time.perf_counter() - t0
-            model = load_checkpoint(out).model
-            scores = score_split(model, test_full if model.has_visual else load_split(data / "test.parquet", dims, False)).full
-            if variant == "v1":
-                v1_scores[seed] = scores
-            rho = float(np.nanmean(spearman_per_query(test_full.groups, scores, v1_scores[seed])))
-            row = {"variant": variant, "seed": seed, **result.test, "spearman_v1": rho, "seconds": seconds,
-                   "epochs": result.epochs_run, "best_epoch": result.best_epoch, "examples_per_s": result.examples_per_s,
-                   "diagnostics_share": result.diagnostics_share}
-            runs.append(row)
-            print(f"{variant:17s} seed {seed}: NDCG@10 {row['ndcg']:.4f}  visual drop {row['visual_drop'] if row['visual_drop'] is None else round(row['visual_drop'], 4)}"
-                  f"  spearman(V1) {rho:.4f}  {seconds:.0f} s  {result.examples_per_s:.0f} ex/s  diag {100 * result.diagnostics_share:.0f}%", flush=True)
+    test_text = load_split(data / "test.parquet", dims, with_visual=False)
+    scores = {}
+    for row in runs:
+        model = load_checkpoint(row["out"]).model
+        scores[(row["variant"], row["seed"])] = score_split(model, test_full if model.has_visual else test_text).full
+    for row in runs:
+        rho = spearman_per_query(test_full.groups, scores[(row["variant"], row["seed"])], scores[("v1", row["seed"])])
+        row["spearman_v1"] = float(np.nanmean(rho))
+        drop = row["visual_drop"]
+        print(f"{row['variant']:17s} seed {row['seed']}: NDCG@10 {row['ndcg']:.4f}  visual drop "
+              f"{'n/a' if drop is None else f'{100 * drop:.2f}%'}  spearman(V1) {row['spearman_v1']:.4f}  "
+              f"{row['seconds']:.0f} s ({row['epochs']} epochs)  {row['examples_per_s']:.0f} ex/s  "
+              f"diagnostics {100 * row['diagnostics_share']:.0f}%", flush=True)
     table = []
     base_ndcg = _ms([r["ndcg"] for r in runs if r["variant"] == "baseline"])[0]
     for variant in order:
         rows = [r for r in runs if r["variant"] == variant]
-        if not rows:
-            continue
         stats = {m: _ms([r[m] for r in rows]) for m in (*METRICS, "seconds", "examples_per_s", "diagnostics_share")}
         drop = stats["visual_drop"][0]
         table.append({
@@ -91,7 +115,9 @@ def run(seeds: list[int], variants: list[str], work: Path) -> dict:
             "meets_drop_target": None if drop is None else drop >= 0.10,
             "ndcg_not_worse_than_baseline": None if base_ndcg is None else stats["ndcg"][0] >= base_ndcg,
         })
-    return {"synth": synth.oracle_ndcg10, "seeds": seeds, "runs": runs, "table": table,
+    return {"synth": synth_result.oracle_ndcg10, "synth_config": asdict(synth or SynthConfig()), "seeds": seeds,
+            "recipe": recipe_config(recipe).to_dict(),
+            "jobs": jobs, "host": platform.node(), "torch": __import__("torch").__version__, "runs": runs, "table": table,
             "baseline_collapsed": next((t["visual_drop_mean"] < 0.01 for t in table if t["variant"] == "baseline"), None)}
 
 
@@ -121,12 +147,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--work", type=Path, default=Path("/tmp/fusionguard-bench-training"))
+    parser.add_argument("--jobs", type=int, default=1, help="Runs trained in parallel processes (1 thread each).")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="Where to write the JSON results.")
+    parser.add_argument("--synth", type=json.loads, default={}, help="JSON object of SynthConfig fields to override.")
+    parser.add_argument("--recipe", type=json.loads, default={}, help='JSON overrides of default.toml, e.g. {"optim": {"lr": 0.001}}.')
     parser.add_argument("--no-doc", action="store_true", help="Do not rewrite docs/training.md.")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    report = run(args.seeds, args.variants, args.work)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    report = run(args.seeds, args.variants, args.work, jobs=args.jobs, synth=SynthConfig(**args.synth), recipe=args.recipe)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(report, indent=2), encoding="utf-8")
     table = markdown(report)
     print(table)
     if not args.no_doc and DOC.is_file():

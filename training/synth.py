@@ -8,8 +8,10 @@ Generative story (one query, `n_candidates` candidates; docs/training.md has the
    words name the attribute, but candidate *texts* never do.
 2. Candidate i has a topic w_i with topical closeness t_i = cos(w_i, u) spread over [0, 1), and
    an attribute b_i that equals a with probability `match_rate` (else a random other attribute).
-3. Text modality: `text_tokens` are Lt noisy copies of w_i (caption words all about the topic),
-   `text_noise` per coordinate. The text signal is easy: it is linear in the mean text token.
+3. Text modality: `text_tokens` are Lt noisy copies of `text_strength·w_i + text_match·t_i·m`
+   (caption words all about the topic, plus the search engine's lexical-match score t_i along a
+   fixed direction m, as production text features carry), `text_noise` per coordinate. The text
+   signal is easy and strong: t_i is linear in the mean text token.
 4. Visual modality: `visual_tokens` are Lv patches. `object_patches` of them, at random
    positions, show the attribute as `visual_strength·s·c_{b_i}` where the sign s = ±1 is drawn per
    patch (a texture/polarity nuisance), the rest are random clutter of norm `clutter_strength`
@@ -57,9 +59,10 @@ class SynthConfig:
     n_attributes: int = 6  # visual attributes a query can ask for
     match_rate: float = 0.3  # P(candidate shows the query's attribute)
     text_weight: float = 1.0  # weight of topical closeness t in the latent relevance
-    visual_weight: float = 0.6  # weight of the attribute match in the latent relevance
+    visual_weight: float = 0.35  # weight of the attribute match in the latent relevance
     label_noise: float = 0.05  # std of the relevance noise
     text_strength: float = 1.0  # norm of the topic signal on each text token
+    text_match: float = 1.0  # weight of the engine's lexical match feature t on each text token (0 = none)
     text_noise: float = 0.3  # per-coordinate std on text tokens (before /sqrt(D) scaling)
     visual_strength: float = 1.0  # norm of the attribute signal on an object patch
     clutter_strength: float = 1.0  # norm of the clutter on the other patches (background, other objects)
@@ -82,7 +85,7 @@ class SynthConfig:
             p.append(f"object_patches = {self.object_patches} cannot exceed visual_tokens = {self.visual_tokens}")
         if not 0 < self.match_rate < 1:
             p.append(f"match_rate = {self.match_rate} must be in (0, 1)")
-        for name in ("text_weight", "visual_weight", "label_noise", "text_strength", "text_noise", "visual_strength", "clutter_strength", "visual_noise", "query_attribute"):
+        for name in ("text_weight", "visual_weight", "label_noise", "text_strength", "text_match", "text_noise", "visual_strength", "clutter_strength", "visual_noise", "query_attribute"):
             if getattr(self, name) < 0:
                 p.append(f"{name} = {getattr(self, name)} must be >= 0")
         q = self.grade_quantiles
@@ -123,7 +126,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def _generate(cfg: SynthConfig, n_queries: int, rng: np.random.Generator, prototypes: np.ndarray, first_qid: int):
+def _generate(cfg: SynthConfig, n_queries: int, rng: np.random.Generator, prototypes: np.ndarray, match_dir: np.ndarray, first_qid: int):
     d, c, lt, lv = cfg.dim, cfg.n_candidates, cfg.text_tokens, cfg.visual_tokens
     n = n_queries * c
     topic = _unit(rng.standard_normal((n_queries, d)))  # (Q, D)
@@ -138,7 +141,8 @@ def _generate(cfg: SynthConfig, n_queries: int, rng: np.random.Generator, protot
     shift = rng.integers(1, cfg.n_attributes, (n_queries, c))
     cand_attr = np.where(match, attr[:, None], (attr[:, None] + shift) % cfg.n_attributes)
     # text tokens: noisy copies of the candidate topic
-    text = cfg.text_strength * w[:, :, None, :] + cfg.text_noise * rng.standard_normal((n_queries, c, lt, d)) / np.sqrt(d)
+    # the search engine's lexical-match score (think BM25), written along a fixed direction m
+    text = cfg.text_strength * w[:, :, None, :] + cfg.text_match * t[..., None, None] * match_dir + cfg.text_noise * rng.standard_normal((n_queries, c, lt, d)) / np.sqrt(d)
     # visual patches: clutter everywhere, the attribute (random sign) on `object_patches` positions
     vis = cfg.clutter_strength * _unit(rng.standard_normal((n_queries, c, lv, d)))
     pos = np.argsort(rng.random((n_queries, c, lv)), axis=-1)[..., : cfg.object_patches]  # (Q, C, P)
@@ -168,10 +172,11 @@ def generate(cfg: SynthConfig) -> dict[str, SynthSplit]:
         raise ConfigError("synth options", problems)
     rng = np.random.default_rng(cfg.seed)
     prototypes = _unit(rng.standard_normal((cfg.n_attributes, cfg.dim)))
+    match_dir = _unit(rng.standard_normal(cfg.dim))
     raw = {}
     first = 0
     for split, n_q in zip(SPLITS, (cfg.n_train, cfg.n_val, cfg.n_test)):
-        raw[split] = _generate(cfg, n_q, rng, prototypes, first)
+        raw[split] = _generate(cfg, n_q, rng, prototypes, match_dir, first)
         first += n_q
     z_all = np.concatenate([r[2] for r in raw.values()])
     edges = np.quantile(z_all, cfg.grade_quantiles)
