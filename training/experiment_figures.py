@@ -30,6 +30,8 @@ def _first_seed_entry(manifest: dict, label: str) -> dict | None:
 
 
 def _attention(out: Path, manifest: dict, main_labels: list[str], directory: Path, plt) -> list[Path]:
+    from matplotlib.ticker import MaxNLocator
+
     from fusionguard.contract import load_contract
 
     shown = []
@@ -41,17 +43,27 @@ def _attention(out: Path, manifest: dict, main_labels: list[str], directory: Pat
             shown.append((label, np.load(path), keys))
     if not shown:
         return []
-    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.0), squeeze=False)
+    ncols = min(4, len(shown))
+    nrows = -(-len(shown) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.9 * nrows), squeeze=False)
     vmax = max(float(a.max()) for _, a, _ in shown)
-    for ax, (label, att, keys) in zip(axes[0], shown):
+    for ax in axes.flat[len(shown):]:
+        ax.axis("off")
+    for ax, (label, att, keys) in zip(axes.flat, shown):
         im = ax.imshow(att, aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
         if "visual" in keys:
             ax.axvline(keys["visual"][0] - 0.5, color="white", lw=1.5)
             mass = float(att[:, keys["visual"][0] : keys["visual"][1]].sum(axis=1).mean())
             ax.set_title(f"{label}\nvisual mass {mass:.2f}", fontsize=9)
+        else:
+            ax.set_title(f"{label}\n(text keys only)", fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("key (text | visual)")
         ax.set_ylabel("head")
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="mean attention")
+    fig.suptitle("mean attention per head over the keys (first seed, test rows); white line: text | visual", fontsize=10)
+    fig.tight_layout()
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="mean attention")
     paths = _save(fig, directory, "attention")
     plt.close(fig)
     return paths
@@ -81,13 +93,14 @@ def _grad_norms(out: Path, manifest: dict, main_labels: list[str], directory: Pa
     if per_mod:
         ax = axes[0][1]
         for label, f in per_mod:
-            line = ax.plot(f["epoch"], f["grad_norm_text"], label=f"{label} text")[0]
-            ax.plot(f["epoch"], f["grad_norm_visual"], ls="--", color=line.get_color(), label=f"{label} visual")
+            line = ax.plot(f["epoch"], f["grad_norm_text"], marker="o", ms=3, label=f"{label} text")[0]
+            ax.plot(f["epoch"], f["grad_norm_visual"], marker="s", ms=3, ls="--", color=line.get_color(), label=f"{label} visual")
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_ylabel("gradient norm")
         ax.set_title("per-modality gradient norms (runs that log them)", fontsize=10)
         ax.legend(fontsize=7)
+    fig.tight_layout()
     paths = _save(fig, directory, "grad_norms")
     plt.close(fig)
     return paths
