@@ -1,7 +1,7 @@
 """Export: ONNX Runtime CPU latency and throughput against torch eager, per architecture.
 
 For each architecture (V1 text-only, V2 cross-attention baseline, progressive fusion, late fusion)
-a demo-size model is trained for a few epochs on the synthetic benchmark, exported with
+a demo-size model is trained (12 epochs by default) on the synthetic benchmark, exported with
 `export.pipeline.export_model` (so it passed every verification check, parity included) and
 quantized to int8. Then the same batches of 50 candidates (one ranking request) are scored by
 torch eager (`torch.inference_mode`), the float ONNX model and the int8 ONNX model on ONNX
@@ -183,8 +183,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=50, help="candidates per batch (one ranking request)")
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--epochs", type=int, default=3, help="training epochs per model before export")
-    parser.add_argument("--train-queries", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=12, help="training epochs per model before export")
+    parser.add_argument("--train-queries", type=int, default=160)
     parser.add_argument("--val-queries", type=int, default=40)
     args = parser.parse_args()
     synth = SynthConfig(n_train=args.train_queries, n_val=args.val_queries, n_test=8)
