@@ -13,7 +13,7 @@ values (NaN pairs in the paired variants) before resampling and report how many 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,13 +28,14 @@ __all__ = [
     "CHUNK_ELEMENTS",
     "Interval",
     "bootstrap_ci",
+    "bootstrap_cis",
     "holm",
     "paired_bootstrap_ci",
     "paired_effect_size",
     "randomization_test",
 ]
 
-# Entries of the resample matrix drawn at once: 2^22 int32 indices + their float64 values ≈ 50 MB.
+# Entries of the resample matrix drawn at once: 2^22 intp indices + their float64 values ≈ 67 MB.
 CHUNK_ELEMENTS = 1 << 22
 
 Statistic = Literal["mean", "median"] | Callable[..., np.ndarray]
@@ -104,19 +105,32 @@ def _chunks(total: int, n: int, chunk_elements: int) -> list[int]:
     return sizes
 
 
-def _bootstrap_distribution(
-    x: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], n_resamples: int, rng: np.random.Generator,
+def _draw_indices(rng: np.random.Generator, c: int, n: int) -> np.ndarray:
+    """(c, n) resample indices. Drawn as intp: numpy draws bounds below 2^32 with the same 32-bit
+    stream for int32 and int64, so the values do not depend on the dtype, and an intp index
+    gathers without the int32 -> intp conversion numpy would otherwise make on every gather."""
+    return rng.integers(0, n, size=(c, n), dtype=np.intp)
+
+
+def _bootstrap_distributions(
+    xs: list[np.ndarray], stat: Callable[[np.ndarray], np.ndarray], n_resamples: int, seed: int,
     chunk_elements: int,
-) -> np.ndarray:
-    n = x.shape[0]
-    idx_dtype = np.int32 if n < 2**31 else np.int64
-    out = np.empty(n_resamples, dtype=np.float64)
+) -> list[np.ndarray]:
+    """Bootstrap distributions of several same-length samples over ONE resample-index matrix.
+
+    The matrix is drawn chunk by chunk from `default_rng(seed)` exactly as for a single sample, so
+    each distribution equals the one a separate call with the same seed gives.
+    """
+    n = xs[0].shape[0]
+    rng = np.random.default_rng(seed)
+    outs = [np.empty(n_resamples, dtype=np.float64) for _ in xs]
     done = 0
     for c in _chunks(n_resamples, n, chunk_elements):  # chunks of resamples, each one vectorised call
-        idx = rng.integers(0, n, size=(c, n), dtype=idx_dtype)  # (c, n)
-        out[done : done + c] = stat(x[idx])
+        idx = _draw_indices(rng, c, n)  # (c, n), shared by every sample
+        for x, out in zip(xs, outs):
+            out[done : done + c] = stat(x[idx])
         done += c
-    return out
+    return outs
 
 
 def _jackknife(x: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], statistic: Statistic, chunk_elements: int) -> np.ndarray:
@@ -162,20 +176,71 @@ def bootstrap_ci(
         InvalidInputError: bad shape, infinite values, bad options.
         EvaluationError: no finite values at all.
     """
+    return bootstrap_cis(
+        [values], statistic, n_resamples, confidence, seed, method, chunk_elements=chunk_elements, names=["values"]
+    )[0]
+
+
+def bootstrap_cis(
+    values: Sequence[object],
+    statistic: Statistic = "mean",
+    n_resamples: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    method: Method = "percentile",
+    *,
+    chunk_elements: int = CHUNK_ELEMENTS,
+    names: Sequence[str] | None = None,
+) -> list[Interval]:
+    """`bootstrap_ci` of several per-query vectors, sharing one resample-index matrix.
+
+    Vectors with the same number of finite values (after dropping NaN) are resampled with the
+    same (n_resamples, n) index matrix, drawn once chunk by chunk; so the k-th Interval equals
+    `bootstrap_ci(values[k], ...)` with the same seed exactly, while the random draws (and the
+    int -> index conversion) are paid once per distinct length instead of once per vector.
+
+    Args:
+        values: a sequence of (n_k,) vectors, one value per query each; NaN entries are dropped.
+        statistic, n_resamples, confidence, seed, method, chunk_elements: as for `bootstrap_ci`.
+        names: a name per vector for error messages (default "values[k]").
+
+    Returns:
+        one Interval per vector, in order.
+
+    Raises:
+        InvalidInputError: bad shape, infinite values, bad options (naming the vector).
+        EvaluationError: a vector with no finite values at all.
+    """
     _check_common(n_resamples, confidence)
     if method not in ("percentile", "bca"):
         raise InvalidInputError(f"unknown method {method!r}; use 'percentile' or 'bca'")
-    x = _clean("values", values)
+    labels = list(names) if names is not None else [f"values[{k}]" for k in range(len(values))]
+    if len(labels) != len(values):
+        raise InvalidInputError(f"names has {len(labels)} entries for {len(values)} vectors; give one name per vector")
+    xs = [_clean(label, v) for label, v in zip(labels, values)]
     stat = _statistic(statistic)
+    results: list[Interval | None] = [None] * len(xs)
+    by_length: dict[int, list[int]] = {}
+    for k, x in enumerate(xs):
+        if np.all(x == x[0]):
+            # Every resample is the same multiset: the bootstrap distribution is a point mass.
+            estimate = float(x[0]) if statistic in ("mean", "median") else float(stat(x))  # x[0] is exact
+            results[k] = Interval(estimate, estimate, estimate, confidence, n_resamples, method, x.shape[0])
+        else:
+            by_length.setdefault(x.shape[0], []).append(k)
+    for members in by_length.values():
+        dists = _bootstrap_distributions([xs[k] for k in members], stat, n_resamples, seed, chunk_elements)
+        for k, dist in zip(members, dists):
+            results[k] = _interval(xs[k], dist, stat, statistic, confidence, n_resamples, method, chunk_elements)
+    return [r for r in results if r is not None]
+
+
+def _interval(
+    x: np.ndarray, dist: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], statistic: Statistic,
+    confidence: float, n_resamples: int, method: Method, chunk_elements: int,
+) -> Interval:
+    """The percentile or BCa interval from a sample and its bootstrap distribution."""
     estimate = float(stat(x))
-    n = x.shape[0]
-    if np.all(x == x[0]):
-        # Every resample is the same multiset: the bootstrap distribution is a point mass.
-        if statistic in ("mean", "median"):
-            estimate = float(x[0])  # exact; np.mean of n copies can be off by an ulp
-        return Interval(estimate, estimate, estimate, confidence, n_resamples, method, n)
-    rng = np.random.default_rng(seed)
-    dist = _bootstrap_distribution(x, stat, n_resamples, rng, chunk_elements)
     alpha = (1.0 - confidence) / 2.0
     probs = np.array([alpha, 1.0 - alpha])
     if method == "bca":
@@ -191,7 +256,7 @@ def bootstrap_ci(
         z = special.ndtri(probs)
         probs = special.ndtr(z0 + (z0 + z) / (1.0 - accel * (z0 + z)))
     low, high = np.quantile(dist, probs)
-    return Interval(estimate, float(low), float(high), confidence, n_resamples, method, n)
+    return Interval(estimate, float(low), float(high), confidence, n_resamples, method, x.shape[0])
 
 
 def _paired_diff(a: object, b: object) -> np.ndarray:

@@ -16,6 +16,7 @@ from fusionguard.errors import EvaluationError, InvalidInputError
 from fusionguard.stats import (
     Interval,
     bootstrap_ci,
+    bootstrap_cis,
     holm,
     paired_bootstrap_ci,
     paired_effect_size,
@@ -100,6 +101,35 @@ def test_bootstrap_is_seeded_and_independent_of_chunking():
     assert bootstrap_ci(x, n_resamples=3000, seed=7) == a
     assert bootstrap_ci(x, n_resamples=3000, seed=7, chunk_elements=1000) == a
     assert bootstrap_ci(x, n_resamples=3000, seed=8) != a
+
+
+@pytest.mark.parametrize(("statistic", "method"), [("mean", "percentile"), ("mean", "bca"), ("median", "bca")])
+def test_shared_bootstrap_equals_one_call_per_vector(statistic, method):
+    rng = np.random.default_rng(11)
+    vectors = [rng.normal(size=120), rng.exponential(size=120), rng.uniform(size=120), np.full(120, 0.25)]
+    vectors[1][[4, 50]] = np.nan  # a different length after dropping NaN: its own index matrix
+    vectors.append(rng.normal(size=77))
+    got = bootstrap_cis(vectors, statistic, n_resamples=1500, seed=3, method=method, chunk_elements=10_000)
+    want = [bootstrap_ci(v, statistic, n_resamples=1500, seed=3, method=method) for v in vectors]
+    assert got == want  # exactly: same index matrix, same arithmetic
+    assert [ci.n for ci in got] == [120, 118, 120, 120, 77]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(values_st, min_size=1, max_size=5), st.integers(0, 1000), st.integers(50, 5000))
+def test_shared_bootstrap_equals_separate_calls_for_any_vectors(vectors, seed, chunk):
+    got = bootstrap_cis(vectors, n_resamples=300, seed=seed, chunk_elements=chunk)
+    assert got == [bootstrap_ci(v, n_resamples=300, seed=seed) for v in vectors]
+
+
+def test_shared_bootstrap_names_the_bad_vector():
+    with pytest.raises(EvaluationError, match="visual_drop"):
+        bootstrap_cis([[1.0, 2.0], [np.nan]], names=["ndcg", "visual_drop"])
+    with pytest.raises(InvalidInputError, match=r"values\[1\].*infinite"):
+        bootstrap_cis([[1.0, 2.0], [np.inf, 1.0]])
+    with pytest.raises(InvalidInputError, match="one name per vector"):
+        bootstrap_cis([[1.0, 2.0]], names=["a", "b"])
+    assert bootstrap_cis([]) == []
 
 
 def test_paired_bootstrap_is_bootstrap_of_differences_and_drops_nan_pairs():
