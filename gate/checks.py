@@ -15,15 +15,24 @@ decided not to run it, with the reason). Decision rules (docs/gate.md):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from fusionguard import metrics, stats
-from fusionguard.errors import EXIT_BLOCKED, EXIT_INVALID, EXIT_PASSED
+from fusionguard.errors import EXIT_BLOCKED, EXIT_INVALID, EXIT_PASSED, FusionGuardError
 
-from gate.measures import ModelMeasures, head_means, interval, paired_interval, pearson_interval, per_query_mean
+from gate.measures import (
+    ModelMeasures,
+    head_means,
+    interval,
+    intervals,
+    paired_interval,
+    pearson_interval,
+    per_query_mean,
+)
 from gate.policy import Policy
 
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
@@ -98,12 +107,61 @@ def _verdict(name: str, failures: list[str], summary: str, numbers: dict, thresh
     return CheckResult(name, PASSED, summary, numbers, thresholds)
 
 
-def visual_ablation_check(m: ModelMeasures, policy: Policy) -> CheckResult:
-    """Masking the visual inputs must cost enough NDCG; text drop and Shapley shares are reported."""
+Intervals = Mapping[str, stats.Interval]  # precomputed bootstrap CIs by name (see `shared_intervals`)
+
+
+def _ci(cis: Intervals | None, name: str, values: np.ndarray, policy: Policy) -> stats.Interval:
+    """The precomputed CI `name` when given, else a bootstrap of `values` (the same numbers either way)."""
+    if cis is not None and name in cis:
+        return cis[name]
+    return interval(values, policy)
+
+
+def attention_vectors(m: ModelMeasures, groups: metrics.QueryGroups) -> dict[str, np.ndarray]:
+    """(Q,) per-query visual attention mass and entropy (head means); empty without attention."""
+    if m.attention_mass is None or m.attention_entropy is None:
+        return {}
+    return {
+        "visual_mass": per_query_mean(groups, m.attention_mass.mean(axis=1)),
+        "entropy": per_query_mean(groups, m.attention_entropy.mean(axis=1)),
+    }
+
+
+def shared_intervals(
+    m: ModelMeasures,
+    groups: metrics.QueryGroups,
+    policy: Policy,
+    baseline_scores: np.ndarray | None = None,
+    baseline_ndcg: np.ndarray | None = None,
+) -> dict[str, stats.Interval]:
+    """Every bootstrap CI of a mean the checks report, in one `stats.bootstrap_cis` call.
+
+    The vectors share one resample-index matrix per length, so the gate pays for the random draws
+    once instead of once per interval; each CI equals the one its check would compute alone.
+    Returns an empty dict when any vector cannot be bootstrapped (e.g. all NaN): each check then
+    computes its own and the error lands on the check it belongs to.
+    """
+    try:
+        vectors = {"visual_drop": m.visual_drop, "text_drop": m.text_drop, "visual_share": m.visual_share_per_query}
+        if baseline_scores is not None:
+            vectors["spearman_mean"] = metrics.spearman_per_query(groups, m.scores, baseline_scores)
+        if baseline_ndcg is not None:
+            vectors["ndcg_candidate"] = m.ndcg
+            vectors["ndcg_baseline"] = baseline_ndcg
+            vectors["difference"] = np.asarray(m.ndcg, dtype=np.float64) - np.asarray(baseline_ndcg, dtype=np.float64)
+        vectors.update(attention_vectors(m, groups))
+        return intervals(vectors, policy)
+    except FusionGuardError:
+        return {}
+
+
+def visual_ablation_check(m: ModelMeasures, policy: Policy, cis: Intervals | None = None) -> CheckResult:
+    """Masking the visual inputs must cost enough NDCG; text drop and Shapley shares are reported.
+    `cis`: CIs precomputed by `shared_intervals` (computed here when absent)."""
     a, sh = policy.ablation, policy.shapley
-    visual = interval(m.visual_drop, policy)
-    text = interval(m.text_drop, policy)
-    share = interval(m.visual_share_per_query, policy)
+    visual = _ci(cis, "visual_drop", m.visual_drop, policy)
+    text = _ci(cis, "text_drop", m.text_drop, policy)
+    share = _ci(cis, "visual_share", m.visual_share_per_query, policy)
     numbers = {
         "visual_drop": visual,
         "text_drop": text,
@@ -134,12 +192,16 @@ def visual_ablation_check(m: ModelMeasures, policy: Policy) -> CheckResult:
 
 
 def integrity_check(
-    m: ModelMeasures, baseline_scores: np.ndarray, groups: metrics.QueryGroups, policy: Policy
+    m: ModelMeasures,
+    baseline_scores: np.ndarray,
+    groups: metrics.QueryGroups,
+    policy: Policy,
+    cis: Intervals | None = None,
 ) -> CheckResult:
     """The candidate must not be the baseline in disguise (a monotone function of its scores)."""
     limit = policy.integrity.max_correlation
     per_query = metrics.spearman_per_query(groups, m.scores, baseline_scores)
-    spearman = interval(per_query, policy)
+    spearman = _ci(cis, "spearman_mean", per_query, policy)
     pearson = pearson_interval(groups, m.scores, baseline_scores, policy)
     numbers = {
         "spearman_mean": spearman,
@@ -159,17 +221,19 @@ def integrity_check(
     return _verdict("integrity", failures, summary, numbers, {"max_correlation": limit})
 
 
-def quality_check(m: ModelMeasures, baseline_ndcg: np.ndarray, policy: Policy) -> CheckResult:
+def quality_check(
+    m: ModelMeasures, baseline_ndcg: np.ndarray, policy: Policy, cis: Intervals | None = None
+) -> CheckResult:
     """NDCG@k must not be worse than the baseline's by more than the margin (CI-based)."""
     margin = policy.quality.margin
     diff = m.ndcg - baseline_ndcg
-    ci = paired_interval(m.ndcg, baseline_ndcg, policy)
+    ci = cis["difference"] if cis is not None and "difference" in cis else paired_interval(m.ndcg, baseline_ndcg, policy)
     p = stats.randomization_test(diff, policy.bootstrap.n_resamples, policy.seed)
     effect = stats.paired_effect_size(diff)
     k = policy.metric.k
     numbers = {
-        f"ndcg@{k}_candidate": interval(m.ndcg, policy),
-        f"ndcg@{k}_baseline": interval(baseline_ndcg, policy),
+        f"ndcg@{k}_candidate": _ci(cis, "ndcg_candidate", m.ndcg, policy),
+        f"ndcg@{k}_baseline": _ci(cis, "ndcg_baseline", baseline_ndcg, policy),
         "difference": ci,
         "p_value": p,
         "effect_size": effect,
@@ -185,14 +249,19 @@ def quality_check(m: ModelMeasures, baseline_ndcg: np.ndarray, policy: Policy) -
     return _verdict("quality", failures, summary, numbers, {"margin": margin})
 
 
-def attention_check(m: ModelMeasures, groups: metrics.QueryGroups, policy: Policy, has_output: bool) -> CheckResult:
+def attention_check(
+    m: ModelMeasures, groups: metrics.QueryGroups, policy: Policy, has_output: bool, cis: Intervals | None = None
+) -> CheckResult:
     """Visual attention mass and normalised entropy per head; thresholds optional."""
     if m.attention_mass is None or m.attention_entropy is None:
         reason = "the model exports no attention output" if not has_output else "the contract gives no visual key range"
         return skipped("attention", reason)
     ap = policy.attention
-    mass = interval(per_query_mean(groups, m.attention_mass.mean(axis=1)), policy)
-    entropy = interval(per_query_mean(groups, m.attention_entropy.mean(axis=1)), policy)
+    if cis is not None and "visual_mass" in cis and "entropy" in cis:
+        mass, entropy = cis["visual_mass"], cis["entropy"]
+    else:
+        vectors = attention_vectors(m, groups)
+        mass, entropy = interval(vectors["visual_mass"], policy), interval(vectors["entropy"], policy)
     mass_heads = head_means(m.attention_mass) or []
     entropy_heads = head_means(m.attention_entropy) or []
     numbers = {

@@ -9,6 +9,7 @@ numpy over the per-query arrays, through `fusionguard.metrics` and `fusionguard.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,6 +145,17 @@ def interval(values: np.ndarray, policy: Policy) -> stats.Interval:
     """Bootstrap CI of the mean over queries (NaN dropped) under the policy's settings."""
     b = policy.bootstrap
     return stats.bootstrap_ci(values, "mean", b.n_resamples, b.confidence, policy.seed, b.method)
+
+
+def intervals(vectors: Mapping[str, np.ndarray], policy: Policy) -> dict[str, stats.Interval]:
+    """`interval` of several per-query vectors at once, over one shared resample-index matrix
+    (`stats.bootstrap_cis`): each result equals `interval(vectors[name], policy)`."""
+    b = policy.bootstrap
+    names = list(vectors)
+    cis = stats.bootstrap_cis(
+        [vectors[name] for name in names], "mean", b.n_resamples, b.confidence, policy.seed, b.method, names=names
+    )
+    return dict(zip(names, cis))
 
 
 def paired_interval(a: np.ndarray, b: np.ndarray, policy: Policy) -> stats.Interval:

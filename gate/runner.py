@@ -297,16 +297,20 @@ def _run_measured_checks(
         except FusionGuardError as err:
             return errored(name, str(err), EXIT_UNEVALUABLE)
 
-    results["visual_ablation"] = guarded("visual_ablation", checks.visual_ablation_check, m, policy)
-    if base_scores is None:
+    base_ndcg = None
+    if base_scores is not None:
+        base_ndcg = metrics.ndcg_at_k(groups, base_scores, k=policy.metric.k, gain=policy.metric.gain)
+        result.baseline_ndcg = base_ndcg
+    # Every bootstrap CI of a mean in one call over a shared resample matrix (the checks reuse them).
+    cis = checks.shared_intervals(m, groups, policy, base_scores, base_ndcg)
+    results["visual_ablation"] = guarded("visual_ablation", checks.visual_ablation_check, m, policy, cis)
+    if base_scores is None or base_ndcg is None:
         reason = "no baseline given and the policy sets baseline.required = false"
         results["integrity"] = skipped("integrity", reason)
         results["quality"] = skipped("quality", reason)
     else:
-        base_ndcg = metrics.ndcg_at_k(groups, base_scores, k=policy.metric.k, gain=policy.metric.gain)
-        result.baseline_ndcg = base_ndcg
-        results["integrity"] = guarded("integrity", checks.integrity_check, m, base_scores, groups, policy)
-        results["quality"] = guarded("quality", checks.quality_check, m, base_ndcg, policy)
+        results["integrity"] = guarded("integrity", checks.integrity_check, m, base_scores, groups, policy, cis)
+        results["quality"] = guarded("quality", checks.quality_check, m, base_ndcg, policy, cis)
     has_attention = cand.contract.attention_output is not None
-    results["attention"] = guarded("attention", checks.attention_check, m, groups, policy, has_attention)
+    results["attention"] = guarded("attention", checks.attention_check, m, groups, policy, has_attention, cis)
     result.timings["statistics"] = time.perf_counter() - t0

@@ -163,3 +163,52 @@ def test_other_masking_strategies(toys, model, strategy, exit_code):
     result = run_gate(getattr(toys, model), toys.data, None, baseline=toys.v1, policy=policy)
     assert result.exit_code == exit_code
     assert result.measures is not None and result.measures.n_passes == 4  # full, -visual, -text, -both
+
+
+def test_shared_intervals_equal_the_ones_each_check_computes_alone(fusion_run):
+    from gate import checks
+
+    result, _ = fusion_run
+    m, groups, policy = result.measures, result.groups, result.policy
+    base_ndcg = result.baseline_ndcg
+    # The baseline's scores are not kept; any (N,) vector exercises the same code path.
+    base_scores = m.scores[::-1].copy()
+    cis = checks.shared_intervals(m, groups, policy, base_scores, base_ndcg)
+    assert set(cis) == {
+        "visual_drop", "text_drop", "visual_share", "spearman_mean", "ndcg_candidate", "ndcg_baseline",
+        "difference", "visual_mass", "entropy",
+    }
+    pairs = [
+        (checks.visual_ablation_check(m, policy, cis), checks.visual_ablation_check(m, policy)),
+        (checks.integrity_check(m, base_scores, groups, policy, cis), checks.integrity_check(m, base_scores, groups, policy)),
+        (checks.quality_check(m, base_ndcg, policy, cis), checks.quality_check(m, base_ndcg, policy)),
+        (checks.attention_check(m, groups, policy, True, cis), checks.attention_check(m, groups, policy, True)),
+    ]
+    for shared, alone in pairs:
+        assert shared.to_dict() == alone.to_dict()
+
+
+def test_shared_intervals_leave_an_unevaluable_vector_to_its_check(fusion_run):
+    from dataclasses import replace
+
+    from gate import checks
+
+    result, _ = fusion_run
+    m = replace(result.measures, text_drop=np.full_like(result.measures.text_drop, np.nan))
+    assert checks.shared_intervals(m, result.groups, result.policy) == {}
+
+
+def test_data_is_validated_once_per_gate(toys, tmp_path, monkeypatch):
+    import gate.runner as runner
+
+    calls = []
+    real = runner.validate_dataset
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "validate_dataset", counting)
+    result = run_gate(toys.fusion, toys.data, None, baseline=toys.v1, policy=toys.policy)
+    assert result.exit_code == 0
+    assert len(calls) == 1  # one Great Expectations run covers both models' contracts
