@@ -211,13 +211,52 @@ def permutation(n: int, seed: int | np.random.Generator, groups: np.ndarray | No
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     if groups is None:
         return rng.permutation(n)
-    _, codes = np.unique(np.asarray(groups), return_inverse=True)
-    codes = codes.reshape(-1)
-    by_group = np.argsort(codes, kind="stable")  # rows sorted by group
-    shuffled = np.lexsort((rng.random(n), codes))  # rows sorted by group, random inside each group
-    perm = np.empty(n, dtype=np.int64)
-    perm[by_group] = shuffled  # the k-th row of a group receives the k-th shuffled row of that group
-    return perm
+    return _GroupOrder(groups).permutation(rng)
+
+
+class _GroupOrder:
+    """The query-group structure of a batch, computed once and reused by every permuted mask.
+
+    `permutation(rng)` is, for a given generator state, the same permutation whatever integer
+    labels the groups get: within each group the k-th row (in row order) receives the row of
+    that group with the k-th smallest random key, so only the partition into groups matters.
+    """
+
+    def __init__(self, groups: np.ndarray) -> None:
+        self.codes = _group_codes(np.asarray(groups))
+        self.n = int(self.codes.shape[0])
+        # Rows sorted by group; None when the groups are already contiguous and in label order.
+        self.by_group = None if bool(np.all(self.codes[1:] >= self.codes[:-1])) else np.argsort(self.codes, kind="stable")
+
+    def permutation(self, rng: np.random.Generator) -> np.ndarray:
+        shuffled = np.lexsort((rng.random(self.n), self.codes))  # rows sorted by group, random inside each group
+        if self.by_group is None:
+            return shuffled
+        perm = np.empty(self.n, dtype=np.int64)
+        perm[self.by_group] = shuffled  # the k-th row of a group receives the k-th shuffled row of that group
+        return perm
+
+
+def _group_codes(groups: np.ndarray) -> np.ndarray:
+    """(n,) int64 labels, equal exactly for rows of the same group.
+
+    Queries usually arrive as contiguous runs of rows: then the run index is the label, found with
+    one vectorised comparison of neighbours (no sort of, say, string ids). A group split over
+    several runs falls back to `np.unique`.
+    """
+    g = groups.reshape(-1)
+    if g.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    if g.dtype.kind in "iubUSO":
+        change = np.asarray(g[1:] != g[:-1], dtype=bool)
+        starts = g[np.concatenate(([0], np.flatnonzero(change) + 1))]
+        if len(set(starts.tolist())) == starts.shape[0]:  # every group is one run
+            codes = np.empty(g.shape[0], dtype=np.int64)
+            codes[0] = 0
+            np.cumsum(change, out=codes[1:])
+            return codes
+    _, codes = np.unique(g, return_inverse=True)
+    return codes.reshape(-1).astype(np.int64, copy=False)
 
 
 # ----- dataset results --------------------------------------------------------------------------
@@ -388,11 +427,15 @@ class Scorer:
             spec.name: np.empty((len(masks) * n, *spec.shape), dtype=feeds[spec.name].dtype)
             for spec in self.contract.inputs
         }
+        # Group labels once per batch, shared by every permuted mask and modality.
+        order = _GroupOrder(groups) if groups is not None and any(m.strategy == "permute" for m in masks) else None
         for i, mask in enumerate(masks):
             masked: dict[str, np.ndarray | None] = {}  # input -> row permutation (None for zero/mean)
             rng = np.random.default_rng(mask.seed)
             for modality in sorted(mask.modalities):
-                perm = permutation(n, rng, groups) if mask.strategy == "permute" else None
+                perm = None
+                if mask.strategy == "permute":
+                    perm = order.permutation(rng) if order is not None else rng.permutation(n)
                 for name in self.contract.modalities[modality]:
                     masked[name] = perm
             for name, x in ((spec.name, feeds[spec.name]) for spec in self.contract.inputs):

@@ -279,6 +279,44 @@ def test_row_wise_masks_are_equivariant_to_row_order(order, strategy):
         np.testing.assert_allclose(b.score, a.score[list(order)], rtol=1e-5, atol=1e-6)
 
 
+def ref_permutation(n, rng, groups):
+    """The plain reference: np.unique labels, rows sorted by group with random keys inside each group."""
+    _, codes = np.unique(np.asarray(groups), return_inverse=True)
+    codes = codes.reshape(-1)
+    perm = np.empty(n, dtype=np.int64)
+    perm[np.argsort(codes, kind="stable")] = np.lexsort((rng.random(n), codes))
+    return perm
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.integers(0, 5), min_size=1, max_size=40),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(["int", "str", "sorted-int", "sorted-str"]),
+)
+def test_permutation_is_bit_identical_to_the_plain_reference(labels, seed, kind):
+    # contiguous runs (the usual case, labelled by run) and scattered groups (labelled by np.unique)
+    labels = sorted(labels) if kind.startswith("sorted") else labels
+    groups = np.array([f"q{v}" for v in labels], dtype=object) if kind.endswith("str") else np.array(labels)
+    want = ref_permutation(len(groups), np.random.default_rng(seed), groups)
+    np.testing.assert_array_equal(permutation(len(groups), seed, groups), want)
+
+
+def test_stacked_permute_masks_equal_the_reference_permutations(scorer, data):
+    """Group labels computed once per batch give the same rows as one np.unique per mask and modality."""
+    masks = [Mask(VISUAL, "permute", seed=s) for s in (0, 1, 2)] + [Mask(TEXT | VISUAL, "permute", seed=5), Mask()]
+    spy = spy_on(scorer)
+    scorer.run(data.feeds, masks, groups=data.query_id)
+    fed, n = spy.calls[0], len(data)
+    for i, mask in enumerate(masks):
+        rng = np.random.default_rng(mask.seed)
+        perms = {m: ref_permutation(n, rng, data.query_id) for m in sorted(mask.modalities)}
+        for name, x in data.feeds.items():
+            modality = next((m for m in perms if name in scorer.contract.modalities[m]), None)
+            want = x if modality is None else x[perms[modality]]
+            np.testing.assert_array_equal(fed[name][i * n:(i + 1) * n], want)
+
+
 def test_permutation_without_groups_is_rng_permutation():
     np.testing.assert_array_equal(permutation(10, 3), np.random.default_rng(3).permutation(10))
 
