@@ -302,6 +302,17 @@ def test_permutation_is_bit_identical_to_the_plain_reference(labels, seed, kind)
     np.testing.assert_array_equal(permutation(len(groups), seed, groups), want)
 
 
+@pytest.mark.parametrize("n_groups", [2047, 2048, 3000])  # group labels above 2^11 take the lexsort path
+def test_permutation_with_many_groups_matches_the_reference(n_groups):
+    groups = np.repeat(np.arange(n_groups), 2)[::-1].copy()  # contiguous, labels in descending order
+    for seed in (0, 1):
+        want = ref_permutation(len(groups), np.random.default_rng(seed), groups)
+        np.testing.assert_array_equal(permutation(len(groups), seed, groups), want)
+    scattered = np.random.default_rng(2).permutation(groups)
+    want = ref_permutation(len(groups), np.random.default_rng(4), scattered)
+    np.testing.assert_array_equal(permutation(len(groups), 4, scattered), want)
+
+
 def test_stacked_permute_masks_equal_the_reference_permutations(scorer, data):
     """Group labels computed once per batch give the same rows as one np.unique per mask and modality."""
     masks = [Mask(VISUAL, "permute", seed=s) for s in (0, 1, 2)] + [Mask(TEXT | VISUAL, "permute", seed=5), Mask()]
