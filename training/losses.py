@@ -145,7 +145,8 @@ def modulate_gradients(params: list[torch.nn.Parameter], coef: float, noise: flo
         p.grad.mul_(coef)
         if noise > 0 and p.grad.numel() > 1:
             std = p.grad.std()
-            eps = torch.randn(p.grad.shape, generator=generator, device=p.grad.device, dtype=p.grad.dtype)
+            # drawn on the CPU generator (deterministic by seed on any device), then moved
+            eps = torch.randn(p.grad.shape, generator=generator, dtype=p.grad.dtype).to(p.grad.device)
             p.grad.add_(noise * std * eps)
 
 

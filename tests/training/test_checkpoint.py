@@ -72,3 +72,12 @@ def test_resume_state_round_trip(tmp_path):
     state = load_resume_state(tmp_path)
     assert state["epoch"] == 3 and state["best"] == 0.5
     torch.testing.assert_close(state["torch_rng"], torch.get_rng_state())
+
+
+def test_default_toml_matches_the_dataclass_defaults():
+    from pathlib import Path
+
+    from training.config import TrainConfig, load_config
+
+    path = Path(__file__).resolve().parents[2] / "training" / "configs" / "default.toml"
+    assert load_config(path) == TrainConfig()

@@ -33,7 +33,7 @@ def _reference_listwise(scores, labels, group, n):
     return total / max(count, 1)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(st.integers(0, 10_000))
 def test_listwise_matches_reference(seed):
     scores, labels, group, n = _random_batch(seed)
@@ -97,7 +97,7 @@ def test_adversarial_loss_reference_and_reversed_gradient():
     torch.testing.assert_close(fused.grad, -fused_ref.grad)  # the fusion side ascends the adversary's loss
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(st.floats(0.01, 10), st.floats(0.01, 10), st.floats(0.0, 3.0))
 def test_ogm_coefficient_matches_formula(perf_t, perf_v, alpha):
     c = losses.ogm_coefficients(perf_t, perf_v, alpha)
