@@ -26,7 +26,7 @@ from fusionguard.dataset import dataset_sha256
 from fusionguard.errors import ConfigError
 from training import losses
 from training.checkpoint import load_checkpoint, load_resume_state, save_checkpoint, save_resume_state
-from training.config import TrainConfig
+from training.config import TrainConfig, config_problems
 from training.data import Split, data_problems, load_split, read_dims
 from training.diagnostics import modality_grad_norms, score_split, summarize
 from training.models import Ranker, build_model
@@ -73,8 +73,6 @@ def resolve_device(name: str) -> torch.device:
 
 def validate_run(config: TrainConfig, data_dir: str | Path, source: str = "config") -> None:
     """Raise one ConfigError listing every problem of the config and the data directory."""
-    from training.config import config_problems
-
     problems = config_problems(config) + data_problems(data_dir, needs_visual=config.variant != "v1")
     if problems:
         raise ConfigError(source, problems)
