@@ -46,7 +46,8 @@ def _attention(out: Path, manifest: dict, main_labels: list[str], directory: Pat
     ncols = min(4, len(shown))
     nrows = -(-len(shown) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.9 * nrows), squeeze=False)
-    vmax = max(float(a.max()) for _, a, _ in shown)
+    fused = [a for _, a, k in shown if "visual" in k] or [a for _, a, _ in shown]
+    vmax = max(float(a.max()) for a in fused)  # one scale for the fusion models (a text-only panel saturates)
     for ax in axes.flat[len(shown):]:
         ax.axis("off")
     for ax, (label, att, keys) in zip(axes.flat, shown):
@@ -133,11 +134,13 @@ def _sweeps(tables: dict[str, pd.DataFrame], manifest: dict, directory: Path, pl
 def _latency(table: pd.DataFrame | None, directory: Path, plt) -> list[Path]:
     if table is None:
         return []
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    err = np.vstack([table["ndcg@10"] - table["ndcg@10_low"], table["ndcg@10_high"] - table["ndcg@10"]])
-    ax.errorbar(table["latency_ms"], table["ndcg@10"], yerr=err, fmt="o", capsize=3)
-    for _, r in table.iterrows():
-        ax.annotate(r["row"], (r["latency_ms"], r["ndcg@10"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    markers = "osD^vP*Xph<>"
+    for i, (_, r) in enumerate(table.iterrows()):  # one colour + marker per row, named in the legend
+        err = [[r["ndcg@10"] - r["ndcg@10_low"]], [r["ndcg@10_high"] - r["ndcg@10"]]]
+        ax.errorbar([r["latency_ms"]], [r["ndcg@10"]], yerr=err, fmt=markers[i % len(markers)], ms=7, capsize=3,
+                    color=plt.cm.tab10(i % 10), label=r["row"])
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_xlabel("ONNX Runtime latency per 50-candidate request (ms, CPU, 1 thread, median)")
     ax.set_ylabel("NDCG@10 (95% CI)")
     ax.grid(alpha=0.3)
