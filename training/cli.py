@@ -12,12 +12,12 @@ from training.config import VARIANTS, load_config, read_toml
 
 
 @click.command()
-@click.option("--variant", type=click.Choice(VARIANTS), default=None, help="Model/mitigation to train (overrides the config's).")
+@click.option("--variant", default=None, help=f"Model/mitigation to train, one of {', '.join(VARIANTS)} (overrides the config's).")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True, help="Benchmark directory with train/val/test.parquet.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint directory (resumed if it holds resume.pt).")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="TOML file with every hyperparameter.")
 @click.option("--seed", type=int, default=None, help="Random seed (overrides the config's).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to train; auto picks CUDA when present.")
+@click.option("--device", default=None, help="auto, cpu or cuda; auto picks CUDA when present (overrides the config's).")
 @click.option("--fresh", is_flag=True, help="Ignore OUT/resume.pt and start over.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(variant, data_dir, out, config_path, seed, device, fresh, quiet) -> None:

@@ -106,3 +106,10 @@ def test_data_problems_are_listed_with_the_config(tmp_path, tiny_bench):
     assert "ogm_alpha" in result.output and "lacks columns ['visual_tokens']" in result.output, result.output
     missing = runner.invoke(cli, ["train", "--variant", "baseline", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_unknown_cli_variant_is_listed_with_the_other_problems(tmp_path):
+    result = CliRunner().invoke(cli, ["train", "--variant", "bogus", "--device", "tpu", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    for needle in ("unknown variant 'bogus'", "device = 'tpu'", "does not exist", "3 problems"):
+        assert needle in result.output, result.output
