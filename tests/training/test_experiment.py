@@ -147,8 +147,8 @@ def test_mlflow_logging_into_a_local_store(tmp_path):
     assert [a.path for a in client.list_artifacts(run_id, "model")] == ["model/m.onnx"]
 
 
-@pytest.mark.slow  # about 40 s of CPU, 2 min wall on the shared 2-core machine: two trainings + dynamo exports
 def test_two_run_grid_end_to_end_with_mlflow(tmp_path):
+    """Two trainings + two dynamo exports: about 35 s of CPU (48 s wall on the shared machine)."""
     import mlflow
 
     config = _write(tmp_path, TOY)
