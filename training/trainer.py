@@ -158,6 +158,8 @@ def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: 
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, best, best_epoch, bad_epochs = state["epoch"] + 1, state["best"], state["best_epoch"], state["bad_epochs"]
+        if state.get("finished", False):  # the run already ended (early stop or max_epochs): only re-test
+            start_epoch = config.optim.max_epochs
         logger.info("resuming %s at epoch %d (best val NDCG@%d %.4f)", config.variant, start_epoch, k, best)
     elif (out / LOG_FILE).exists():
         (out / LOG_FILE).unlink()  # a fresh run starts a fresh log
@@ -212,10 +214,11 @@ def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: 
             save_checkpoint(out, model, config, {**meta, "epoch": epoch, "val_ndcg": best})
         else:
             bad_epochs += 1
+        finished = bad_epochs >= config.optim.patience or epoch + 1 >= config.optim.max_epochs
         save_resume_state(out, {"config_sha256": config.sha256(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
-                                "bad_epochs": bad_epochs, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                "torch_rng": torch.get_rng_state()})
-        if bad_epochs >= config.optim.patience:
+                                "bad_epochs": bad_epochs, "finished": finished, "model": model.state_dict(),
+                                "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state()})
+        if finished:
             break
 
     # ---- test with the best checkpoint -----------------------------------------------------
@@ -223,7 +226,7 @@ def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: 
     test_split = load_split(data_dir / "test.parquet", dims, with_visual).to(device)
     test = summarize(best_model, test_split, score_split(best_model, test_split, config.diagnostics.mask), k=k)
     result = TrainResult(
-        out=out, variant=config.variant, epochs_run=(history[-1]["epoch"] + 1) if history else start_epoch,
+        out=out, variant=config.variant, epochs_run=(history[-1]["epoch"] + 1) if history else (state["epoch"] + 1 if state else 0),
         best_epoch=best_epoch, best_val_ndcg=best, test=test, train_seconds=time.perf_counter() - t_run,
         examples_per_s=rows_seen / max(train_time, 1e-9), diagnostics_share=diag_time / max(train_time + diag_time, 1e-9),
         history=history,

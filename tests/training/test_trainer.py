@@ -54,11 +54,16 @@ def test_training_is_deterministic_and_resumable(tmp_path, tiny_bench):
     partial = tmp_path / "partial"
     train(tiny_config(max_epochs=2, patience=10), tiny_bench, partial, progress=False)
     state2 = torch.load(partial / RESUME_FILE, weights_only=True)
-    state2["config_sha256"] = state["config_sha256"]  # pretend the 4-epoch run stopped after 2 epochs
+    state2["config_sha256"] = state["config_sha256"]  # pretend the 4-epoch run was interrupted after 2 epochs
+    state2["finished"] = False
     torch.save(state2, partial / RESUME_FILE)
     resumed = train(config, tiny_bench, partial, progress=False)
     assert [h["epoch"] for h in resumed.history] == [2, 3]
     assert [h["val_ndcg"] for h in resumed.history] == [h["val_ndcg"] for h in full.history[2:]]
+    # a finished run is not trained further when resumed: it is only re-tested
+    again_resumed = train(config, tiny_bench, partial, progress=False)
+    assert again_resumed.history == [] and again_resumed.epochs_run == 4
+    assert again_resumed.test == resumed.test
 
 
 def test_synth_is_deterministic_and_oracle_gains_from_visual():
