@@ -18,7 +18,7 @@ from typing import Any
 
 from fusionguard.errors import ConfigError
 
-VARIANTS = ("v1", "baseline", "mbl", "progressive", "adversarial", "combined", "ogm-ge", "modality-dropout")
+VARIANTS = ("v1", "baseline", "mbl", "progressive", "adversarial", "combined", "ogm-ge", "modality-dropout", "late-fusion")
 DEVICES = ("auto", "cpu", "cuda")
 MASKS = ("zero", "permute")
 

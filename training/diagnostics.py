@@ -24,7 +24,7 @@ class SplitScores:
     full: np.ndarray  # (N,)
     visual_masked: np.ndarray | None  # (N,) visual_tokens masked
     text_masked: np.ndarray  # (N,) query and text_tokens masked (the contract's text modality)
-    attention: np.ndarray  # (N, H, K) unmasked pass
+    attention: np.ndarray | None  # (N, H, K) unmasked pass; None for a model without attention
 
 
 def _permute_within_queries(x: torch.Tensor, split: Split, seed: int) -> torch.Tensor:
@@ -50,8 +50,9 @@ def score_split(model: Ranker, split: Split, mask: str = "zero", seed: int = 0, 
             sl = slice(start, start + chunk_rows)
             s, a = model(q[sl], t[sl], None if v is None else v[sl])
             scores.append(s.float().cpu())
-            atts.append(a.float().cpu())
-        return torch.cat(scores).numpy(), torch.cat(atts).numpy()
+            if a is not None:  # a model without attention (late fusion) returns None
+                atts.append(a.float().cpu())
+        return torch.cat(scores).numpy(), (torch.cat(atts).numpy() if atts else None)
 
     q, t, v = split.query, split.text_tokens, split.visual_tokens if model.has_visual else None
     full, att = run(q, t, v)
@@ -63,7 +64,7 @@ def score_split(model: Ranker, split: Split, mask: str = "zero", seed: int = 0, 
 
 def summarize(model: Ranker, split: Split, scores: SplitScores, k: int = 10) -> dict[str, float | None]:
     """Mean NDCG@k, visual/text ablation drop (mean over queries of (full − masked)/full),
-    visual attention mass and normalised entropy (mean over rows and heads)."""
+    visual attention mass and normalised entropy (mean over rows and heads; None without attention)."""
     stacked = [scores.full, scores.text_masked] + ([scores.visual_masked] if scores.visual_masked is not None else [])
     ndcg = ndcg_at_k(split.groups, np.stack(stacked), k=k)  # (M, Q)
     out: dict[str, float | None] = {
@@ -71,10 +72,11 @@ def summarize(model: Ranker, split: Split, scores: SplitScores, k: int = 10) -> 
         "text_drop": float(np.nanmean(ablation_drop(ndcg[0], ndcg[1]))),
         "visual_drop": None,
         "visual_attention_mass": None,
-        "attention_entropy": float(np.mean(attention_entropy(scores.attention))),
+        "attention_entropy": None if scores.attention is None else float(np.mean(attention_entropy(scores.attention))),
     }
     if scores.visual_masked is not None:
         out["visual_drop"] = float(np.nanmean(ablation_drop(ndcg[0], ndcg[2])))
+    if scores.visual_masked is not None and scores.attention is not None:
         out["visual_attention_mass"] = float(np.mean(attention_mass(scores.attention, model.attention_keys["visual"])))
     return out
 

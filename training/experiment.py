@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -326,23 +326,19 @@ def execute_run(spec: RunSpec, key: str, data_dir: Path, run_dir: Path, grid: Gr
     marker = run_dir / COMPLETE
     if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("key") == key and onnx_path.is_file():
         return RunRecord(key, run_dir, onnx_path, True, 0.0)
-    from export.pipeline import ExportConfig, export_checkpoint, export_model
+    from export.pipeline import ExportConfig, export_checkpoint
 
     t0 = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
     export_cfg = ExportConfig(batch_sizes=(1, 50), parity_rows=128, threads=1)
     train_dir = run_dir / "train"
-    if spec.variant == "late-fusion":
-        from training.late_fusion import train_late_fusion
+    from training.trainer import train
 
-        model, meta = train_late_fusion(spec.config, data_dir, train_dir, progress=progress)
-        exported = export_model(model, meta, onnx_path, export_cfg)
-    else:
-        from training.trainer import train
-
-        train(spec.config, data_dir, train_dir, progress=progress)
-        exported = export_checkpoint(train_dir, onnx_path, export_cfg)
+    # late fusion is an ordinary training variant; the grid carries it as an extra row label
+    config = replace(spec.config, variant="late-fusion") if spec.variant == "late-fusion" else spec.config
+    train(config, data_dir, train_dir, progress=progress)
+    exported = export_checkpoint(train_dir, onnx_path, export_cfg)
     test = data_dir / "test.parquet"
     latency = _measure_latency(onnx_path, test, grid.eval)
     (run_dir / "latency.json").write_text(json.dumps(latency, indent=2), encoding="utf-8")

@@ -42,7 +42,7 @@ class TrainOutputs:
     """What the losses need beyond `forward`'s outputs (training only)."""
 
     score: Tensor  # (N,)
-    attention: Tensor  # (N, H, K)
+    attention: Tensor | None  # (N, H, K); None for a model without attention (late fusion)
     fused: Tensor  # (N, F) representation the score head reads
     text_score: Tensor | None  # (N,) unimodal auxiliary head on the text-only representation
     visual_score: Tensor | None  # (N,) unimodal auxiliary head on the visual-only representation
@@ -272,6 +272,7 @@ ARCHITECTURE = {
     "modality-dropout": "cross-attention",
     "progressive": "progressive",
     "combined": "progressive",
+    "late-fusion": "late-fusion",  # training.late_fusion.LateFusionRanker, plain listwise loss
 }
 
 
@@ -284,6 +285,10 @@ def build_model(variant: str, dims: InputDims, cfg: ModelConfig) -> Ranker:
         model: Ranker = CrossAttentionRanker(dims, cfg, has_visual=False)
     elif arch == "cross-attention":
         model = CrossAttentionRanker(dims, cfg, has_visual=True)
+    elif arch == "late-fusion":
+        from training.late_fusion import LateFusionRanker  # imported here: late_fusion imports this module
+
+        model = LateFusionRanker(dims, cfg)
     else:
         model = ProgressiveFusionRanker(dims, cfg)
     model.variant = variant

@@ -184,7 +184,9 @@ def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             norms = modality_grad_norms(model)
+            extra["grad_norm_text"] = norms["text"]
             if with_visual:
+                extra["grad_norm_visual"] = norms["visual"]
                 extra["grad_ratio_visual_text"] = norms["visual"] / max(norms["text"], 1e-12)
             if config.variant == "ogm-ge":
                 extra.update(_ogm_ge(model, config, q, t, v, label, group, n_groups, gen))

@@ -20,7 +20,7 @@ from .conftest import TINY_SYNTH, tiny_config
     # 12-query benchmark four epochs are not enough for them to lower the task loss reliably, so
     # for them this is a smoke test of the loop and its logged quantities.
     [("baseline", True), ("v1", True), ("mbl", True), ("combined", True),
-     ("adversarial", False), ("ogm-ge", False), ("modality-dropout", False)],
+     ("late-fusion", True), ("adversarial", False), ("ogm-ge", False), ("modality-dropout", False)],
 )
 def test_tiny_training_run(tmp_path, tiny_bench, variant, must_lower):
     result = train(tiny_config(variant, max_epochs=4, patience=10), tiny_bench, tmp_path, progress=False)
@@ -31,10 +31,14 @@ def test_tiny_training_run(tmp_path, tiny_bench, variant, must_lower):
     assert 0 <= result.test["ndcg"] <= 1
     for key in ("val_ndcg", "val_visual_drop", "val_text_drop", "val_visual_attention_mass", "val_attention_entropy"):
         assert key in log[0]
+    assert log[0]["grad_norm_text"] > 0
+    if variant == "late-fusion":  # no attention: the attention columns are logged as null
+        assert log[0]["val_visual_attention_mass"] is None and log[0]["val_attention_entropy"] is None
+        assert result.test["visual_drop"] is not None
     if variant == "ogm-ge":
         assert {"rho_text", "coef_text", "coef_visual"} <= set(log[0])
     if variant != "v1":
-        assert log[0]["grad_ratio_visual_text"] >= 0
+        assert log[0]["grad_norm_visual"] >= 0 and log[0]["grad_ratio_visual_text"] >= 0
     assert (tmp_path / "model.pt").is_file() and (tmp_path / "result.json").is_file()
 
 
