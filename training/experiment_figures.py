@@ -3,7 +3,7 @@
 attention.{png,pdf}    mean attention (head x key) of the reference and of the attention-based
                        mitigations, first seed, test rows; a line marks the text|visual key boundary
 grad_norms.{png,pdf}   per-epoch visual/text gradient-norm ratio from each run's train_log.jsonl,
-                       and per-modality norms where the log has them
+                       then one panel per modality (grad_norm_text, grad_norm_visual)
 sweeps.{png,pdf}       NDCG@10 and visual ablation drop (95% CI) against lambda_visual and depth
 latency.{png,pdf}      NDCG@10 (95% CI) against ONNX Runtime latency (median over seeds) per variant
 """
@@ -79,28 +79,28 @@ def _grad_norms(out: Path, manifest: dict, main_labels: list[str], directory: Pa
             logs.append((label, pd.DataFrame([json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x])))
     if not logs:
         return []
-    per_mod = [(label, f) for label, f in logs if {"grad_norm_text", "grad_norm_visual"} <= set(f.columns)]
-    n = 2 if per_mod else 1
-    fig, axes = plt.subplots(1, n, figsize=(6.0 * n, 3.8), squeeze=False)
+    modalities = [m for m in ("text", "visual") if any(f"grad_norm_{m}" in f for _, f in logs)]
+    n = 1 + len(modalities)  # the ratio, then one panel per modality (trainer logs grad_norm_<modality>)
+    fig, axes = plt.subplots(1, n, figsize=(5.0 * n, 3.8), squeeze=False)
     ax = axes[0][0]
-    for label, f in logs:
+    for j, (label, f) in enumerate(logs):  # colour C{j} is the same run in every panel
         if "grad_ratio_visual_text" in f:
-            ax.plot(f["epoch"], f["grad_ratio_visual_text"], marker="o", ms=3, label=label)
+            ax.plot(f["epoch"], f["grad_ratio_visual_text"], marker="o", ms=3, color=f"C{j % 10}", label=label)
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("‖∇ visual‖ / ‖∇ text‖ (epoch mean)")
     ax.set_title("visual/text gradient-norm ratio", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
-    if per_mod:
-        ax = axes[0][1]
-        for label, f in per_mod:
-            line = ax.plot(f["epoch"], f["grad_norm_text"], marker="o", ms=3, label=f"{label} text")[0]
-            ax.plot(f["epoch"], f["grad_norm_visual"], marker="s", ms=3, ls="--", color=line.get_color(), label=f"{label} visual")
+    for i, modality in enumerate(modalities, start=1):
+        ax = axes[0][i]
+        for j, (label, f) in enumerate(logs):
+            if f"grad_norm_{modality}" in f:
+                ax.plot(f["epoch"], f[f"grad_norm_{modality}"], marker="o", ms=3, color=f"C{j % 10}", label=label)
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
-        ax.set_ylabel("gradient norm")
-        ax.set_title("per-modality gradient norms (runs that log them)", fontsize=10)
-        ax.legend(fontsize=7)
+        ax.set_ylabel(f"‖∇ {modality}‖ (epoch mean)")
+        ax.set_title(f"{modality} encoder gradient norm", fontsize=10)
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     paths = _save(fig, directory, "grad_norms")
     plt.close(fig)
