@@ -32,6 +32,9 @@ from fusionguard.errors import ContractError, InvalidInputError
 from export.errors import ExportFailedError
 
 logger = logging.getLogger(__name__)
+# The dynamo exporter warns on every export that torchvision is absent; the serving models use no
+# torchvision operator, so that line is noise in the CLI output.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 # The seam's forward signature, in order. A model takes a prefix of it: V1 the first two.
 SEAM_INPUTS = ("query", "text_tokens", "visual_tokens")

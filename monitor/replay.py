@@ -116,7 +116,7 @@ def replay(config: ReplayConfig) -> ReplayResult:
     if config.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(unit="request", desc="replay")
+        bar = tqdm(unit="request", desc="replay", disable=None)  # a bar on terminals only, not in logs
     for request in iter_requests(batches):
         t0 = time.perf_counter()
         n_req += 1
