@@ -17,12 +17,13 @@ import argparse
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
+
+from benchmarks._common import best_time  # noqa: E402
 import scipy  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
@@ -39,15 +40,6 @@ def make_data(n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return cand, base
 
 
-def _best_time(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
 def run(n_queries: int, n_resamples: int, repeats: int, seed: int) -> dict:
     a, b = make_data(n_queries, seed)
     batch = max(1, CHUNK_ELEMENTS // n_queries)  # resamples per vectorised chunk, both sides
@@ -57,10 +49,10 @@ def run(n_queries: int, n_resamples: int, repeats: int, seed: int) -> dict:
 
     rows = []
     for method, scipy_method in (("percentile", "percentile"), ("bca", "BCa")):
-        t_ours, ours = _best_time(
+        t_ours, ours = best_time(
             lambda m=method: paired_bootstrap_ci(a, b, n_resamples=n_resamples, seed=seed, method=m), repeats
         )
-        t_scipy, res = _best_time(
+        t_scipy, res = best_time(
             lambda m=scipy_method: sps.bootstrap(
                 (a, b), mean_diff, n_resamples=n_resamples, method=m, paired=True, vectorized=True,
                 batch=batch, confidence_level=0.95, rng=np.random.default_rng(seed + 1),

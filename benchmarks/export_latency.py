@@ -15,7 +15,6 @@ Writes benchmarks/results/export_latency.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -24,7 +23,9 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
+
+from benchmarks._common import write_results  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
@@ -190,9 +191,7 @@ def main() -> None:
     synth = SynthConfig(n_train=args.train_queries, n_val=args.val_queries, n_test=8)
     result = run(args.batch, args.repeats, args.epochs, synth)
     print_table(result)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS}")
+    write_results(RESULTS, result)
 
 
 if __name__ == "__main__":

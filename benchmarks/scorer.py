@@ -14,15 +14,15 @@ Writes benchmarks/results/scorer.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
+
+from benchmarks._common import best_time, write_results  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from fusionguard import toymodels  # noqa: E402
@@ -30,15 +30,6 @@ from fusionguard.scorer import Mask, Scorer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scorer.json"
 SHAPLEY_MASKS = [Mask(), Mask("visual"), Mask("text"), Mask(frozenset({"text", "visual"}))]
-
-
-def _best_time(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def run(sizes: list[int], dim: int, n_tokens: int, heads: int, repeats: int, dataset_rows: int) -> dict:
@@ -49,8 +40,8 @@ def run(sizes: list[int], dim: int, n_tokens: int, heads: int, repeats: int, dat
         data = toymodels.make_toy_dataset(max(1, n // 8), 8, dim=dim, n_text=n_tokens, n_visual=n_tokens, seed=n)
         feeds = {k: v[:n] for k, v in data.feeds.items()}
         scorer.run(feeds, SHAPLEY_MASKS)  # warm-up
-        t_stacked, stacked = _best_time(lambda f=feeds: scorer.run(f, SHAPLEY_MASKS), repeats)
-        t_separate, separate = _best_time(lambda f=feeds: [scorer.run(f, [m])[0] for m in SHAPLEY_MASKS], repeats)
+        t_stacked, stacked = best_time(lambda f=feeds: scorer.run(f, SHAPLEY_MASKS), repeats)
+        t_separate, separate = best_time(lambda f=feeds: [scorer.run(f, [m])[0] for m in SHAPLEY_MASKS], repeats)
         diff = max(float(np.max(np.abs(a.score - b.score))) for a, b in zip(stacked, separate))
         rows.append(
             {
@@ -63,7 +54,7 @@ def run(sizes: list[int], dim: int, n_tokens: int, heads: int, repeats: int, dat
             }
         )
     data = toymodels.make_toy_dataset(dataset_rows // 8, 8, dim=dim, n_text=n_tokens, n_visual=n_tokens, seed=1)
-    t_dataset, _ = _best_time(lambda: scorer.score_dataset(data, SHAPLEY_MASKS, batch_rows=4096), max(1, repeats // 2))
+    t_dataset, _ = best_time(lambda: scorer.score_dataset(data, SHAPLEY_MASKS, batch_rows=4096), max(1, repeats // 2))
     return {
         "model": {"dim": dim, "n_text": n_tokens, "n_visual": n_tokens, "heads": heads},
         "provider": scorer.provider,
@@ -107,9 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     result = run(args.sizes, args.dim, args.tokens, args.heads, args.repeats, args.dataset_rows)
     print_table(result)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS}")
+    write_results(RESULTS, result)
 
 
 if __name__ == "__main__":
