@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
 
 from training.checkpoint import load_checkpoint  # noqa: E402
 from training.config import ModelConfig, OptimConfig, TrainConfig  # noqa: E402

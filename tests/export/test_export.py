@@ -21,7 +21,7 @@ from fusionguard.dataset import load_dataset
 
 from tests.export.conftest import LT, LV, N_CANDIDATES, N_VAL_QUERIES, VARIANTS
 
-torch = pytest.importorskip("torch")
+import torch  # the train extra is part of the test install: fail loudly, never skip
 
 pytestmark = pytest.mark.torch
 

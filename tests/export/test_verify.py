@@ -20,7 +20,7 @@ from fusionguard.contract import METADATA_KEY, load_contract
 from fusionguard.dataset import iter_batches
 from fusionguard.errors import EXIT_BLOCKED, EXIT_INVALID
 
-torch = pytest.importorskip("torch")
+import torch  # the train extra is part of the test install: fail loudly, never skip
 
 from export.errors import ExportVerificationError  # noqa: E402
 from export.pipeline import ExportConfig, export_checkpoint  # noqa: E402
