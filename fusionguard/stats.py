@@ -5,6 +5,12 @@ chunks of about `CHUNK_ELEMENTS` entries (so 10,000 resamples of 10,000 queries 
 not gigabytes), each chunk reduced in one call; there is no Python loop over resamples. Every
 function takes a `seed` and uses its own `numpy.random.Generator`, so results are reproducible.
 
+Bootstrap means never gather: a chunk's index matrix becomes a (c, n) matrix of resample counts
+(one bincount) and the means of every vector are one matrix product counts @ X / n. The sums run
+through BLAS, whose summation order can depend on the matrix shapes (chunk size, number of
+vectors), so the same resamples give means equal to within a few ulp (relative 1e-12) rather than
+bit for bit across chunk sizes or between one vector and several; a fixed call is deterministic.
+
 Per-query metrics use NaN for excluded queries (no relevant item); the functions here drop NaN
 values (NaN pairs in the paired variants) before resampling and report how many remain in
 `Interval.n`.
@@ -29,6 +35,7 @@ __all__ = [
     "Interval",
     "bootstrap_ci",
     "bootstrap_cis",
+    "count_bootstrap_ci",
     "holm",
     "paired_bootstrap_ci",
     "paired_effect_size",
@@ -112,19 +119,39 @@ def _draw_indices(rng: np.random.Generator, c: int, n: int) -> np.ndarray:
     return rng.integers(0, n, size=(c, n), dtype=np.intp)
 
 
+def _resample_counts(rng: np.random.Generator, c: int, n: int) -> np.ndarray:
+    """(c, n) float64: how often each of the n units is drawn in each of c resamples.
+
+    The draws are `_draw_indices(rng, c, n)` (the same stream as the gather path), turned into
+    counts with one bincount over row-offset indices: row i's index j lands in bin i * n + j.
+    """
+    idx = _draw_indices(rng, c, n)
+    idx += (np.arange(c, dtype=np.intp) * n)[:, None]
+    return np.bincount(idx.ravel(), minlength=c * n).reshape(c, n).astype(np.float64)
+
+
 def _bootstrap_distributions(
-    xs: list[np.ndarray], stat: Callable[[np.ndarray], np.ndarray], n_resamples: int, seed: int,
-    chunk_elements: int,
+    xs: list[np.ndarray], stat: Callable[[np.ndarray], np.ndarray], statistic: Statistic, n_resamples: int,
+    seed: int, chunk_elements: int,
 ) -> list[np.ndarray]:
     """Bootstrap distributions of several same-length samples over ONE resample-index matrix.
 
-    The matrix is drawn chunk by chunk from `default_rng(seed)` exactly as for a single sample, so
-    each distribution equals the one a separate call with the same seed gives.
+    The matrix is drawn chunk by chunk from `default_rng(seed)` exactly as for a single sample.
+    For the mean, each chunk's index matrix becomes a counts matrix (`_resample_counts`) and every
+    sample's resampled means are one matrix product counts @ X / n with X = (n, k): one bincount
+    and one BLAS call instead of k gathers. Other statistics gather x[idx] per sample.
     """
     n = xs[0].shape[0]
     rng = np.random.default_rng(seed)
-    outs = [np.empty(n_resamples, dtype=np.float64) for _ in xs]
     done = 0
+    if statistic == "mean":
+        stacked = np.stack(xs, axis=1)  # (n, k)
+        dists = np.empty((n_resamples, len(xs)), dtype=np.float64)
+        for c in _chunks(n_resamples, n, chunk_elements):
+            dists[done : done + c] = (_resample_counts(rng, c, n) @ stacked) / n
+            done += c
+        return [np.ascontiguousarray(dists[:, j]) for j in range(len(xs))]
+    outs = [np.empty(n_resamples, dtype=np.float64) for _ in xs]
     for c in _chunks(n_resamples, n, chunk_elements):  # chunks of resamples, each one vectorised call
         idx = _draw_indices(rng, c, n)  # (c, n), shared by every sample
         for x, out in zip(xs, outs):
@@ -195,9 +222,10 @@ def bootstrap_cis(
     """`bootstrap_ci` of several per-query vectors, sharing one resample-index matrix.
 
     Vectors with the same number of finite values (after dropping NaN) are resampled with the
-    same (n_resamples, n) index matrix, drawn once chunk by chunk; so the k-th Interval equals
-    `bootstrap_ci(values[k], ...)` with the same seed exactly, while the random draws (and the
-    int -> index conversion) are paid once per distinct length instead of once per vector.
+    same (n_resamples, n) index matrix, drawn once chunk by chunk; so the k-th Interval uses the
+    resamples of `bootstrap_ci(values[k], ...)` with the same seed, and equals it up to the BLAS
+    summation order of the means (relative 1e-12; exactly for "median" and callables), while the
+    random draws and the counting are paid once per distinct length instead of once per vector.
 
     Args:
         values: a sequence of (n_k,) vectors, one value per query each; NaN entries are dropped.
@@ -229,7 +257,7 @@ def bootstrap_cis(
         else:
             by_length.setdefault(x.shape[0], []).append(k)
     for members in by_length.values():
-        dists = _bootstrap_distributions([xs[k] for k in members], stat, n_resamples, seed, chunk_elements)
+        dists = _bootstrap_distributions([xs[k] for k in members], stat, statistic, n_resamples, seed, chunk_elements)
         for k, dist in zip(members, dists):
             results[k] = _interval(xs[k], dist, stat, statistic, confidence, n_resamples, method, chunk_elements)
     return [r for r in results if r is not None]
@@ -241,6 +269,18 @@ def _interval(
 ) -> Interval:
     """The percentile or BCa interval from a sample and its bootstrap distribution."""
     estimate = float(stat(x))
+    low, high = _bounds(
+        dist, estimate, lambda: _jackknife(x, stat, statistic, chunk_elements), confidence, n_resamples, method
+    )
+    return Interval(estimate, low, high, confidence, n_resamples, method, x.shape[0])
+
+
+def _bounds(
+    dist: np.ndarray, estimate: float, jackknife: Callable[[], np.ndarray], confidence: float, n_resamples: int,
+    method: Method,
+) -> tuple[float, float]:
+    """Percentile or BCa bounds from a bootstrap distribution; `jackknife` gives the leave-one-out
+    statistics (called for BCa only)."""
     alpha = (1.0 - confidence) / 2.0
     probs = np.array([alpha, 1.0 - alpha])
     if method == "bca":
@@ -249,14 +289,77 @@ def _interval(
         below = np.count_nonzero(dist < estimate) / n_resamples
         below = min(max(below, 0.5 / n_resamples), 1.0 - 0.5 / n_resamples)
         z0 = special.ndtri(below)
-        jack = _jackknife(x, stat, statistic, chunk_elements)
+        jack = jackknife()
         d = jack.mean() - jack
         denom = 6.0 * float(np.sum(d**2)) ** 1.5
         accel = float(np.sum(d**3)) / denom if denom > 0 else 0.0
         z = special.ndtri(probs)
         probs = special.ndtr(z0 + (z0 + z) / (1.0 - accel * (z0 + z)))
     low, high = np.quantile(dist, probs)
-    return Interval(estimate, float(low), float(high), confidence, n_resamples, method, x.shape[0])
+    return float(low), float(high)
+
+
+def count_bootstrap_ci(
+    n: int,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    n_resamples: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    method: Method = "percentile",
+    *,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> Interval:
+    """Bootstrap CI of a statistic written as a function of how often each of n units is drawn.
+
+    For statistics built from per-unit sums (a cluster bootstrap's Pearson over whole queries, a
+    weighted mean) the resample's counts are all that matters: `statistic(counts)` takes a (c, n)
+    float64 matrix of counts (each row sums to n) and returns (c,) values, typically with one matrix
+    product. The resamples are the ones `bootstrap_ci` draws for n values with the same seed.
+
+    Args:
+        n: number of units (queries) resampled.
+        statistic: f(counts (c, n)) -> (c,); f(ones((1, n))) is the point estimate, and for BCa the
+            jackknife rows are ones with a single zero.
+        n_resamples, confidence, seed, method, chunk_elements: as for `bootstrap_ci`.
+
+    Raises:
+        InvalidInputError: bad options, n < 1, or a statistic that does not return (c,) values.
+    """
+    _check_common(n_resamples, confidence)
+    if method not in ("percentile", "bca"):
+        raise InvalidInputError(f"unknown method {method!r}; use 'percentile' or 'bca'")
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise InvalidInputError(f"n must be a positive integer (units to resample), got {n!r}")
+
+    def evaluate(counts: np.ndarray) -> np.ndarray:
+        out = np.asarray(statistic(counts), dtype=np.float64)
+        if out.shape != (counts.shape[0],):
+            raise InvalidInputError(
+                f"the count statistic returned shape {out.shape} for {counts.shape[0]} resample(s); "
+                "it must reduce each row of the (c, n) counts matrix to one value"
+            )
+        return out
+
+    rng = np.random.default_rng(seed)
+    dist = np.empty(n_resamples, dtype=np.float64)
+    done = 0
+    for c in _chunks(n_resamples, n, chunk_elements):
+        dist[done : done + c] = evaluate(_resample_counts(rng, c, n))
+        done += c
+    estimate = float(evaluate(np.ones((1, n)))[0])
+
+    def jackknife() -> np.ndarray:
+        out = np.empty(n, dtype=np.float64)
+        start = 0
+        for c in _chunks(n, n, chunk_elements):
+            counts = np.ones((c, n))
+            counts[np.arange(c), start + np.arange(c)] = 0.0  # row i leaves unit start + i out
+            out[start : start + c] = evaluate(counts)
+            start += c
+        return out
+
+    low, high = _bounds(dist, estimate, jackknife, confidence, n_resamples, method)
+    return Interval(estimate, low, high, confidence, n_resamples, method, n)
 
 
 def _paired_diff(a: object, b: object) -> np.ndarray:

@@ -169,7 +169,8 @@ def pearson_interval(groups: metrics.QueryGroups, a: np.ndarray, b: np.ndarray, 
 
     Rows of one query are not independent, so whole queries are resampled (a cluster
     bootstrap): the statistic is Pearson over all rows of the resampled queries, computed from
-    per-query sums (n, Σa, Σb, Σa², Σb², Σab) so a resample is a few gathers, not a copy of rows.
+    per-query sums (n, Σa, Σb, Σa², Σb², Σab), so a resample is its query counts times those sums
+    (`stats.count_bootstrap_ci`: one matrix product per chunk), not a copy of rows.
     The point estimate is `fusionguard.metrics.pearson` on the observed rows.
     """
     x = groups.sort(np.asarray(a, dtype=np.float64))
@@ -181,28 +182,19 @@ def pearson_interval(groups: metrics.QueryGroups, a: np.ndarray, b: np.ndarray, 
         + [groups.per_query_sum(v) for v in (x, y, x * x, y * y, x * y)]
     )  # (6, Q)
 
-    n_queries = groups.n_queries
-
-    def statistic(index: np.ndarray, axis: int = -1) -> np.ndarray:
-        idx = np.asarray(index).astype(np.int64)  # (c, n) resampled query indices, or (n,)
-        flat = idx.reshape(-1, idx.shape[-1])
-        c = flat.shape[0]
-        # How often each query is drawn in each resample, then every sum in one matrix product.
-        counts = np.bincount((flat + n_queries * np.arange(c)[:, None]).ravel(), minlength=c * n_queries)
-        n, sx, sy, sxx, syy, sxy = (counts.reshape(c, n_queries).astype(np.float64) @ sums.T).T  # each (c,)
+    def statistic(counts: np.ndarray) -> np.ndarray:
+        # counts (c, Q): how often each query is drawn in each resample; every sum in one product.
+        n, sx, sy, sxx, syy, sxy = (counts @ sums.T).T  # each (c,)
         cov = sxy - sx * sy / n
         var = (sxx - sx * sx / n) * (syy - sy * sy / n)
         with np.errstate(invalid="ignore", divide="ignore"):
-            r = np.where(var > 0, np.clip(cov / np.sqrt(np.maximum(var, 0.0)), -1.0, 1.0), np.nan)
-        return r.reshape(idx.shape[:-1])
+            return np.where(var > 0, np.clip(cov / np.sqrt(np.maximum(var, 0.0)), -1.0, 1.0), np.nan)
 
     estimate = metrics.pearson(a, b)
     if not np.isfinite(estimate):
         raise EvaluationError("the Pearson correlation is undefined: one model gives every row the same score")
     p = policy.bootstrap
-    ci = stats.bootstrap_ci(
-        np.arange(groups.n_queries, dtype=np.float64), statistic, p.n_resamples, p.confidence, policy.seed, p.method
-    )
+    ci = stats.count_bootstrap_ci(groups.n_queries, statistic, p.n_resamples, p.confidence, policy.seed, p.method)
     return stats.Interval(estimate, ci.low, ci.high, ci.confidence, ci.n_resamples, ci.method, groups.n_queries)
 
 

@@ -17,6 +17,7 @@ from fusionguard.stats import (
     Interval,
     bootstrap_ci,
     bootstrap_cis,
+    count_bootstrap_ci,
     holm,
     paired_bootstrap_ci,
     paired_effect_size,
@@ -59,6 +60,29 @@ def exact_sign_flip_p(d):
     return hits / 2 ** len(d)
 
 
+def assert_same_interval(got, want):
+    """Same resamples, same interval. Bootstrap means are sums through BLAS (counts @ X), whose
+    summation order may differ with the matrix shape (chunk size, one vector vs several): that is
+    floating-point rounding of the same numbers, so bounds are compared to relative 1e-12, not a
+    loosened statistical tolerance. Everything else must match exactly."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert (g.estimate, g.confidence, g.n_resamples, g.method, g.n) == (w.estimate, w.confidence, w.n_resamples, w.method, w.n)
+        assert g.low == pytest.approx(w.low, rel=1e-12, abs=1e-300)
+        assert g.high == pytest.approx(w.high, rel=1e-12, abs=1e-300)
+
+
+def ref_gather_bootstrap(x, n_resamples, seed, confidence=0.95):
+    """The same resample indices as the code under test (same generator calls), gathered and
+    averaged one resample at a time: checks that the counts @ X shortcut computes these means."""
+    rng = np.random.default_rng(seed)
+    x = np.asarray(x, dtype=np.float64)
+    idx = rng.integers(0, len(x), size=(n_resamples, len(x)), dtype=np.intp)
+    means = np.array([x[row].mean() for row in idx])
+    alpha = (1 - confidence) / 2
+    return np.quantile(means, [alpha, 1 - alpha])
+
+
 # ---------------------------------------------------------------- bootstrap
 
 def test_bootstrap_matches_plain_reference_within_monte_carlo_error():
@@ -98,8 +122,8 @@ def test_bca_median_uses_generic_jackknife():
 def test_bootstrap_is_seeded_and_independent_of_chunking():
     x = np.random.default_rng(0).normal(size=301)
     a = bootstrap_ci(x, n_resamples=3000, seed=7)
-    assert bootstrap_ci(x, n_resamples=3000, seed=7) == a
-    assert bootstrap_ci(x, n_resamples=3000, seed=7, chunk_elements=1000) == a
+    assert bootstrap_ci(x, n_resamples=3000, seed=7) == a  # deterministic for a fixed call
+    assert_same_interval([bootstrap_ci(x, n_resamples=3000, seed=7, chunk_elements=1000)], [a])
     assert bootstrap_ci(x, n_resamples=3000, seed=8) != a
 
 
@@ -111,7 +135,10 @@ def test_shared_bootstrap_equals_one_call_per_vector(statistic, method):
     vectors.append(rng.normal(size=77))
     got = bootstrap_cis(vectors, statistic, n_resamples=1500, seed=3, method=method, chunk_elements=10_000)
     want = [bootstrap_ci(v, statistic, n_resamples=1500, seed=3, method=method) for v in vectors]
-    assert got == want  # exactly: same index matrix, same arithmetic
+    if statistic == "median":
+        assert got == want  # exactly: same index matrix, same gather
+    else:
+        assert_same_interval(got, want)  # same resamples; means summed by BLAS in another shape
     assert [ci.n for ci in got] == [120, 118, 120, 120, 77]
 
 
@@ -119,7 +146,54 @@ def test_shared_bootstrap_equals_one_call_per_vector(statistic, method):
 @given(st.lists(values_st, min_size=1, max_size=5), st.integers(0, 1000), st.integers(50, 5000))
 def test_shared_bootstrap_equals_separate_calls_for_any_vectors(vectors, seed, chunk):
     got = bootstrap_cis(vectors, n_resamples=300, seed=seed, chunk_elements=chunk)
-    assert got == [bootstrap_ci(v, n_resamples=300, seed=seed) for v in vectors]
+    assert_same_interval(got, [bootstrap_ci(v, n_resamples=300, seed=seed) for v in vectors])
+
+
+@settings(max_examples=25, deadline=None)
+@given(values_st.filter(lambda v: len(set(v)) > 1), st.integers(0, 1000), st.integers(30, 3000))
+def test_counted_means_equal_gathered_means_of_the_same_resamples(x, seed, chunk):
+    got = bootstrap_ci(x, n_resamples=400, seed=seed, chunk_elements=chunk)
+    want = ref_gather_bootstrap(x, 400, seed)
+    scale = max(1.0, max(abs(v) for v in x))
+    assert got.low == pytest.approx(want[0], rel=1e-12, abs=1e-13 * scale)
+    assert got.high == pytest.approx(want[1], rel=1e-12, abs=1e-13 * scale)
+
+
+@pytest.mark.parametrize("method", ["percentile", "bca"])
+def test_count_bootstrap_of_a_weighted_mean_equals_the_plain_bootstrap(method):
+    x = np.random.default_rng(6).exponential(size=90)
+
+    def mean_from_counts(counts):
+        return counts @ x / counts.sum(axis=1)
+
+    got = count_bootstrap_ci(len(x), mean_from_counts, n_resamples=2000, seed=4, method=method, chunk_elements=5000)
+    want = bootstrap_ci(x, n_resamples=2000, seed=4, method=method)
+    assert got.estimate == pytest.approx(want.estimate, rel=1e-12)
+    assert_same_interval([Interval(want.estimate, got.low, got.high, got.confidence, got.n_resamples, got.method, got.n)], [want])
+
+
+def test_count_bootstrap_jackknife_leaves_one_unit_out():
+    seen = []
+
+    def spy(counts):
+        seen.append(counts.copy())
+        return counts @ np.arange(5.0)
+
+    count_bootstrap_ci(5, spy, n_resamples=100, seed=0, method="bca", chunk_elements=10)
+    rows = np.concatenate(seen)
+    sizes = rows.sum(axis=1)
+    np.testing.assert_array_equal(rows[sizes == 4], 1.0 - np.eye(5))  # the jackknife: each unit left out once
+    assert np.all(sizes[sizes != 4] == 5)  # resamples (and the estimate's all-ones row) draw n units
+    assert np.count_nonzero(sizes == 5) == 100 + 1
+
+
+def test_count_bootstrap_bad_input():
+    with pytest.raises(InvalidInputError, match="positive integer"):
+        count_bootstrap_ci(0, lambda c: c.sum(axis=1))
+    with pytest.raises(InvalidInputError, match="one value"):
+        count_bootstrap_ci(4, lambda c: c, n_resamples=100)
+    with pytest.raises(InvalidInputError, match="method"):
+        count_bootstrap_ci(4, lambda c: c.sum(axis=1), method="basic")
 
 
 def test_shared_bootstrap_names_the_bad_vector():

@@ -49,18 +49,35 @@ def test_pearson_interval_resamples_whole_queries(monkeypatch):
     from fusionguard import stats
 
     captured = {}
-    original = stats.bootstrap_ci
+    original = stats.count_bootstrap_ci
 
-    def spy(values, statistic, *args, **kwargs):
+    def spy(n, statistic, *args, **kwargs):
         captured["statistic"] = statistic
-        return original(values, statistic, *args, **kwargs)
+        return original(n, statistic, *args, **kwargs)
 
-    monkeypatch.setattr(stats, "bootstrap_ci", spy)
+    monkeypatch.setattr(stats, "count_bootstrap_ci", spy)
     pearson_interval(groups, a, b, FAST)
-    pick = np.array([[3.0, 3.0, 7.0, 0.0, 12.0]])
-    rows = np.concatenate([np.flatnonzero(qid == groups.query_ids[int(i)]) for i in pick[0]])
+    picked = [3, 3, 7, 0, 12]
+    counts = np.bincount(picked, minlength=groups.n_queries).astype(np.float64)[None, :]
+    rows = np.concatenate([np.flatnonzero(qid == groups.query_ids[i]) for i in picked])
     want = np.corrcoef(a[rows], b[rows])[0, 1]
-    assert captured["statistic"](pick, axis=-1)[0] == pytest.approx(want, rel=1e-9)
+    assert captured["statistic"](counts)[0] == pytest.approx(want, rel=1e-9)
+
+
+def test_pearson_interval_equals_a_plain_cluster_bootstrap():
+    """Reference: the same query draws (same generator calls as fusionguard.stats), then Pearson
+    over the rows of each resample's queries with np.corrcoef, one resample at a time."""
+    groups, qid = _groups([3, 5, 4, 6, 2] * 5, seed=3)
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=qid.size)
+    b = 0.5 * a + rng.normal(size=qid.size)
+    policy = with_overrides(Policy(), bootstrap={"n_resamples": 300})
+    got = pearson_interval(groups, a, b, policy)
+    draws = np.random.default_rng(policy.seed).integers(0, groups.n_queries, size=(300, groups.n_queries), dtype=np.intp)
+    rows_of = [np.flatnonzero(qid == q) for q in groups.query_ids]
+    rs = [np.corrcoef(a[r], b[r])[0, 1] for r in (np.concatenate([rows_of[i] for i in d]) for d in draws)]
+    want = np.quantile(rs, [0.025, 0.975])
+    assert got.low == pytest.approx(want[0], rel=1e-9) and got.high == pytest.approx(want[1], rel=1e-9)
 
 
 def test_plan_counts_passes():
