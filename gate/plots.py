@@ -1,21 +1,67 @@
-"""PNG plots for the gate report (matplotlib, Agg backend: no display needed in CI)."""
+"""PNG plots for the gate report (matplotlib's Agg canvas: no display needed in CI).
+
+Figures are built with `matplotlib.figure.Figure` directly, not pyplot, so there is no global
+figure registry to close and the plots may be rendered off the main thread. Rendering is kept
+cheap: each histogram is counted with numpy and drawn as one `stairs` artist (not one patch per
+bin), and the margins are fixed instead of computed by `tight_layout` (which renders every text
+to measure it).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
     from gate.runner import GateResult
 
 NDCG_DIFF_PNG = "ndcg_difference.png"
 CONTRIBUTION_PNG = "contributions.png"
+DPI = 100  # 600 x 350 and 900 x 350 pixels: legible in a pull-request comment
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)  # attaches itself to the figure
+    return fig
+
+
+def _hist(ax, values: np.ndarray, bins: int, color: str, value_range: tuple[float, float] | None = None) -> None:  # noqa: ANN001
+    counts, edges = np.histogram(values, bins=bins, range=value_range)
+    ax.stairs(counts, edges, fill=True, color=color)
+    ax.set_ylim(0, max(1, int(counts.max(initial=0))) * 1.05)
+
+
+def _ndcg_difference(diff: np.ndarray, k: int, margin: float, target: Path) -> None:
+    fig = _figure(6, 3.5)
+    ax = fig.add_axes((0.11, 0.15, 0.86, 0.8))
+    _hist(ax, diff, min(40, max(5, diff.size // 5)), "#4c72b0")
+    mean = float(diff.mean()) if diff.size else float("nan")
+    ax.axvline(0.0, color="black", lw=1)
+    ax.axvline(mean, color="#c44e52", lw=1.5, label=f"mean {mean:+.4f}")
+    ax.axvline(-margin, color="grey", ls="--", lw=1, label="-margin")
+    ax.set_xlabel(f"NDCG@{k} candidate − baseline, per query")
+    ax.set_ylabel("queries")
+    ax.legend(frameon=False)
+    fig.savefig(target)
+
+
+def _contributions(share: np.ndarray, drops: list[float], min_drop: float, k: int, target: Path) -> None:
+    fig = _figure(9, 3.5)
+    left = fig.add_axes((0.08, 0.15, 0.4, 0.8))
+    right = fig.add_axes((0.58, 0.15, 0.4, 0.8))
+    _hist(left, share, 30, "#55a868", (0.0, 1.0))
+    left.set_xlabel("visual Shapley share, per candidate")
+    left.set_ylabel("candidates")
+    right.bar(["visual masked", "text masked"], drops, color=["#55a868", "#4c72b0"])
+    right.axhline(min_drop, color="grey", ls="--", lw=1, label="min visual drop")
+    right.set_ylabel(f"relative NDCG@{k} drop")
+    right.legend(frameon=False)
+    fig.savefig(target)
 
 
 def write_plots(result: GateResult, out: Path) -> list[Path]:
@@ -26,36 +72,15 @@ def write_plots(result: GateResult, out: Path) -> list[Path]:
     target = out / NDCG_DIFF_PNG
     if m is not None and result.baseline_ndcg is not None:
         diff = m.ndcg - result.baseline_ndcg
-        diff = diff[np.isfinite(diff)]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.hist(diff, bins=min(40, max(5, diff.size // 5)), color="#4c72b0")
-        ax.axvline(0.0, color="black", lw=1)
-        ax.axvline(float(diff.mean()), color="#c44e52", lw=1.5, label=f"mean {diff.mean():+.4f}")
-        ax.axvline(-result.policy.quality.margin, color="grey", ls="--", lw=1, label="-margin")
-        ax.set_xlabel(f"NDCG@{k} candidate − baseline, per query")
-        ax.set_ylabel("queries")
-        ax.legend(frameon=False)
-        fig.tight_layout()
-        fig.savefig(target, dpi=100)
-        plt.close(fig)
+        _ndcg_difference(diff[np.isfinite(diff)], k, result.policy.quality.margin, target)
         written.append(target)
     elif target.exists():
         target.unlink()
     target = out / CONTRIBUTION_PNG
     if m is not None:
-        fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
         share = m.visual_share[np.isfinite(m.visual_share)]
-        left.hist(share, bins=30, range=(0.0, 1.0), color="#55a868")
-        left.set_xlabel("visual Shapley share, per candidate")
-        left.set_ylabel("candidates")
         drops = [float(np.nanmean(m.visual_drop)), float(np.nanmean(m.text_drop))]
-        right.bar(["visual masked", "text masked"], drops, color=["#55a868", "#4c72b0"])
-        right.axhline(result.policy.ablation.min_visual_drop, color="grey", ls="--", lw=1, label="min visual drop")
-        right.set_ylabel(f"relative NDCG@{k} drop")
-        right.legend(frameon=False)
-        fig.tight_layout()
-        fig.savefig(target, dpi=100)
-        plt.close(fig)
+        _contributions(share, drops, result.policy.ablation.min_visual_drop, k, target)
         written.append(target)
     elif target.exists():
         target.unlink()
