@@ -232,3 +232,66 @@ def test_data_is_validated_once_per_gate(toys, tmp_path, monkeypatch):
     result = run_gate(toys.fusion, toys.data, None, baseline=toys.v1, policy=toys.policy)
     assert result.exit_code == 0
     assert len(calls) == 1  # one Great Expectations run covers both models' contracts
+
+
+def _nan_data(tmp_path):
+    batch = tm.make_toy_dataset(n_queries=6, n_candidates=5, seed=1)
+    feeds = dict(batch.feeds)
+    feeds["visual_tokens"] = feeds["visual_tokens"].copy()
+    feeds["visual_tokens"][2, 0, 0] = np.nan
+    from fusionguard.dataset import write_dataset
+
+    return write_dataset(tmp_path / "nan.parquet", batch.query_id, batch.item_id, batch.label, feeds)
+
+
+def test_scoring_of_invalid_data_is_discarded_and_the_data_check_decides(toys, tmp_path, monkeypatch):
+    """Scoring runs while the data is validated; when the data check fails, whatever scoring did
+    (here: a crash) is thrown away and the gate says exactly what the data check says (exit 2)."""
+    import gate.runner as runner
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("scoring crashed on unvalidated data")
+
+    monkeypatch.setattr(runner, "measure_model", crash)
+    result = run_gate(toys.fusion, _nan_data(tmp_path), tmp_path / "out", baseline=toys.v1, policy=toys.policy)
+    assert result.exit_code == 2 and result.outcome == "invalid"
+    assert _outcomes(result)["data"] == "error" and "visual_tokens" in result.message
+    assert all(c.outcome == "skipped" and "data check did not pass" in c.summary for c in result.checks[2:])
+    assert result.measures is None and result.groups is None
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["exit_code"] == 2 and "n_excluded_queries" not in report["data"]
+
+
+def test_a_scoring_bug_on_valid_data_is_not_swallowed(toys, monkeypatch):
+    import gate.runner as runner
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("a bug, not bad data")
+
+    monkeypatch.setattr(runner, "measure_model", crash)
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_gate(toys.fusion, toys.data, None, baseline=toys.v1, policy=toys.policy)
+
+
+def test_validation_runs_concurrently_with_scoring(toys, monkeypatch):
+    """The data check and the scoring overlap: the scorer starts before validation finishes."""
+    import threading
+
+    import gate.runner as runner
+
+    scoring_started = threading.Event()
+    seen = {}
+    real_validate, real_measure = runner.validate_dataset, runner.measure_model
+
+    def slow_validate(*args, **kwargs):
+        seen["overlapped"] = scoring_started.wait(timeout=30)
+        return real_validate(*args, **kwargs)
+
+    def measure(*args, **kwargs):
+        scoring_started.set()
+        return real_measure(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "validate_dataset", slow_validate)
+    monkeypatch.setattr(runner, "measure_model", measure)
+    result = run_gate(toys.fusion, toys.data, None, baseline=toys.v1, policy=toys.policy)
+    assert result.exit_code == 0 and seen["overlapped"]
