@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,27 +165,19 @@ def run_gate(
     contracts = [s.contract for s in (cand_scorer, base_scorer) if s is not None]
     timings["load_models"] = time.perf_counter() - started
 
+    t0 = time.perf_counter()
+    results["data"] = _data_check(data, contracts, policy, data_info)
+    timings["validate_data"] = time.perf_counter() - t0
     results["contract"] = _contract_check(cand_scorer, base_scorer, load_problems)
-    # The data check (pyarrow scan + Great Expectations, mostly Python) runs in a worker thread
-    # while this thread loads the data and scores it (ONNX Runtime releases the GIL). The scoring
-    # is speculative: it is used only if the data check passes; otherwise it is discarded and the
-    # gate reports the data check's outcome exactly as if nothing had been scored (fail-closed).
-    speculate = results["contract"].outcome == checks.PASSED and data.is_file()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fg-validate") as pool:
-        pending = pool.submit(_timed_data_check, data, contracts, policy)
-        scored = _speculative_scoring(data, cand_scorer, base_scorer, policy, progress, timings) if speculate else None
-        results["data"], data_numbers, timings["validate_data"] = pending.result()
-    data_info.update(data_numbers)
 
     batch = groups = None
-    if results["data"].outcome == checks.PASSED and results["contract"].outcome == checks.PASSED and scored is not None:
-        if scored.error is not None and not isinstance(scored.error, FusionGuardError):
-            raise scored.error  # not caused by invalid data (the data check passed): a bug, surface it
-        data_info.update(scored.info)
-        if scored.load_error is not None:
-            results["data"] = errored("data", str(scored.load_error), scored.load_error.exit_code)
-        else:
-            batch, groups = scored.batch, scored.groups
+    if results["data"].outcome == checks.PASSED and results["contract"].outcome == checks.PASSED:
+        t0 = time.perf_counter()
+        try:
+            batch, groups = _load(data, cand_scorer, base_scorer, policy, data_info)  # type: ignore[arg-type]
+        except FusionGuardError as err:
+            results["data"] = errored("data", str(err), err.exit_code)
+        timings["load_data"] = time.perf_counter() - t0
 
     if batch is None or groups is None:
         blocker = "data" if results["data"].outcome != checks.PASSED else "contract"
@@ -195,13 +186,7 @@ def run_gate(
     else:
         result.groups = groups
         result.feeds = batch.feeds
-        if scored.error is not None:  # type: ignore[union-attr]
-            for name in checks.CHECK_NAMES[2:]:
-                # Inputs were validated, so a failure here is the model's: not evaluable (3).
-                results[name] = errored(name, f"scoring failed: {scored.error}", EXIT_UNEVALUABLE)  # type: ignore[union-attr]
-        else:
-            result.measures = scored.measures  # type: ignore[union-attr]
-            _run_statistics(results, cand_scorer, scored.measures, scored.base_scores, groups, policy, result)  # type: ignore[arg-type, union-attr]
+        _run_measured_checks(results, cand_scorer, base_scorer, batch, groups, policy, result, progress)  # type: ignore[arg-type]
 
     result.checks = [results[name] for name in checks.CHECK_NAMES]
     result.exit_code = _exit_code(result.checks)
@@ -283,66 +268,27 @@ def _load(data: Path, cand: Scorer, base: Scorer | None, policy: Policy, info: d
     return batch, groups
 
 
-def _timed_data_check(data: Path, contracts: list, policy: Policy) -> tuple[CheckResult, dict[str, Any], float]:
-    """The data check with its own numbers dict and duration (runs in the worker thread)."""
-    t0 = time.perf_counter()
-    numbers: dict[str, Any] = {}
-    check = _data_check(data, contracts, policy, numbers)
-    return check, numbers, time.perf_counter() - t0
-
-
-@dataclass
-class _Scored:
-    """What the speculative load-and-score step produced (or the error it stopped with)."""
-
-    batch: Batch | None = None
-    groups: metrics.QueryGroups | None = None
-    measures: ModelMeasures | None = None
-    base_scores: np.ndarray | None = None
-    info: dict[str, Any] = field(default_factory=dict)  # numbers for the report's data section
-    load_error: FusionGuardError | None = None  # the eval set could not be loaded for the models
-    error: Exception | None = None  # scoring stopped; used only if the data check passes
-
-
-def _speculative_scoring(
-    data: Path, cand: Scorer, base: Scorer | None, policy: Policy, progress: bool, timings: dict[str, float]
-) -> _Scored:
-    """Load the eval set and score every pass, before the data check has decided.
-
-    Never raises: the data may be invalid (that is what the concurrent check finds out), so any
-    error is kept and looked at only once the check has passed.
-    """
-    out = _Scored()
-    t0 = time.perf_counter()
-    try:
-        out.batch, out.groups = _load(data, cand, base, policy, out.info)
-    except FusionGuardError as err:
-        out.load_error = err
-        return out
-    except Exception as err:  # noqa: BLE001  (unvalidated data; re-raised if the data check passes)
-        out.error = err
-        return out
-    finally:
-        timings["load_data"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    try:
-        out.measures = measure_model(cand, out.batch, out.groups, policy, progress=progress)
-        out.base_scores = score_baseline(base, out.batch, policy) if base is not None else None
-    except Exception as err:  # noqa: BLE001  (FusionGuardError -> exit 3 once the data is known valid; others re-raised)
-        out.error = err
-    timings["scoring"] = time.perf_counter() - t0
-    return out
-
-
-def _run_statistics(
+def _run_measured_checks(
     results: dict[str, CheckResult],
     cand: Scorer,
-    m: ModelMeasures,
-    base_scores: np.ndarray | None,
+    base: Scorer | None,
+    batch: Batch,
     groups: metrics.QueryGroups,
     policy: Policy,
     result: GateResult,
+    progress: bool,
 ) -> None:
+    t0 = time.perf_counter()
+    try:
+        m = measure_model(cand, batch, groups, policy, progress=progress)
+        base_scores = score_baseline(base, batch, policy) if base is not None else None
+    except FusionGuardError as err:
+        for name in checks.CHECK_NAMES[2:]:
+            # Inputs were validated above, so a failure here is the model's: not evaluable (3).
+            results[name] = errored(name, f"scoring failed: {err}", EXIT_UNEVALUABLE)
+        return
+    result.timings["scoring"] = time.perf_counter() - t0
+    result.measures = m
     t0 = time.perf_counter()
 
     def guarded(name: str, fn, *args) -> CheckResult:  # noqa: ANN001
