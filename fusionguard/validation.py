@@ -84,10 +84,12 @@ def _row_stats(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.diff(offsets).astype(np.float64)
     values = arr.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
     flat = values.to_numpy(zero_copy_only=False)  # nulls become NaN (floats) or make a float array
-    bad = ~np.isfinite(flat) if flat.dtype.kind == "f" else np.zeros(flat.shape, dtype=bool)
-    cumulative = np.concatenate([[0], np.cumsum(bad, dtype=np.int64)])
-    rel = offsets - offsets[0]
-    nonfinite = cumulative[rel[1:]] - cumulative[rel[:-1]]
+    if flat.dtype.kind != "f" or np.isfinite(flat).all():
+        nonfinite = np.zeros(lengths.shape[0], dtype=np.int64)  # the usual case: nothing to locate
+    else:
+        cumulative = np.concatenate([[0], np.cumsum(~np.isfinite(flat), dtype=np.int64)])
+        rel = offsets - offsets[0]
+        nonfinite = cumulative[rel[1:]] - cumulative[rel[:-1]]
     if arr.null_count:
         lengths[~arr.is_valid().to_numpy(zero_copy_only=False)] = np.nan
     return lengths, nonfinite

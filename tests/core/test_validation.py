@@ -7,6 +7,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fusionguard.contract import ModelContract, TensorSpec
 from fusionguard.dataset import ensure_valid, validate_dataset
@@ -226,3 +228,26 @@ def test_a_file_without_rows(tmp_path, tiny_contract):
     report = _report(tmp_path, a, [tiny_contract])
     assert report.counts == {"empty": 1}
     assert report.problems == ("the dataset has no rows; write at least one query with two candidates",)
+
+
+row_lists = st.lists(
+    st.one_of(st.none(), st.lists(st.sampled_from([0.0, 1.5, -2.0, np.nan, np.inf, -np.inf, None]), max_size=5)),
+    min_size=1, max_size=12,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(row_lists, st.integers(0, 3))
+def test_row_stats_match_a_plain_loop(rows, start):
+    """Per-row length and NaN/inf/null count, on a sliced list array, against a loop over rows;
+    covers clean arrays (the no-nonfinite fast path) and dirty ones."""
+    from fusionguard.validation import _row_stats
+
+    arr = pa.array(rows, type=pa.list_(pa.float32())).slice(min(start, len(rows) - 1))
+    lengths, nonfinite = _row_stats(arr)
+    for i, row in enumerate(arr.to_pylist()):
+        if row is None:
+            assert np.isnan(lengths[i]) and nonfinite[i] == 0
+        else:
+            assert lengths[i] == len(row)
+            assert nonfinite[i] == sum(1 for v in row if v is None or not np.isfinite(v))
