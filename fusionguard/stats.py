@@ -35,6 +35,7 @@ __all__ = [
     "Interval",
     "bootstrap_ci",
     "bootstrap_cis",
+    "CountStatistic",
     "count_bootstrap_ci",
     "holm",
     "paired_bootstrap_ci",
@@ -119,45 +120,52 @@ def _draw_indices(rng: np.random.Generator, c: int, n: int) -> np.ndarray:
     return rng.integers(0, n, size=(c, n), dtype=np.intp)
 
 
-def _resample_counts(rng: np.random.Generator, c: int, n: int) -> np.ndarray:
-    """(c, n) float64: how often each of the n units is drawn in each of c resamples.
+def _counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """(c, n) resample indices -> (c, n) float64 counts: how often each unit is drawn per resample.
 
-    The draws are `_draw_indices(rng, c, n)` (the same stream as the gather path), turned into
-    counts with one bincount over row-offset indices: row i's index j lands in bin i * n + j.
+    One bincount over row-offset indices (row i's index j lands in bin i * n + j); `idx` is
+    overwritten with those offsets, so gather from it first.
     """
-    idx = _draw_indices(rng, c, n)
+    c = idx.shape[0]
     idx += (np.arange(c, dtype=np.intp) * n)[:, None]
     return np.bincount(idx.ravel(), minlength=c * n).reshape(c, n).astype(np.float64)
 
 
-def _bootstrap_distributions(
-    xs: list[np.ndarray], stat: Callable[[np.ndarray], np.ndarray], statistic: Statistic, n_resamples: int,
-    seed: int, chunk_elements: int,
-) -> list[np.ndarray]:
-    """Bootstrap distributions of several same-length samples over ONE resample-index matrix.
+CountStatistic = Callable[[np.ndarray], np.ndarray]  # f(counts (c, n)) -> (c,)
 
-    The matrix is drawn chunk by chunk from `default_rng(seed)` exactly as for a single sample.
-    For the mean, each chunk's index matrix becomes a counts matrix (`_resample_counts`) and every
-    sample's resampled means are one matrix product counts @ X / n with X = (n, k): one bincount
-    and one BLAS call instead of k gathers. Other statistics gather x[idx] per sample.
+
+def _bootstrap_distributions(
+    xs: list[np.ndarray], stat: Callable[[np.ndarray], np.ndarray], statistic: Statistic,
+    count_stats: list[CountStatistic], n: int, n_resamples: int, seed: int, chunk_elements: int,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Bootstrap distributions of several length-n samples and count statistics over ONE
+    resample-index matrix, drawn chunk by chunk from `default_rng(seed)` exactly as for a single
+    sample (so each draw equals the one a separate call with the same seed makes).
+
+    For the mean, each chunk's index matrix becomes a counts matrix (`_counts`) and every sample's
+    resampled means are one matrix product counts @ X / n with X = (n, k): one bincount and one
+    BLAS call instead of k gathers. Other statistics gather x[idx] per sample. Count statistics
+    get the same counts matrix.
     """
-    n = xs[0].shape[0]
     rng = np.random.default_rng(seed)
+    by_counts = statistic == "mean" and bool(xs)
+    stacked = np.stack(xs, axis=1) if by_counts else None  # (n, k)
+    dists = np.empty((n_resamples, len(xs)), dtype=np.float64)
+    count_dists = [np.empty(n_resamples, dtype=np.float64) for _ in count_stats]
     done = 0
-    if statistic == "mean":
-        stacked = np.stack(xs, axis=1)  # (n, k)
-        dists = np.empty((n_resamples, len(xs)), dtype=np.float64)
-        for c in _chunks(n_resamples, n, chunk_elements):
-            dists[done : done + c] = (_resample_counts(rng, c, n) @ stacked) / n
-            done += c
-        return [np.ascontiguousarray(dists[:, j]) for j in range(len(xs))]
-    outs = [np.empty(n_resamples, dtype=np.float64) for _ in xs]
     for c in _chunks(n_resamples, n, chunk_elements):  # chunks of resamples, each one vectorised call
         idx = _draw_indices(rng, c, n)  # (c, n), shared by every sample
-        for x, out in zip(xs, outs):
-            out[done : done + c] = stat(x[idx])
+        if not by_counts:
+            for j, x in enumerate(xs):
+                dists[done : done + c, j] = stat(x[idx])
+        if by_counts or count_stats:
+            counts = _counts(idx, n)
+            if stacked is not None:
+                dists[done : done + c] = (counts @ stacked) / n
+            for f, out in zip(count_stats, count_dists):
+                out[done : done + c] = f(counts)
         done += c
-    return outs
+    return [np.ascontiguousarray(dists[:, j]) for j in range(len(xs))], count_dists
 
 
 def _jackknife(x: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], statistic: Statistic, chunk_elements: int) -> np.ndarray:
@@ -218,6 +226,7 @@ def bootstrap_cis(
     *,
     chunk_elements: int = CHUNK_ELEMENTS,
     names: Sequence[str] | None = None,
+    count_statistics: Sequence[tuple[int, CountStatistic]] = (),
 ) -> list[Interval]:
     """`bootstrap_ci` of several per-query vectors, sharing one resample-index matrix.
 
@@ -231,9 +240,13 @@ def bootstrap_cis(
         values: a sequence of (n_k,) vectors, one value per query each; NaN entries are dropped.
         statistic, n_resamples, confidence, seed, method, chunk_elements: as for `bootstrap_ci`.
         names: a name per vector for error messages (default "values[k]").
+        count_statistics: (n, f) pairs, each a statistic of n units' resample counts as for
+            `count_bootstrap_ci(n, f, ...)`; it gets the counts of the resamples the vectors of
+            finite length n use (drawn once for both).
 
     Returns:
-        one Interval per vector, in order.
+        one Interval per vector, in order, then one per count statistic, in order (each equal to
+        `count_bootstrap_ci(n, f, ...)` with the same seed).
 
     Raises:
         InvalidInputError: bad shape, infinite values, bad options (naming the vector).
@@ -256,11 +269,23 @@ def bootstrap_cis(
             results[k] = Interval(estimate, estimate, estimate, confidence, n_resamples, method, x.shape[0])
         else:
             by_length.setdefault(x.shape[0], []).append(k)
-    for members in by_length.values():
-        dists = _bootstrap_distributions([xs[k] for k in members], stat, statistic, n_resamples, seed, chunk_elements)
+    counted: dict[int, list[int]] = {}
+    for j, (n, _) in enumerate(count_statistics):
+        if not isinstance(n, (int, np.integer)) or n < 1:
+            raise InvalidInputError(f"count_statistics[{j}]: n must be a positive integer (units to resample), got {n!r}")
+        counted.setdefault(int(n), []).append(j)
+    count_results: list[Interval | None] = [None] * len(count_statistics)
+    for n in dict.fromkeys([*by_length, *counted]):
+        members, stats_j = by_length.get(n, []), counted.get(n, [])
+        fs = [_checked(count_statistics[j][1]) for j in stats_j]
+        dists, count_dists = _bootstrap_distributions(
+            [xs[k] for k in members], stat, statistic, fs, n, n_resamples, seed, chunk_elements
+        )
         for k, dist in zip(members, dists):
             results[k] = _interval(xs[k], dist, stat, statistic, confidence, n_resamples, method, chunk_elements)
-    return [r for r in results if r is not None]
+        for j, f, dist in zip(stats_j, fs, count_dists):
+            count_results[j] = _count_interval(n, f, dist, confidence, n_resamples, method, chunk_elements)
+    return [r for r in (*results, *count_results) if r is not None]
 
 
 def _interval(
@@ -325,11 +350,15 @@ def count_bootstrap_ci(
     Raises:
         InvalidInputError: bad options, n < 1, or a statistic that does not return (c,) values.
     """
-    _check_common(n_resamples, confidence)
-    if method not in ("percentile", "bca"):
-        raise InvalidInputError(f"unknown method {method!r}; use 'percentile' or 'bca'")
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise InvalidInputError(f"n must be a positive integer (units to resample), got {n!r}")
+    return bootstrap_cis(
+        [], "mean", n_resamples, confidence, seed, method, chunk_elements=chunk_elements, count_statistics=[(n, statistic)]
+    )[0]
+
+
+def _checked(statistic: CountStatistic) -> CountStatistic:
+    """The count statistic, checking that it reduces each row of counts to one value."""
 
     def evaluate(counts: np.ndarray) -> np.ndarray:
         out = np.asarray(statistic(counts), dtype=np.float64)
@@ -340,13 +369,15 @@ def count_bootstrap_ci(
             )
         return out
 
-    rng = np.random.default_rng(seed)
-    dist = np.empty(n_resamples, dtype=np.float64)
-    done = 0
-    for c in _chunks(n_resamples, n, chunk_elements):
-        dist[done : done + c] = evaluate(_resample_counts(rng, c, n))
-        done += c
-    estimate = float(evaluate(np.ones((1, n)))[0])
+    return evaluate
+
+
+def _count_interval(
+    n: int, f: CountStatistic, dist: np.ndarray, confidence: float, n_resamples: int, method: Method,
+    chunk_elements: int,
+) -> Interval:
+    """The interval of a count statistic: estimate f(all ones); jackknife rows leave one unit out."""
+    estimate = float(f(np.ones((1, n)))[0])
 
     def jackknife() -> np.ndarray:
         out = np.empty(n, dtype=np.float64)
@@ -354,7 +385,7 @@ def count_bootstrap_ci(
         for c in _chunks(n, n, chunk_elements):
             counts = np.ones((c, n))
             counts[np.arange(c), start + np.arange(c)] = 0.0  # row i leaves unit start + i out
-            out[start : start + c] = evaluate(counts)
+            out[start : start + c] = f(counts)
             start += c
         return out
 

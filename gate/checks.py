@@ -31,6 +31,7 @@ from gate.measures import (
     intervals,
     paired_interval,
     pearson_interval,
+    pearson_statistic,
     per_query_mean,
 )
 from gate.policy import Policy
@@ -108,6 +109,7 @@ def _verdict(name: str, failures: list[str], summary: str, numbers: dict, thresh
 
 
 Intervals = Mapping[str, stats.Interval]  # precomputed bootstrap CIs by name (see `shared_intervals`)
+PEARSON_RESAMPLED = "pearson"  # `shared_intervals` key: the bootstrap of `pearson_statistic` (its estimate set by the check)
 
 
 def _ci(cis: Intervals | None, name: str, values: np.ndarray, policy: Policy) -> stats.Interval:
@@ -150,7 +152,10 @@ def shared_intervals(
             vectors["ndcg_baseline"] = baseline_ndcg
             vectors["difference"] = np.asarray(m.ndcg, dtype=np.float64) - np.asarray(baseline_ndcg, dtype=np.float64)
         vectors.update(attention_vectors(m, groups))
-        return intervals(vectors, policy)
+        counted = {}
+        if baseline_scores is not None:  # Pearson's cluster bootstrap rides on the same query resamples
+            counted[PEARSON_RESAMPLED] = (groups.n_queries, pearson_statistic(groups, m.scores, baseline_scores))
+        return intervals(vectors, policy, counted)
     except FusionGuardError:
         return {}
 
@@ -202,7 +207,7 @@ def integrity_check(
     limit = policy.integrity.max_correlation
     per_query = metrics.spearman_per_query(groups, m.scores, baseline_scores)
     spearman = _ci(cis, "spearman_mean", per_query, policy)
-    pearson = pearson_interval(groups, m.scores, baseline_scores, policy)
+    pearson = pearson_interval(groups, m.scores, baseline_scores, policy, resampled=(cis or {}).get(PEARSON_RESAMPLED))
     numbers = {
         "spearman_mean": spearman,
         "pearson": pearson,

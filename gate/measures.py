@@ -147,15 +147,23 @@ def interval(values: np.ndarray, policy: Policy) -> stats.Interval:
     return stats.bootstrap_ci(values, "mean", b.n_resamples, b.confidence, policy.seed, b.method)
 
 
-def intervals(vectors: Mapping[str, np.ndarray], policy: Policy) -> dict[str, stats.Interval]:
+def intervals(
+    vectors: Mapping[str, np.ndarray],
+    policy: Policy,
+    count_statistics: Mapping[str, tuple[int, stats.CountStatistic]] | None = None,
+) -> dict[str, stats.Interval]:
     """`interval` of several per-query vectors at once, over one shared resample-index matrix
-    (`stats.bootstrap_cis`): each result equals `interval(vectors[name], policy)`."""
+    per length (`stats.bootstrap_cis`): each result equals `interval(vectors[name], policy)` (to
+    BLAS rounding). `count_statistics` (name -> (n, f)) share those resamples too, each equal to
+    `stats.count_bootstrap_ci(n, f, ...)` under the policy's settings."""
     b = policy.bootstrap
     names = list(vectors)
+    extra = dict(count_statistics or {})
     cis = stats.bootstrap_cis(
-        [vectors[name] for name in names], "mean", b.n_resamples, b.confidence, policy.seed, b.method, names=names
+        [vectors[name] for name in names], "mean", b.n_resamples, b.confidence, policy.seed, b.method, names=names,
+        count_statistics=list(extra.values()),
     )
-    return dict(zip(names, cis))
+    return dict(zip([*names, *extra], cis))
 
 
 def paired_interval(a: np.ndarray, b: np.ndarray, policy: Policy) -> stats.Interval:
@@ -164,14 +172,13 @@ def paired_interval(a: np.ndarray, b: np.ndarray, policy: Policy) -> stats.Inter
     return stats.paired_bootstrap_ci(a, b, p.n_resamples, p.confidence, policy.seed, p.method)
 
 
-def pearson_interval(groups: metrics.QueryGroups, a: np.ndarray, b: np.ndarray, policy: Policy) -> stats.Interval:
-    """Global Pearson correlation of a and b with a CI from a bootstrap over queries.
+def pearson_statistic(groups: metrics.QueryGroups, a: np.ndarray, b: np.ndarray) -> stats.CountStatistic:
+    """Global Pearson of a and b over the rows of resampled whole queries, as a statistic of the
+    (c, Q) query counts (`stats.count_bootstrap_ci`).
 
-    Rows of one query are not independent, so whole queries are resampled (a cluster
-    bootstrap): the statistic is Pearson over all rows of the resampled queries, computed from
-    per-query sums (n, Σa, Σb, Σa², Σb², Σab), so a resample is its query counts times those sums
-    (`stats.count_bootstrap_ci`: one matrix product per chunk), not a copy of rows.
-    The point estimate is `fusionguard.metrics.pearson` on the observed rows.
+    Rows of one query are not independent, so whole queries are resampled (a cluster bootstrap).
+    The statistic is computed from per-query sums (n, Σa, Σb, Σa², Σb², Σab): a resample is its
+    query counts times those sums, one matrix product per chunk, not a copy of rows.
     """
     x = groups.sort(np.asarray(a, dtype=np.float64))
     y = groups.sort(np.asarray(b, dtype=np.float64))
@@ -183,18 +190,32 @@ def pearson_interval(groups: metrics.QueryGroups, a: np.ndarray, b: np.ndarray, 
     )  # (6, Q)
 
     def statistic(counts: np.ndarray) -> np.ndarray:
-        # counts (c, Q): how often each query is drawn in each resample; every sum in one product.
         n, sx, sy, sxx, syy, sxy = (counts @ sums.T).T  # each (c,)
         cov = sxy - sx * sy / n
         var = (sxx - sx * sx / n) * (syy - sy * sy / n)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(var > 0, np.clip(cov / np.sqrt(np.maximum(var, 0.0)), -1.0, 1.0), np.nan)
 
+    return statistic
+
+
+def pearson_interval(
+    groups: metrics.QueryGroups, a: np.ndarray, b: np.ndarray, policy: Policy, *, resampled: stats.Interval | None = None
+) -> stats.Interval:
+    """Global Pearson correlation of a and b with a CI from a cluster bootstrap over queries
+    (`pearson_statistic`). The point estimate is `fusionguard.metrics.pearson` on the observed
+    rows. `resampled`: the bootstrap of `pearson_statistic` already computed with the policy's
+    settings (e.g. by `intervals`, sharing the resamples of the other CIs); computed here when None.
+    """
     estimate = metrics.pearson(a, b)
     if not np.isfinite(estimate):
         raise EvaluationError("the Pearson correlation is undefined: one model gives every row the same score")
-    p = policy.bootstrap
-    ci = stats.count_bootstrap_ci(groups.n_queries, statistic, p.n_resamples, p.confidence, policy.seed, p.method)
+    ci = resampled
+    if ci is None:
+        p = policy.bootstrap
+        ci = stats.count_bootstrap_ci(
+            groups.n_queries, pearson_statistic(groups, a, b), p.n_resamples, p.confidence, policy.seed, p.method
+        )
     return stats.Interval(estimate, ci.low, ci.high, ci.confidence, ci.n_resamples, ci.method, groups.n_queries)
 
 

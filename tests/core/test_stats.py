@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -170,6 +171,29 @@ def test_count_bootstrap_of_a_weighted_mean_equals_the_plain_bootstrap(method):
     want = bootstrap_ci(x, n_resamples=2000, seed=4, method=method)
     assert got.estimate == pytest.approx(want.estimate, rel=1e-12)
     assert_same_interval([Interval(want.estimate, got.low, got.high, got.confidence, got.n_resamples, got.method, got.n)], [want])
+
+
+@pytest.mark.parametrize(("statistic", "method"), [("mean", "percentile"), ("mean", "bca"), ("median", "percentile")])
+def test_count_statistics_share_the_vectors_resamples(statistic, method):
+    rng = np.random.default_rng(12)
+    vectors = [rng.normal(size=60), rng.exponential(size=60), rng.normal(size=41)]
+    w = rng.uniform(size=60)
+
+    def weighted(counts):
+        return counts @ (w * vectors[0]) / (counts @ w)
+
+    extra = [(60, weighted), (41, lambda counts: counts @ vectors[2] / 41), (17, lambda counts: counts[:, 0])]
+    got = bootstrap_cis(vectors, statistic, n_resamples=700, seed=9, method=method, chunk_elements=2000,
+                        count_statistics=extra)
+    assert len(got) == 6
+    want_vectors = bootstrap_cis(vectors, statistic, n_resamples=700, seed=9, method=method, chunk_elements=2000)
+    assert got[:3] == want_vectors  # adding count statistics changes nothing for the vectors
+    want_counts = [count_bootstrap_ci(n, f, n_resamples=700, seed=9, method=method, chunk_elements=2000) for n, f in extra]
+    assert got[3:] == want_counts  # same draws, same shapes: bit for bit
+    if statistic == "mean":  # a mean written as a count statistic is the vector's own bootstrap
+        assert_same_interval([replace(got[4], estimate=got[2].estimate)], [got[2]])
+    with pytest.raises(InvalidInputError, match=r"count_statistics\[0\]"):
+        bootstrap_cis(vectors, count_statistics=[(0, weighted)])
 
 
 def test_count_bootstrap_jackknife_leaves_one_unit_out():

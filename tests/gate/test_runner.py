@@ -176,7 +176,7 @@ def test_shared_intervals_equal_the_ones_each_check_computes_alone(fusion_run):
     cis = checks.shared_intervals(m, groups, policy, base_scores, base_ndcg)
     assert set(cis) == {
         "visual_drop", "text_drop", "visual_share", "spearman_mean", "ndcg_candidate", "ndcg_baseline",
-        "difference", "visual_mass", "entropy",
+        "difference", "visual_mass", "entropy", "pearson",
     }
     pairs = [
         (checks.visual_ablation_check(m, policy, cis), checks.visual_ablation_check(m, policy)),
