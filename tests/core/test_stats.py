@@ -336,3 +336,24 @@ def test_effect_size_matches_reference(d):
 def test_effect_size_drops_nan_and_needs_two_values():
     assert paired_effect_size([1.0, np.nan, 3.0]) == pytest.approx(2.0 / math.sqrt(2.0))
     assert math.isnan(paired_effect_size([1.0]))
+
+
+def ref_sign_flip_p(d, n_resamples, seed):
+    """The same random bits as the code under test (64-bit words per resample, bits in
+    np.unpackbits order), one resample at a time, with a plain signed sum."""
+    d = np.asarray(d, dtype=np.float64)
+    n = len(d)
+    words = -(-n // 64)
+    raw = np.random.default_rng(seed).bit_generator.random_raw(n_resamples * words).astype("<u8")
+    keep = np.unpackbits(raw.view(np.uint8).reshape(n_resamples, words * 8), axis=1)[:, :n]
+    t = abs(math.fsum(d))
+    tol = 1e-9 * math.fsum(abs(v) for v in d)
+    hits = sum(1 for row in keep if abs(math.fsum(np.where(row == 1, d, -d))) >= t - tol)
+    return (1 + hits) / (1 + n_resamples)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(-50, 50).map(lambda v: v / 10), min_size=1, max_size=150), st.integers(0, 10**6),
+       st.integers(64, 4000))
+def test_randomization_equals_a_plain_loop_over_the_same_signs(d, seed, chunk):
+    assert randomization_test(d, n_resamples=300, seed=seed, chunk_elements=chunk) == ref_sign_flip_p(d, 300, seed)
