@@ -35,7 +35,7 @@ class OptimConfig:
     lr: float = 3e-3  # AdamW learning rate
     weight_decay: float = 0.01  # AdamW decoupled weight decay
     max_epochs: int = 40
-    patience: int = 3  # early stopping: epochs without a better val NDCG@10 before stopping
+    patience: int = 4  # early stopping: epochs without a better val NDCG@10 before stopping
     min_delta: float = 5e-3  # an epoch counts as better only if val NDCG@10 rises by more than this
     batch_queries: int = 8  # queries per optimisation step (all candidates of a query stay together)
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping

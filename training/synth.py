@@ -64,7 +64,7 @@ class SynthConfig:
     text_strength: float = 1.0  # norm of the topic signal on each text token
     text_match: float = 1.0  # weight of the engine's lexical match feature t on each text token (0 = none)
     text_noise: float = 0.3  # per-coordinate std on text tokens (before /sqrt(D) scaling)
-    visual_strength: float = 1.0  # norm of the attribute signal on an object patch
+    visual_strength: float = 0.7  # norm of the attribute signal on an object patch (clutter patches have norm clutter_strength)
     clutter_strength: float = 1.0  # norm of the clutter on the other patches (background, other objects)
     visual_noise: float = 0.5  # per-coordinate std on patches (before /sqrt(D) scaling)
     object_patches: int = 2  # patches that show the attribute
