@@ -40,8 +40,6 @@ class LateFusionRanker(Ranker):
 
     variant = VARIANT
     has_visual = True
-    n_heads = None  # type: ignore[assignment]  # no attention output
-    attention_keys = {}  # type: ignore[assignment]
 
     def __init__(self, dims: InputDims, cfg: ModelConfig) -> None:
         super().__init__(dims, cfg)
@@ -52,6 +50,14 @@ class LateFusionRanker(Ranker):
         self.p_visual = nn.Linear(dims.d, r)
         self.w_text = nn.Linear(r, 1)
         self.w_visual = nn.Linear(r, 1)
+
+    @property
+    def n_heads(self) -> None:  # type: ignore[override]
+        return None  # no attention output
+
+    @property
+    def attention_keys(self) -> dict[str, tuple[int, int]]:
+        return {}
 
     @property
     def modalities(self) -> dict[str, tuple[str, ...]]:

@@ -286,7 +286,8 @@ def build_model(variant: str, dims: InputDims, cfg: ModelConfig) -> Ranker:
     elif arch == "cross-attention":
         model = CrossAttentionRanker(dims, cfg, has_visual=True)
     elif arch == "late-fusion":
-        from training.late_fusion import LateFusionRanker  # imported here: late_fusion imports this module
+        # imported here, not at the top: training.late_fusion imports this module
+        from training.late_fusion import LateFusionRanker
 
         model = LateFusionRanker(dims, cfg)
     else:
