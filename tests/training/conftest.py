@@ -2,7 +2,7 @@
 
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: F401  (the test install always has the train extra: a missing torch must fail, not skip)
 
 from training.config import ModelConfig, OptimConfig, TrainConfig  # noqa: E402
 from training.synth import SynthConfig, write_benchmark  # noqa: E402
