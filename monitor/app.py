@@ -4,19 +4,30 @@ Routes:
     GET  /v2/health/live, /v2/health/ready, /v2
     GET  /v2/models/{name}[/versions/{version}], /v2/models/{name}[/versions/{version}]/ready
     POST /v2/models/{name}[/versions/{version}]/infer     JSON tensors or binary-tensor extension
-    POST /v2/repository/models/{name}/load                 hot reload of the current model
-    GET  /metrics                                          Prometheus text exposition
+    POST /v2/repository/index                              the served model and its state
+    POST /v2/repository/models/{name}/load                 (re)load the registry's current model
+    POST /v2/repository/models/{name}/unload               stop serving (not ready until a load)
+    GET  /metrics                                          prometheus_client's ASGI exposition
 
-Admission: at most `max_concurrency` inference requests are admitted at once (running or waiting
-for one of `inference_threads` ONNX Runtime workers); the next one is answered 503 at once and
-counted as `outcome="rejected"`. Bodies larger than `max_body_bytes` get 413 (reason
-`body_too_large`); every other bad input gets 400 with `{"error": ...}` and a counted reason.
+Readiness: `/v2/health/ready` and the model's `/ready` answer 503 while no model is loaded (a
+registry with nothing promoted yet, or after unload); a load, SIGHUP or the registry poll makes
+the server ready once `current` names a version.
+
+An inference request first has its body read, within `body_timeout_s` (else 408) and while at
+most `max_body_readers` others are reading theirs (else 503); only then does it ask for
+admission: at most `max_concurrency` requests are admitted at once (running or waiting for one of
+`inference_threads` ONNX Runtime workers), the next one is answered 503 at once (outcome
+`rejected`). So a slow upload holds a connection, never an inference slot. Bodies larger than
+`max_body_bytes` (also once inflated from gzip/deflate) get 413; every other bad input gets 400
+with `{"error": ...}` and a counted reason; a model output that is not finite gets 500 with
+reason `non_finite_output`. Every response the app sends is JSON (or the binary-tensor layout).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import threading
@@ -26,30 +37,45 @@ from dataclasses import dataclass
 
 import anyio
 import anyio.to_thread
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+import numpy as np
+from prometheus_client import CollectorRegistry, make_asgi_app
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fusionguard import __version__
 from fusionguard.errors import FusionGuardError
 from fusionguard.scorer import InvalidFeedsError
-from monitor.metrics import UNKNOWN_MODEL, MonitorMetrics
-from monitor.protocol import ProtocolError, decode_request, encode_response, tensor_metadata
-from monitor.service import ModelService, ModelState, Scored
+from monitor.metrics import UNKNOWN_MODEL, MonitorMetrics, register_runtime_collectors
+from monitor.protocol import (
+    ProtocolError,
+    decode_content,
+    decode_request,
+    encode_content,
+    encode_response,
+    flat_parameters,
+    negotiate_encoding,
+    tensor_metadata,
+)
+from monitor.service import ModelNotLoadedError, ModelService, ModelState, Scored
 from monitor.telemetry import TelemetryConfig, TelemetryWorker
 
 logger = logging.getLogger(__name__)
+
+_CONTROL_BODY_LIMIT = 64 * 1024  # bodies of repository calls (tiny JSON)
 
 
 @dataclass(frozen=True)
 class AppConfig:
     max_concurrency: int = 64  # admitted inference requests (running + waiting); beyond: 503
-    max_body_bytes: int = 32 * 1024 * 1024  # larger request bodies get 413
+    max_body_bytes: int = 32 * 1024 * 1024  # larger request bodies (also once inflated) get 413
     inference_threads: int = 1  # concurrent ONNX Runtime calls (each may use several intra-op threads)
     handle_sighup: bool = True  # reload on SIGHUP (only possible when the server runs in the main thread)
+    body_timeout_s: float = 30.0  # a request body must arrive completely within this; else 408
+    max_body_readers: int = 256  # requests receiving their body at once; beyond: 503
+    registry_poll_s: float | None = None  # reload from the registry this often (None: only on demand)
 
 
 def record_scored(m: MonitorMetrics, name: str, scored: Scored) -> None:
@@ -61,8 +87,18 @@ def record_scored(m: MonitorMetrics, name: str, scored: Scored) -> None:
     m.requests.labels(name, "ok").inc()
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, **extra: object) -> JSONResponse:
+    return JSONResponse({**extra, "error": message}, status_code=status)
+
+
+class _ASGIEndpoint:
+    """Wraps a plain ASGI callable so that starlette's Route passes it scope/receive/send."""
+
+    def __init__(self, app) -> None:  # noqa: ANN001 - any ASGI callable
+        self._app = app
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        await self._app(scope, receive, send)
 
 
 class MonitorApp:
@@ -78,9 +114,14 @@ class MonitorApp:
         self.service = service
         self.registry = registry
         self.metrics = MonitorMetrics.create(registry)
+        self.metrics.init_labels(service.name)
+        register_runtime_collectors(registry)
         self.worker = TelemetryWorker(service.name, self.metrics, service.shadow, telemetry)
         self.config = config
         self._inflight = 0
+        self._reading = 0
+        self._serving = False  # between lifespan start and shutdown
+        self._unloaded = False  # unloaded on request: the registry poll leaves it so
         self._limiter: anyio.CapacityLimiter | None = None
         self._publish_model(service.state, None)
         m = "/v2/models/{name}"
@@ -95,11 +136,16 @@ class MonitorApp:
             Route(v + "/ready", self.model_ready),
             Route(m + "/infer", self.infer, methods=["POST"]),
             Route(v + "/infer", self.infer, methods=["POST"]),
+            Route("/v2/repository/index", self.repository_index, methods=["POST"]),
             Route("/v2/repository/models/{name}/load", self.load, methods=["POST"]),
-            Route("/metrics", self.metrics_endpoint),
+            Route("/v2/repository/models/{name}/unload", self.unload, methods=["POST"]),
+            # prometheus_client's own app: OpenMetrics when the scraper asks, gzip when accepted.
+            Route("/metrics", _ASGIEndpoint(make_asgi_app(registry=registry)), methods=["GET"]),
         ]
         self.app = Starlette(
-            routes=routes, lifespan=self._lifespan, exception_handlers={HTTPException: self._http_error}
+            routes=routes,
+            lifespan=self._lifespan,
+            exception_handlers={HTTPException: self._http_error, Exception: self._server_error},
         )
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
@@ -107,6 +153,10 @@ class MonitorApp:
         status = getattr(exc, "status_code", 500)
         detail = getattr(exc, "detail", "") or "error"
         return _error(status, f"{request.method} {request.url.path}: {detail}")
+
+    async def _server_error(self, request: Request, exc: Exception) -> Response:
+        """A bug that escaped a handler: still a JSON answer (starlette logs the traceback)."""
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
     # ----- lifecycle -------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -116,42 +166,86 @@ class MonitorApp:
         loop = asyncio.get_running_loop()
         hup = self.config.handle_sighup and threading.current_thread() is threading.main_thread()
         if hup:
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload_logged()))
-        self.metrics.model_ready.labels(self.service.name).set(1)
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload_logged("SIGHUP")))
+        poll = None
+        if self.config.registry_poll_s and self.service.config.registry is not None:
+            poll = loop.create_task(self._poll(self.config.registry_poll_s))
+        self._serving = True
+        self._set_ready()
         try:
             yield
         finally:
             # uvicorn has already drained in-flight requests (graceful shutdown) when we get here.
+            if poll is not None:
+                poll.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poll
             if hup:
                 loop.remove_signal_handler(signal.SIGHUP)
-            self.metrics.model_ready.labels(self.service.name).set(0)
+            self._serving = False
+            self._set_ready()
             await anyio.to_thread.run_sync(self.worker.stop)
 
-    def _publish_model(self, new: ModelState, old: ModelState | None) -> None:
+    def _set_ready(self) -> None:
+        ready = self._serving and self.service.state is not None
+        self.metrics.model_ready.labels(self.service.name).set(1 if ready else 0)
+
+    def _publish_model(self, new: ModelState | None, old: ModelState | None) -> None:
+        name = self.service.name
         if old is not None:
             with contextlib.suppress(KeyError):
-                self.metrics.model_info.remove(self.service.name, old.version, old.scorer.sha256, old.scorer.provider)
-        self.metrics.model_info.labels(self.service.name, new.version, new.scorer.sha256, new.scorer.provider).set(1)
+                self.metrics.model_info.remove(name, old.version, old.scorer.sha256, old.scorer.provider)
+        if new is not None:
+            self.metrics.model_info.labels(name, new.version, new.scorer.sha256, new.scorer.provider).set(1)
+            self.metrics.init_version_labels(name, new.version)
+        self._set_ready()
 
-    async def reload(self) -> tuple[ModelState, bool]:
+    async def reload(self) -> tuple[ModelState | None, bool]:
         old = self.service.state
         state, changed = await anyio.to_thread.run_sync(self.service.reload)
         if changed:
             self._publish_model(state, old)
         return state, changed
 
-    async def _reload_logged(self) -> None:
+    async def _reload_logged(self, why: str, log_failure: bool = True) -> bool:
+        """Reload and log the outcome (SIGHUP, registry poll); False when it failed."""
         try:
             state, changed = await self.reload()
-            logger.info("SIGHUP reload: %s (%s)", state.version, "changed" if changed else "unchanged")
-        except FusionGuardError as err:
-            logger.error("SIGHUP reload failed, still serving the previous model: %s", err)
+        except Exception as err:  # noqa: BLE001 - a failure must not kill the signal handler or the poll loop
+            if log_failure:
+                bug = not isinstance(err, FusionGuardError)
+                logger.error("%s reload failed, %s: %s", why, self._serving_what(), err, exc_info=bug)
+            return False
+        if state is None:
+            logger.info("%s reload: the registry has no current model yet; not ready", why)
+        elif changed:
+            logger.info("%s reload: now serving version %s", why, state.version)
+        else:
+            logger.debug("%s reload: version %s unchanged", why, state.version)
+        return True
+
+    async def _poll(self, every_s: float) -> None:
+        failing = False  # a failure is logged once, not on every poll
+        while True:
+            await asyncio.sleep(every_s)
+            if self._unloaded:
+                continue
+            ok = await self._reload_logged("registry poll", log_failure=not failing)
+            if ok and failing:
+                logger.info("registry poll: reload works again")
+            failing = not ok
+
+    def _serving_what(self) -> str:
+        state = self.service.state
+        return f"still serving version '{state.version}'" if state is not None else "no model loaded"
 
     # ----- health and metadata ---------------------------------------------------------------
     async def live(self, request: Request) -> Response:
         return JSONResponse({"live": True})
 
     async def ready(self, request: Request) -> Response:
+        if self.service.state is None:
+            return _error(503, self._not_loaded_message(), ready=False)
         return JSONResponse({"ready": True})
 
     async def server_metadata(self, request: Request) -> Response:
@@ -159,13 +253,22 @@ class MonitorApp:
             {"name": "fusionguard", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]}
         )
 
-    def _known(self, request: Request) -> ModelState | None:
+    def _not_loaded_message(self) -> str:
+        where = f"registry {self.service.config.registry}" if self.service.config.registry else "the model file"
+        return (
+            f"model '{self.service.name}' is not loaded; once {where} has a current model, "
+            f"POST /v2/repository/models/{self.service.name}/load or send SIGHUP"
+        )
+
+    def _lookup(self, request: Request) -> ModelState | JSONResponse:
+        """The state serving this URL's model (and version), or the error response to send."""
         if request.path_params["name"] != self.service.name:
-            return None
+            return self._not_found(request)
         state = self.service.state
-        version = request.path_params.get("version")
-        if version not in (None, "", state.version):
-            return None
+        if state is None:
+            return _error(503, self._not_loaded_message(), name=self.service.name, ready=False)
+        if request.path_params.get("version") not in (None, "", state.version):
+            return self._not_found(request)
         return state
 
     def _not_found(self, request: Request) -> JSONResponse:
@@ -173,16 +276,24 @@ class MonitorApp:
         version = request.path_params.get("version")
         what = f"model '{name}'" + (f" version '{version}'" if version else "")
         state = self.service.state
-        return _error(404, f"{what} is not served here; this server serves '{self.service.name}' version '{state.version}'")
+        serves = f"'{self.service.name}' version '{state.version}'" if state else f"'{self.service.name}' (not loaded)"
+        return _error(404, f"{what} is not served here; this server serves {serves}")
 
     async def model_metadata(self, request: Request) -> Response:
-        state = self._known(request)
-        if state is None:
-            return self._not_found(request)
+        state = self._lookup(request)
+        if isinstance(state, Response):
+            return state
         c = state.scorer.contract
         outputs = [{"name": c.score_output, "datatype": "FP32", "shape": [-1]}]
         if c.attention_output is not None:
             outputs.append({"name": c.attention_output, "datatype": "FP32", "shape": [-1, c.attention_heads or -1, c.n_keys or -1]})
+        parameters = {
+            "sha256": state.scorer.sha256,
+            "provider": state.scorer.provider,
+            "variant": c.variant,
+            "modalities": {k: list(v) for k, v in c.modalities.items()},
+            "attention_keys": {k: list(v) for k, v in c.attention_keys.items()},
+        }
         return JSONResponse(
             {
                 "name": self.service.name,
@@ -190,33 +301,93 @@ class MonitorApp:
                 "platform": "onnxruntime_onnx",
                 "inputs": tensor_metadata([(s.name, s.dtype, s.shape) for s in c.inputs]),
                 "outputs": outputs,
-                "parameters": {
-                    "sha256": state.scorer.sha256,
-                    "provider": state.scorer.provider,
-                    "variant": c.variant,
-                    "modalities": {k: list(v) for k, v in c.modalities.items()},
-                    "attention_keys": {k: list(v) for k, v in c.attention_keys.items()},
-                },
+                # OIP parameters are strings, numbers or booleans: "modalities.text": "query,text_tokens"
+                "parameters": flat_parameters(parameters),
             }
         )
 
     async def model_ready(self, request: Request) -> Response:
-        state = self._known(request)
-        if state is None:
-            return self._not_found(request)
+        state = self._lookup(request)
+        if isinstance(state, Response):
+            return state
         return JSONResponse({"name": self.service.name, "ready": True})
 
-    async def metrics_endpoint(self, request: Request) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+    # ----- the repository extension ----------------------------------------------------------
+    async def _control_body(self, request: Request) -> dict:
+        """The small JSON body of a repository call ({} when empty)."""
+        body = b""
+        with anyio.fail_after(self.config.body_timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > _CONTROL_BODY_LIMIT:
+                    raise ProtocolError("body_too_large", f"repository request bodies are at most {_CONTROL_BODY_LIMIT} bytes", 413)
+        if not body.strip():
+            return {}
+        try:
+            doc = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            raise ProtocolError("malformed_json", f"request body is not valid JSON ({type(err).__name__})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("parameters", {}), dict):
+            raise ProtocolError("malformed_json", "request body must be a JSON object with an optional 'parameters' object")
+        return doc
+
+    async def _control(self, request: Request, handler) -> Response:  # noqa: ANN001
+        try:
+            doc = await self._control_body(request)
+        except ProtocolError as err:
+            return _error(err.status, str(err))
+        except TimeoutError:
+            return _error(408, f"request body did not arrive within {self.config.body_timeout_s} s")
+        except ClientDisconnect:
+            return _error(400, "client disconnected")
+        return await handler(request, doc)
+
+    async def repository_index(self, request: Request) -> Response:
+        async def handler(request: Request, doc: dict) -> Response:
+            state = self.service.state
+            if state is None:
+                entry = {"name": self.service.name, "version": "", "state": "UNAVAILABLE",
+                         "reason": "unloaded" if self._unloaded else "no current model in the registry"}
+            else:
+                entry = {"name": self.service.name, "version": state.version, "state": "READY", "reason": ""}
+            if doc.get("ready") is True and entry["state"] != "READY":
+                return JSONResponse([])
+            return JSONResponse([entry])
+
+        return await self._control(request, handler)
 
     async def load(self, request: Request) -> Response:
-        if request.path_params["name"] != self.service.name:
-            return self._not_found(request)
-        try:
-            state, changed = await self.reload()
-        except FusionGuardError as err:
-            return _error(500, f"reload failed, still serving version '{self.service.state.version}': {err}")
-        return JSONResponse({"name": self.service.name, "version": state.version, "changed": changed})
+        async def handler(request: Request, doc: dict) -> Response:
+            if request.path_params["name"] != self.service.name:
+                return self._not_found(request)
+            params = doc.get("parameters") or {}
+            if "config" in params or any(str(k).startswith("file:") for k in params):
+                return _error(400, "loading a model from a config or files is not supported; promote it into the registry")
+            try:
+                state, changed = await self.reload()
+            except FusionGuardError as err:
+                return _error(500, f"reload failed, {self._serving_what()}: {err}")
+            except Exception as err:  # an unexpected failure still gets a JSON answer
+                logger.exception("reload failed")
+                return _error(500, f"reload failed, {self._serving_what()}: {type(err).__name__}: {err}")
+            if state is None:
+                return _error(503, self._not_loaded_message())
+            self._unloaded = False
+            return JSONResponse({"name": self.service.name, "version": state.version, "changed": changed})
+
+        return await self._control(request, handler)
+
+    async def unload(self, request: Request) -> Response:
+        async def handler(request: Request, doc: dict) -> Response:
+            if request.path_params["name"] != self.service.name:
+                return self._not_found(request)
+            old = self.service.unload()
+            self._unloaded = True
+            self._publish_model(None, old)
+            logger.info("unloaded %s (was %s); not ready until a load", self.service.name, old.version if old else "nothing")
+            return JSONResponse({"name": self.service.name, "unloaded": old.version if old else None})
+
+        return await self._control(request, handler)
 
     # ----- inference -------------------------------------------------------------------------
     async def _read_body(self, request: Request) -> bytes:
@@ -228,20 +399,50 @@ class MonitorApp:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise too_large
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
+        with anyio.fail_after(self.config.body_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
         return b"".join(chunks)
 
     async def infer(self, request: Request) -> Response:
         m = self.metrics
-        if self._known(request) is None:
+        name = self.service.name
+        if request.path_params["name"] != name:
             m.invalid.labels(UNKNOWN_MODEL, "unknown_model").inc()
             m.requests.labels(UNKNOWN_MODEL, "invalid").inc()
             return self._not_found(request)
-        name = self.service.name
+        state = self._lookup(request)
+        if isinstance(state, Response):
+            if state.status_code == 503:
+                m.requests.labels(name, "unavailable").inc()
+            else:  # a version this server does not serve
+                m.invalid.labels(UNKNOWN_MODEL, "unknown_model").inc()
+                m.requests.labels(UNKNOWN_MODEL, "invalid").inc()
+            return state
+        if self._reading >= self.config.max_body_readers:
+            m.requests.labels(name, "rejected").inc()
+            return _error(503, f"server busy: {self._reading} request bodies arriving (limit {self.config.max_body_readers}); retry later")
+
+        # 1. The body, before any inference slot is taken.
+        self._reading += 1
+        try:
+            body = await self._read_body(request)
+        except TimeoutError:
+            m.requests.labels(name, "timeout").inc()
+            return _error(408, f"request body did not arrive within {self.config.body_timeout_s} s")
+        except ClientDisconnect:
+            m.requests.labels(name, "disconnected").inc()
+            logger.debug("client disconnected while sending its request body")
+            return _error(400, "client disconnected")  # nobody reads it; the server drops it
+        except ProtocolError as err:
+            return self._invalid(name, err.reason, err.status, str(err))
+        finally:
+            self._reading -= 1
+
+        # 2. Admission, then decode and score.
         if self._inflight >= self.config.max_concurrency:
             m.requests.labels(name, "rejected").inc()
             return _error(503, f"server busy: {self._inflight} requests in progress (limit {self.config.max_concurrency}); retry later")
@@ -249,29 +450,54 @@ class MonitorApp:
         m.inflight.inc()
         start = time.perf_counter()
         try:
-            body = await self._read_body(request)
-            req = decode_request(body, request.headers)
-            telemetry = self.service.sampler()
-            scored = await anyio.to_thread.run_sync(self.service.score, req.inputs, telemetry, limiter=self._limiter)
-            payload, headers = encode_response(name, scored.state.version, scored.response_outputs(), req)
-            record_scored(m, name, scored)
-            if telemetry:
-                self.worker.submit(scored)
-            return Response(payload, headers=headers)
-        except ProtocolError as err:
-            return self._invalid(name, err.reason, err.status, str(err))
-        except InvalidFeedsError as err:
-            return self._invalid(name, err.reasons[0], 400, str(err))
-        except Exception as err:  # never crash the server on one request; logged with traceback
-            logger.exception("inference failed")
-            m.requests.labels(name, "error").inc()
-            return _error(500, f"internal error while scoring: {type(err).__name__}: {err}")
+            return await self._score(request, body)
         finally:
             self._inflight -= 1
             m.inflight.dec()
             m.request_duration.labels(name).observe(time.perf_counter() - start)
 
-    def _invalid(self, name: str, reason: str, status: int, message: str) -> JSONResponse:
+    async def _score(self, request: Request, body: bytes) -> Response:
+        m, name = self.metrics, self.service.name
+        try:
+            body = decode_content(body, request.headers.get("content-encoding"), self.config.max_body_bytes)
+            req = decode_request(body, request.headers)
+            telemetry = self.service.sampler()
+            scored = await anyio.to_thread.run_sync(self.service.score, req.inputs, telemetry, limiter=self._limiter)
+            outputs = scored.response_outputs()
+            bad = sorted(k for k, v in outputs.items() if not np.isfinite(v).all())
+            if bad:
+                m.errors.labels(name, "non_finite_output").inc()
+                m.requests.labels(name, "error").inc()
+                logger.error("model version %s produced non-finite values in %s; answered 500", scored.state.version, bad)
+                return _error(500, f"the model produced non-finite values (NaN or inf) in output(s) {bad}; nothing is served for this request")
+            payload, headers = encode_response(name, scored.state.version, outputs, req)
+            record_scored(m, name, scored)
+            if telemetry:
+                self.worker.submit(scored)
+        except ProtocolError as err:
+            return self._invalid(name, err.reason, err.status, str(err))
+        except InvalidFeedsError as err:
+            return self._invalid(name, err.reasons[0], 400, str(err))
+        except ModelNotLoadedError as err:  # unloaded between the check and the call
+            m.requests.labels(name, "unavailable").inc()
+            return _error(503, str(err))
+        except Exception as err:  # never crash the server on one request; logged with traceback
+            logger.exception("inference failed")
+            m.errors.labels(name, "inference_failed").inc()
+            m.requests.labels(name, "error").inc()
+            return _error(500, f"internal error while scoring: {type(err).__name__}: {err}")
+        encoding = negotiate_encoding(request.headers.get("accept-encoding"))
+        headers["vary"] = "Accept-Encoding"
+        if encoding is not None:
+            payload = encode_content(payload, encoding)
+            headers["content-encoding"] = encoding
+        return Response(payload, headers=headers)
+
+    def _count_invalid(self, name: str, reason: str) -> None:
         self.metrics.invalid.labels(name, reason).inc()
         self.metrics.requests.labels(name, "invalid").inc()
+
+    def _invalid(self, name: str, reason: str, status: int, message: str) -> JSONResponse:
+        self._count_invalid(name, reason)
         return _error(status, message)
+

@@ -60,24 +60,45 @@ def monitor() -> None:
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--graceful-timeout", type=float, default=30.0, show_default=True,
               help="Seconds shutdown waits for requests in flight.")
+@click.option("--body-timeout", type=float, default=AppConfig.body_timeout_s, show_default=True,
+              help="Seconds a request body may take to arrive; slower uploads are answered 408.")
+@click.option("--max-body-readers", type=int, default=AppConfig.max_body_readers, show_default=True,
+              help="Requests receiving their body at once; beyond it the server answers 503.")
+@click.option("--registry-poll-seconds", type=float, default=None,
+              help="Reload from --registry this often (default: only on SIGHUP or the load endpoint).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error", "critical"]), default="info",
+              show_default=True, help="Log lines (timestamped, on stderr) at this level and above.")
+@click.option("--access-log/--no-access-log", default=False, show_default=True,
+              help="Log one line per HTTP request (uvicorn's access log, at INFO).")
 def serve(registry, model, name, shadow, profile, device, threads, telemetry_share, max_concurrency,  # noqa: ANN001
-          max_body_bytes, inference_threads, telemetry_queue, host, port, graceful_timeout) -> None:
+          max_body_bytes, inference_threads, telemetry_queue, host, port, graceful_timeout, body_timeout,
+          max_body_readers, registry_poll_seconds, log_level, access_log) -> None:
     """Serve a model over OIP v2 REST (JSON and binary tensors) with /metrics.
 
-    POST /v2/repository/models/NAME/load or SIGHUP reloads the registry's current model.
+    POST /v2/repository/models/NAME/load, SIGHUP or --registry-poll-seconds reload the
+    registry's current model. A registry with nothing promoted yet starts not-ready (503 on
+    /v2/health/ready) and becomes ready after a promotion plus a reload.
 
-    Example: fusionguard monitor serve --model v2.onnx --shadow v1.onnx --profile profile.json --port 8000
+    Example: fusionguard monitor serve --registry registry/ --registry-poll-seconds 30 --port 8000
     """
     from monitor.server import ServeConfig, serve as run_server
 
+    _check_positive(max_concurrency=max_concurrency, max_body_bytes=max_body_bytes,
+                    inference_threads=inference_threads, telemetry_queue=telemetry_queue,
+                    max_body_readers=max_body_readers, body_timeout=body_timeout,
+                    registry_poll_seconds=registry_poll_seconds)
+    if registry_poll_seconds is not None and registry is None:
+        from fusionguard.errors import InvalidInputError
+
+        raise InvalidInputError("--registry-poll-seconds needs --registry; a --model file is reloaded by the load endpoint")
     config = ServeConfig(
         service=_service(registry, model, name, shadow, profile, device, threads, telemetry_share),
-        app=AppConfig(max_concurrency=max_concurrency, max_body_bytes=max_body_bytes, inference_threads=inference_threads),
+        app=AppConfig(max_concurrency=max_concurrency, max_body_bytes=max_body_bytes, inference_threads=inference_threads,
+                      body_timeout_s=body_timeout, max_body_readers=max_body_readers,
+                      registry_poll_s=registry_poll_seconds),
         telemetry=TelemetryConfig(queue_size=telemetry_queue),
-        host=host, port=port, graceful_timeout_s=graceful_timeout,
+        host=host, port=port, graceful_timeout_s=graceful_timeout, log_level=log_level, access_log=access_log,
     )
-    _check_positive(max_concurrency=max_concurrency, max_body_bytes=max_body_bytes,
-                    inference_threads=inference_threads, telemetry_queue=telemetry_queue)
     result = run_server(config)
     click.echo(result.summary())
     raise SystemExit(result.exit_code)
@@ -112,9 +133,14 @@ def replay(registry, model, name, shadow, profile, device, threads, data, out, p
     raise SystemExit(result.exit_code)
 
 
-def _check_positive(**values: int) -> None:
+def _check_positive(**values: float | None) -> None:
+    """Counts must be >= 1, durations > 0 (and finite); None means "not given"."""
     from fusionguard.errors import InvalidInputError
 
-    bad = [f"--{k.replace('_', '-')} must be >= 1, got {v}" for k, v in values.items() if v < 1]
+    def bad_value(v: float) -> bool:
+        return v < 1 if isinstance(v, int) else not 0 < v < float("inf")
+
+    bad = [f"--{k.replace('_', '-')} must be {'>= 1' if isinstance(v, int) else 'a positive number of seconds'}, got {v}"
+           for k, v in values.items() if v is not None and bad_value(v)]
     if bad:
         raise InvalidInputError("; ".join(bad))

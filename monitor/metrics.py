@@ -7,14 +7,26 @@ windowed shadow correlation, readiness, model identity).
 
 Labels stay low-cardinality: `model` is the served model's name (requests for unknown names are
 counted under `model="_unknown"`), `version` the served version, `reason` one of
-`INVALID_REASONS`.
+`INVALID_REASONS` or `ERROR_REASONS`, `outcome` one of `OUTCOMES`.
+
+Every label set that the alert rules and the dashboard read exists from the start at zero
+(`MonitorMetrics.init_labels`), so a rate over a fresh replica is 0, not absent. Gauges whose
+zero would be a lie (drift, windowed shadow correlation) appear only once they are computed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 UNKNOWN_MODEL = "_unknown"
 
@@ -23,6 +35,8 @@ INVALID_REASONS = (
     # the request itself (monitor.protocol, monitor.app)
     "unknown_model",
     "body_too_large",
+    "unsupported_encoding",
+    "malformed_encoding",
     "malformed_json",
     "malformed_binary",
     "unsupported_datatype",
@@ -38,7 +52,17 @@ INVALID_REASONS = (
     "non_finite",
 )
 
-OUTCOMES = ("ok", "invalid", "error", "rejected")
+# ok: answered 200; invalid: 4xx for bad input (reason in fusionguard_invalid_requests_total);
+# error: 500 (reason in fusionguard_request_errors_total); rejected: 503, admission full;
+# unavailable: 503, no model loaded; timeout: 408, the body did not arrive in time;
+# disconnected: the client hung up before the body was read (nobody to answer).
+OUTCOMES = ("ok", "invalid", "error", "rejected", "unavailable", "timeout", "disconnected")
+
+# The closed set of `reason` labels of fusionguard_request_errors_total (requests answered 500).
+ERROR_REASONS = ("non_finite_output", "inference_failed")
+
+# Modalities whose share histogram is initialised when a version is loaded.
+MODALITIES = ("text", "visual")
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -53,6 +77,7 @@ class MonitorMetrics:
     registry: CollectorRegistry
     requests: Counter
     invalid: Counter
+    errors: Counter
     request_duration: Histogram
     inference_duration: Histogram
     batch_size: Histogram
@@ -75,11 +100,15 @@ class MonitorMetrics:
         return cls(
             registry=registry,
             requests=Counter(
-                p + "requests", "Inference requests by outcome (ok, invalid, error, rejected).",
+                p + "requests", "Inference requests by outcome (" + ", ".join(OUTCOMES) + ").",
                 ["model", "outcome"], registry=registry,
             ),
             invalid=Counter(
                 p + "invalid_requests", "Requests rejected as invalid input, by reason.",
+                ["model", "reason"], registry=registry,
+            ),
+            errors=Counter(
+                p + "request_errors", "Requests answered 500, by reason.",
                 ["model", "reason"], registry=registry,
             ),
             request_duration=Histogram(
@@ -137,3 +166,32 @@ class MonitorMetrics:
             model_ready=Gauge(p + "model_ready", "1 when the model is loaded and serving.", ["model"], registry=registry),
             inflight=Gauge(p + "inflight_requests", "Inference requests admitted and not yet answered.", registry=registry),
         )
+
+    def init_labels(self, model: str) -> None:
+        """Create every per-model label set at zero (alerts and dashboards see 0, not nothing)."""
+        for outcome in OUTCOMES:
+            self.requests.labels(model, outcome)
+        for reason in INVALID_REASONS:
+            self.invalid.labels(model, reason)
+        for reason in ERROR_REASONS:
+            self.errors.labels(model, reason)
+        self.requests.labels(UNKNOWN_MODEL, "invalid")
+        self.invalid.labels(UNKNOWN_MODEL, "unknown_model")
+        for metric in (self.request_duration, self.inference_duration, self.batch_size, self.telemetry_requests,
+                       self.telemetry_dropped, self.shadow_spearman_per_request):
+            metric.labels(model)
+        self.model_ready.labels(model)
+
+    def init_version_labels(self, model: str, version: str) -> None:
+        """Create the per-version telemetry histograms at zero when a version starts serving."""
+        for modality in MODALITIES:
+            self.modality_share.labels(model, version, modality)
+        self.attention_mass.labels(model, version)
+        self.attention_entropy.labels(model, version)
+
+
+def register_runtime_collectors(registry: CollectorRegistry) -> None:
+    """process_* (CPU, memory, file descriptors), python_info and python_gc_* in `registry`."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)

@@ -8,14 +8,21 @@ order of the inputs that have one. A response uses the same layout: outputs requ
 `tritonclient.http` sets when it asks for no output by name) are appended as raw little-endian
 bytes after the JSON, and the response carries `Inference-Header-Content-Length`.
 
+Bodies may be compressed (`Content-Encoding: gzip` or `deflate`, as `tritonclient` sends with
+`request_compression_algorithm`); `decode_content` inflates them under the same size limit as a
+plain body, and `negotiate_encoding` / `encode_content` compress a response when the client's
+`Accept-Encoding` asks for it. The JSON header's length always counts uncompressed bytes.
+
 Everything here is pure: bytes in, arrays out, so it is tested without a server. Problems raise
 `ProtocolError` with a short, fixed `reason` (the metric label) and a message for the client.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +32,9 @@ import numpy as np
 from fusionguard.errors import InvalidInputError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_DIMS = 32  # numpy's own limit is 64; no ranking tensor comes close
+MAX_DIM_SIZE = 2**31 - 1  # larger dimensions cannot be a real request (and overflow numpy's shape checks)
+ENCODINGS = ("gzip", "deflate")  # Content-Encoding accepted on requests and offered on responses
 
 # OIP datatype <-> numpy dtype (BYTES and BF16 are not used by ranking models and are rejected).
 _OIP_TO_NUMPY: dict[str, np.dtype] = {
@@ -107,13 +117,17 @@ def _shape(tensor: Mapping[str, Any], where: str) -> tuple[int, ...]:
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise ProtocolError("malformed_json", f"{where}: 'shape' must be a list of non-negative integers, got {shape!r}")
+    if len(shape) > MAX_DIMS or any(d > MAX_DIM_SIZE for d in shape):
+        raise ProtocolError(
+            "wrong_shape", f"{where}: shape {shape!r} is out of range (at most {MAX_DIMS} dimensions of at most {MAX_DIM_SIZE})"
+        )
     return tuple(shape)
 
 
 def _json_data(data: Any, shape: tuple[int, ...], dtype: np.dtype, where: str) -> np.ndarray:
     try:
         arr = np.asarray(data, dtype=dtype)
-    except (TypeError, ValueError, OverflowError) as err:
+    except (TypeError, ValueError, OverflowError, RecursionError) as err:
         raise ProtocolError("malformed_json", f"{where}: 'data' is not a list of {dtype.name} values ({err})") from None
     expected = math.prod(shape)
     if arr.size != expected:
@@ -134,6 +148,8 @@ def decode_request(body: bytes, headers: Mapping[str, str]) -> InferRequest:
         doc = json.loads(bytes(json_part).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ProtocolError("malformed_json", f"request body is not valid JSON ({err})") from None
+    except RecursionError:
+        raise ProtocolError("malformed_json", "request body nests JSON too deeply; tensors need at most a few levels") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
         raise ProtocolError("malformed_json", "request must be a JSON object with an 'inputs' list")
     params = doc.get("parameters") or {}
@@ -242,7 +258,8 @@ def encode_response(
         else:
             entry["data"] = arr.reshape(-1).tolist()
         doc["outputs"].append(entry)
-    header = json.dumps(doc, separators=(",", ":")).encode()
+    # allow_nan=False: NaN is not JSON; the app answers non-finite outputs 500 before it gets here.
+    header = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     if not chunks:
         return header, {"content-type": "application/json"}
     return header + b"".join(chunks), {
@@ -254,3 +271,91 @@ def encode_response(
 def tensor_metadata(names_shapes: Sequence[tuple[str, str, Sequence[int]]]) -> list[dict[str, Any]]:
     """OIP metadata entries `{name, datatype, shape}`; the batch axis is -1 (variable)."""
     return [{"name": n, "datatype": oip_datatype(dt), "shape": [-1, *shape]} for n, dt, shape in names_shapes]
+
+
+def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The request body with its `Content-Encoding` undone, at most `limit` bytes once inflated.
+
+    `deflate` is the zlib format (RFC 9110; what tritonclient sends); raw deflate is accepted too.
+
+    Raises:
+        ProtocolError: 415 'unsupported_encoding', 400 'malformed_encoding', 413 'body_too_large'.
+    """
+    enc = (encoding or "identity").strip().lower()
+    if enc == "identity":
+        return body
+    if enc not in ENCODINGS:
+        raise ProtocolError(
+            "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; send identity, gzip or deflate", 415
+        )
+    wbits = [31] if enc == "gzip" else [15, -15]  # gzip container; zlib container, then raw deflate
+    for i, bits in enumerate(wbits):
+        inflater = zlib.decompressobj(bits)
+        try:
+            out = inflater.decompress(body, limit + 1)
+        except zlib.error as err:
+            if i + 1 < len(wbits):
+                continue
+            raise ProtocolError("malformed_encoding", f"request body is not valid {enc} data ({err})") from None
+        if len(out) > limit:
+            raise ProtocolError(
+                "body_too_large", f"request body inflates beyond the limit of {limit} bytes; send fewer candidates per request", 413
+            )
+        if not inflater.eof:
+            raise ProtocolError("malformed_encoding", f"request body is truncated {enc} data")
+        return out
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def negotiate_encoding(accept_encoding: str | None) -> str | None:
+    """The response encoding to use for an `Accept-Encoding` header: 'gzip', 'deflate' or None.
+
+    Honours q-values (`q=0` refuses); on a tie the client's order decides, gzip before deflate for `*`.
+    """
+    if not accept_encoding:
+        return None
+    best, best_q = None, 0.0
+    for part in accept_encoding.split(","):
+        name, _, params = part.strip().partition(";")
+        name = name.strip().lower()
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        candidates = ENCODINGS if name == "*" else (name,) if name in ENCODINGS else ()
+        for candidate in candidates:
+            if q > best_q:
+                best, best_q = candidate, q
+    return best
+
+
+def encode_content(payload: bytes, encoding: str) -> bytes:
+    """`payload` compressed for `Content-Encoding: encoding` ('gzip', or 'deflate' in the zlib format)."""
+    if encoding == "gzip":
+        return gzip.compress(payload, compresslevel=6, mtime=0)
+    if encoding == "deflate":
+        return zlib.compress(payload, 6)
+    raise ValueError(f"unknown encoding {encoding!r}")
+
+
+def flat_parameters(params: Mapping[str, Any], prefix: str = "") -> dict[str, str | int | float | bool]:
+    """OIP `parameters` hold strings, numbers and booleans only: nested mappings become dotted keys,
+    lists comma-joined strings, None values are left out."""
+    out: dict[str, str | int | float | bool] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            out.update(flat_parameters(value, name + "."))
+        elif isinstance(value, (list, tuple)):
+            out[name] = ",".join(str(v) for v in value)
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        else:
+            out[name] = str(value)
+    return out

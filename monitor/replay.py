@@ -108,6 +108,8 @@ def replay(config: ReplayConfig) -> ReplayResult:
     metrics = MonitorMetrics.create(registry)
     worker = TelemetryWorker(service.name, metrics, service.shadow)
     state = service.state
+    if state is None:
+        raise InvalidInputError(f"registry {config.service.registry} has no current model; promote one with `fusionguard promote`")
     metrics.model_info.labels(service.name, state.version, state.scorer.sha256, state.scorer.provider).set(1)
     metrics.model_ready.labels(service.name).set(1)
     n_req = n_rows = n_invalid = n_tel = 0

@@ -102,6 +102,10 @@ class Sampler:
         return int((i + 1) * self.share) > int(i * self.share)
 
 
+class ModelNotLoadedError(InvalidInputError):
+    """Scoring was asked of a service with no model loaded (the app answers 503 before this)."""
+
+
 class ModelService:
     """The served model and its hot reload. Thread-safe."""
 
@@ -115,24 +119,29 @@ class ModelService:
         self.shadow: Scorer | None = None
         if config.shadow is not None:
             self.shadow = Scorer(config.shadow, device=config.device, threads=config.threads)
-        self._state: ModelState = self._load()
+        # None until a model is loaded: a registry with nothing promoted yet, or after unload().
+        self._state: ModelState | None = self._load()
+        if self._state is None:
+            logger.warning("registry %s has no current model yet; not ready until one is promoted and reloaded",
+                           config.registry)
         self.sampler = Sampler(config.telemetry_share)
 
     # ----- loading -------------------------------------------------------------------------
-    def _resolve(self) -> tuple[Path, str | None, Path | None]:
-        """(model path, registry version or None, profile path or None)."""
+    def _resolve(self) -> tuple[Path, str | None, Path | None] | None:
+        """(model path, registry version or None, profile path or None); None: nothing promoted yet."""
         if self.config.model is not None:
             return self.config.model, None, self.config.profile
         registry = Registry(self.config.registry)
         info = registry.current()
         if info is None:
-            raise InvalidInputError(
-                f"registry {self.config.registry} has no current model; promote one with `fusionguard promote`"
-            )
+            return None
         return info.model_path, info.version, self.config.profile or info.profile_path
 
-    def _load(self) -> ModelState:
-        path, version, profile_path = self._resolve()
+    def _load(self) -> ModelState | None:
+        resolved = self._resolve()
+        if resolved is None:
+            return None
+        path, version, profile_path = resolved
         scorer = Scorer(path, device=self.config.device, threads=self.config.threads)
         profile = ReferenceProfile.read(profile_path) if profile_path is not None else None
         if profile is not None and profile.model_sha256 != scorer.sha256:
@@ -143,25 +152,40 @@ class ModelService:
         return ModelState(scorer=scorer, version=version or scorer.sha256[:12], profile=profile, loaded_at=time.time())
 
     @property
-    def state(self) -> ModelState:
+    def state(self) -> ModelState | None:
+        """The served version; None while no model is loaded (the server answers not-ready)."""
         return self._state
 
-    def reload(self) -> tuple[ModelState, bool]:
+    def reload(self) -> tuple[ModelState | None, bool]:
         """Load the current model (registry `current`, or the file again) and swap it in.
 
         The new session is built first; the swap is one reference assignment, so requests in
-        flight finish on the old state. Returns (state, changed). Raises when the new model
-        cannot be loaded, leaving the old one serving.
+        flight finish on the old state. Returns (state, changed); (None, False) when the registry
+        still has nothing promoted and nothing is loaded. Raises when the new model cannot be
+        loaded, leaving the old one serving.
         """
         with self._reload_lock:
-            path, version, _ = self._resolve()
+            resolved = self._resolve()
             old = self._state
-            if (version is None or version == old.version) and file_sha256(path) == old.scorer.sha256:
+            if resolved is None:
+                if old is None:
+                    return None, False
+                raise InvalidInputError(
+                    f"registry {self.config.registry} has no current model any more; promote or roll back one"
+                )
+            path, version, _ = resolved
+            if old is not None and (version is None or version == old.version) and file_sha256(path) == old.scorer.sha256:
                 return old, False
             new = self._load()
             self._state = new  # atomic reference swap
-            logger.info("reloaded %s: %s -> %s", self.name, old.version, new.version)
+            logger.info("loaded %s: %s -> %s", self.name, old.version if old else "nothing", new.version if new else "nothing")
             return new, True
+
+    def unload(self) -> ModelState | None:
+        """Stop serving (the server answers not-ready until the next reload); returns what was served."""
+        with self._reload_lock:
+            old, self._state = self._state, None
+            return old
 
     # ----- scoring -------------------------------------------------------------------------
     def score(self, feeds: dict[str, np.ndarray], telemetry: bool) -> Scored:
@@ -172,6 +196,8 @@ class ModelService:
             EvaluationError: ONNX Runtime failed.
         """
         state = self._state  # read once: a concurrent reload does not affect this request
+        if state is None:
+            raise ModelNotLoadedError(f"model '{self.name}' is not loaded; reload it once one is promoted")
         problems = feed_problems(state.scorer.contract, feeds)
         if problems:
             raise InvalidFeedsError(problems)

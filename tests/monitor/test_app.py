@@ -107,7 +107,7 @@ def test_binary_and_json_scores_match_plain_session(models, toy):
         np.testing.assert_array_equal(np.frombuffer(r.content[n : n + size], np.float32), expected)
     assert registry.get_sample_value("fusionguard_requests_total", {"model": "ranker", "outcome": "ok"}) == 2
     assert registry.get_sample_value("fusionguard_batch_size_sum", {"model": "ranker"}) == 12
-    assert registry.get_sample_value("fusionguard_telemetry_requests_total", {"model": "ranker"}) is None
+    assert registry.get_sample_value("fusionguard_telemetry_requests_total", {"model": "ranker"}) == 0  # initialised, never sampled
 
 
 def _bad_requests(feeds):
