@@ -46,6 +46,8 @@ class ServiceConfig:
         out = []
         if (self.model is None) == (self.registry is None):
             out.append("give exactly one of --model FILE or --registry DIR")
+        if self.registry is not None and not self.registry.is_dir():
+            out.append(f"--registry {self.registry} is not a directory; create it (an empty registry starts not-ready)")
         if not 0.0 <= self.telemetry_share <= 1.0:
             out.append(f"--telemetry-share must be in [0, 1], got {self.telemetry_share}")
         if not self.name or "/" in self.name:
