@@ -143,3 +143,14 @@ def test_compose_gpu_overlay_parses() -> None:
     overlay = yaml.safe_load((DEPLOY / "compose.gpu.yaml").read_text(encoding="utf-8"))
     (device,) = overlay["services"]["monitor"]["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+
+
+def test_deployment_args_are_valid_serve_options_and_probes_mean_what_they_say() -> None:
+    from monitor.cli import serve
+
+    (container,) = _by_kind()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    ctx = serve.make_context("serve", list(args[2:]))  # click parses them as the CLI would
+    assert ctx.params["registry_poll_seconds"] > 0  # promotions reach an unready pod without a restart
+    # Liveness must not depend on a model: a pod waiting for its first promotion stays alive.
+    assert container["startupProbe"]["httpGet"]["path"] == container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
