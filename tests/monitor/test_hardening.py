@@ -7,20 +7,23 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import shutil
 import socket
 import time
 
 import httpx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from monitor.app import AppConfig
 from monitor.protocol import HEADER_LENGTH
 from monitor.service import ServiceConfig
-from tests.monitor.conftest import json_body, make_registry, rows
-from tests.monitor.test_app import make_app
+from tests.monitor.conftest import json_body, make_registry, rows, set_current
+from tests.monitor.test_app import make_app, plain_scores
 
 OK = {"model": "ranker"}
 
@@ -210,3 +213,39 @@ def test_an_escaped_bug_is_still_a_json_500(models):
     with TestClient(mapp.app, raise_server_exceptions=False) as c:
         r = c.get("/boom")
     assert r.status_code == 500 and r.json() == {"error": "internal error: RuntimeError: a bug"}
+
+
+_CORRUPTIONS = st.sampled_from(["current", "meta", "model", "remove_model", "remove_version"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(what=_CORRUPTIONS, junk=st.binary(max_size=64), version=st.sampled_from(["v0001", "v0002"]))
+def test_random_registry_corruption_never_breaks_serving(models, toy, tmp_path_factory, what, junk, version):
+    """Corrupt the registry under a running server and reload: the answer is JSON, the server keeps
+    serving a model that scores exactly like its file, and never a corrupt one."""
+    root = make_registry(tmp_path_factory.mktemp("reg"), [models["fusion"], models["fusion_w0.3"]])
+    mapp, _ = make_app(registry=root)
+    vdir = root / "versions" / version
+    if what == "current":
+        (root / "current").write_bytes(junk)
+    elif what == "meta":
+        (vdir / "meta.json").write_bytes(junk)
+    elif what == "model":
+        (vdir / "model.onnx").write_bytes(junk)
+    elif what == "remove_model":
+        (vdir / "model.onnx").unlink()
+    else:
+        shutil.rmtree(vdir)
+    if what != "current":
+        set_current(root, version)
+    feeds = rows(toy, 0, 4)
+    with TestClient(mapp.app, raise_server_exceptions=False) as c:
+        r = c.post("/v2/repository/models/ranker/load")
+        assert r.headers["content-type"] == "application/json"
+        assert r.status_code in (200, 500, 503), r.text
+        assert "error" in r.json() or r.json()["version"] == mapp.service.state.version
+        served = c.post("/v2/models/ranker/infer", json=json_body(feeds))
+        assert served.status_code == 200, served.text
+        promoted = {"v0001": models["fusion"], "v0002": models["fusion_w0.3"]}[served.json()["model_version"]]
+        got = np.array(served.json()["outputs"][0]["data"], np.float32)
+        np.testing.assert_allclose(got, plain_scores(promoted, feeds), rtol=1e-6)
