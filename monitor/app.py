@@ -207,8 +207,11 @@ class MonitorApp:
             self._publish_model(state, old)
         return state, changed
 
-    async def _reload_logged(self, why: str, log_failure: bool = True) -> bool:
-        """Reload and log the outcome (SIGHUP, registry poll); False when it failed."""
+    async def _reload_logged(self, why: str, log_failure: bool = True, idle_level: int = logging.INFO) -> bool:
+        """Reload and log the outcome (SIGHUP, registry poll); False when it failed.
+
+        `idle_level`: the level of "the registry has nothing promoted yet" (the poll repeats it).
+        """
         try:
             state, changed = await self.reload()
         except Exception as err:  # noqa: BLE001 - a failure must not kill the signal handler or the poll loop
@@ -217,7 +220,7 @@ class MonitorApp:
                 logger.error("%s reload failed, %s: %s", why, self._serving_what(), err, exc_info=bug)
             return False
         if state is None:
-            logger.info("%s reload: the registry has no current model yet; not ready", why)
+            logger.log(idle_level, "%s reload: the registry has no current model yet; not ready", why)
         elif changed:
             logger.info("%s reload: now serving version %s", why, state.version)
         else:
@@ -230,7 +233,7 @@ class MonitorApp:
             await asyncio.sleep(every_s)
             if self._unloaded:
                 continue
-            ok = await self._reload_logged("registry poll", log_failure=not failing)
+            ok = await self._reload_logged("registry poll", log_failure=not failing, idle_level=logging.DEBUG)
             if ok and failing:
                 logger.info("registry poll: reload works again")
             failing = not ok

@@ -4,6 +4,7 @@ and the served CLI's logs (issue 16, deliverables 4 and 6)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -75,7 +76,8 @@ def test_empty_registry_starts_not_ready_then_load_and_unload(models, toy, tmp_p
     assert info == ["v0002"]
 
 
-def test_registry_poll_makes_the_server_ready(models, toy, tmp_path):
+def test_registry_poll_makes_the_server_ready(models, toy, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="monitor")
     root = tmp_path / "reg"
     root.mkdir()
     mapp, registry = make_app(AppConfig(handle_sighup=False, registry_poll_s=0.05), registry=root)
@@ -98,6 +100,19 @@ def test_registry_poll_makes_the_server_ready(models, toy, tmp_path):
         wait_ready("v0002")
         assert c.post("/v2/models/ranker/infer", json=json_body(rows(toy, 0, 3))).json()["model_version"] == "v0002"
         assert _ready_gauge(registry) == 1
+        # A broken registry: the poll keeps the model serving and logs the failure once, not every tick.
+        set_current(root, "v0009")
+        time.sleep(0.5)  # about ten ticks
+        failures = [r for r in caplog.records if "registry poll reload failed" in r.getMessage()]
+        assert len(failures) == 1 and "still serving version 'v0002'" in failures[0].getMessage()
+        assert not failures[0].exc_info  # a FusionGuardError: a message, no traceback
+        assert c.get("/v2/health/ready").status_code == 200
+        set_current(root, "v0001")
+        wait_ready("v0001")
+        deadline = time.monotonic() + 5  # the line follows the swap
+        while not any("reload works again" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the poll did not log its recovery"
+            time.sleep(0.05)
         # An explicit unload stays unloaded: the poll does not undo an operator's decision.
         c.post("/v2/repository/models/ranker/unload")
         time.sleep(0.3)
