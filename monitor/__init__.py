@@ -3,11 +3,11 @@ contribution telemetry, drift against the gate's reference profile, and Promethe
 
 from monitor.app import AppConfig, MonitorApp, record_scored
 from monitor.drift import DriftResult, DriftTracker, psi
-from monitor.metrics import INVALID_REASONS, MonitorMetrics
+from monitor.metrics import ERROR_REASONS, INVALID_REASONS, OUTCOMES, MonitorMetrics
 from monitor.protocol import InferRequest, ProtocolError, decode_request, encode_response
 from monitor.replay import ReplayConfig, ReplayResult, replay
-from monitor.server import ServeConfig, ServeResult, build, serve
-from monitor.service import ModelService, ModelState, Scored, ServiceConfig
+from monitor.server import ServeConfig, ServeResult, build, configure_logging, serve
+from monitor.service import ModelNotLoadedError, ModelService, ModelState, Scored, ServiceConfig
 from monitor.telemetry import RequestTelemetry, TelemetryConfig, TelemetryWorker
 
 __all__ = [
@@ -17,7 +17,9 @@ __all__ = [
     "DriftResult",
     "DriftTracker",
     "psi",
+    "ERROR_REASONS",
     "INVALID_REASONS",
+    "OUTCOMES",
     "MonitorMetrics",
     "InferRequest",
     "ProtocolError",
@@ -29,7 +31,9 @@ __all__ = [
     "ServeConfig",
     "ServeResult",
     "build",
+    "configure_logging",
     "serve",
+    "ModelNotLoadedError",
     "ModelService",
     "ModelState",
     "Scored",
