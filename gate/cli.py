@@ -74,7 +74,8 @@ def gate(candidate, baseline, data, policy, candidate_contract, baseline_contrac
         lines += ci.github_annotations(report)
         _append_summary(summary_file, ci.github_markdown(report, result.report_dir))
     for line in lines:
-        click.echo(line)
+        # click drops ANSI codes when stdout is no terminal (a CI log); GitLab's section markers need them.
+        click.echo(line, color=True if summary == "gitlab" else None)
     if result.exit_code:
         label = "blocked" if result.outcome == "blocked" else "error"
         for line in result.message.splitlines():

@@ -5,7 +5,7 @@
 #   install.sh install     pip-installs fusionguard for the gate
 #
 # What is installed: $FUSIONGUARD_PACKAGE when set (a pip requirement, e.g.
-# "fusionguard[cpu,gate]==0.4.0"), else the action's own checkout ($GITHUB_ACTION_PATH) with the
+# "fusionguard[cpu,gate]==0.1.0"), else the action's own checkout ($GITHUB_ACTION_PATH) with the
 # extras in $FUSIONGUARD_EXTRAS (default cpu,gate: ONNX Runtime for CPU and the gate's packages).
 # The cache holds pip's downloads and built wheels; the key changes with the runner's OS, the
 # Python version, what is installed and the action's pyproject.toml.
