@@ -21,6 +21,8 @@ from gate.report import PLOT_CAPTIONS, markdown, verdict_sentence
 
 SUMMARY_MODES = ("plain", "github", "gitlab")
 _ANNOTATED = ("failed", "error")  # check outcomes that get an ::error annotation
+SUMMARY_LIMIT = 1_000_000  # bytes; GitHub refuses a step summary over 1 MiB
+_NUMBERS_BLOCK = "<details><summary>All numbers</summary>"  # as gate.report.markdown writes it
 
 
 def check_lines(report: dict[str, Any], report_dir: Path | str | None) -> list[str]:
@@ -57,10 +59,17 @@ def github_annotations(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def github_markdown(report: dict[str, Any], report_dir: Path | str | None) -> str:
-    """The report Markdown for the job summary: the plots are listed (they live in the artifact)."""
+def github_markdown(report: dict[str, Any], report_dir: Path | str | None, limit: int = SUMMARY_LIMIT) -> str:
+    """The report Markdown for the job summary: the plots are listed (they live in the artifact).
+
+    GitHub rejects a step's summary over 1 MiB; past `limit` bytes the block of all numbers is
+    left out (report.json in the artifact has them).
+    """
     plots = [name for name in PLOT_CAPTIONS if report_dir is not None and (Path(report_dir) / name).is_file()]
-    return markdown(report, plots, link_plots=False)
+    text = markdown(report, plots, link_plots=False)
+    if len(text.encode("utf-8")) > limit:
+        text = text[: text.index(_NUMBERS_BLOCK)] + "(every number is in report.json, in the report artifact)\n"
+    return text
 
 
 def github_invalid_markdown(message: str, exit_code: int) -> str:

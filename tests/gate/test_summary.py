@@ -69,6 +69,14 @@ def test_markdown_links_plots_relatively_or_lists_them():
     assert "### Plots" not in markdown(REPORT)
 
 
+def test_job_summary_leaves_out_the_numbers_past_the_size_limit(tmp_path):
+    full = ci.github_markdown(REPORT, tmp_path)
+    assert "<details><summary>All numbers</summary>" in full
+    short = ci.github_markdown(REPORT, tmp_path, limit=len(full.encode()) - 1)
+    assert "All numbers" not in short and short.endswith("in the report artifact)\n")
+    assert short.startswith(full[: full.index("<details>")])
+
+
 def test_gitlab_lines_put_the_reasons_in_a_collapsed_section():
     lines = ci.gitlab_lines(REPORT, "out")
     start = next(i for i, line in enumerate(lines) if "section_start:" in line)
