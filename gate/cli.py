@@ -62,8 +62,9 @@ def gate(candidate, baseline, data, policy, candidate_contract, baseline_contrac
         )
     except FusionGuardError as err:  # stopped before any report: still tell the pull request why
         if summary == "github":
-            click.echo(ci.github_error("fusionguard gate: invalid input", str(err)))
-            _append_summary(summary_file, ci.github_invalid_markdown(str(err), err.exit_code))
+            annotation, text = ci.github_stopped(str(err), err.exit_code)
+            click.echo(annotation)
+            _append_summary(summary_file, text)
         raise
     report = report_dict(result)
     if summary == "gitlab":

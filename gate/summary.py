@@ -22,6 +22,7 @@ from gate.report import PLOT_CAPTIONS, markdown, verdict_sentence
 SUMMARY_MODES = ("plain", "github", "gitlab")
 _ANNOTATED = ("failed", "error")  # check outcomes that get an ::error annotation
 SUMMARY_LIMIT = 1_000_000  # bytes; GitHub refuses a step summary over 1 MiB
+_STOPPED = {2: "INVALID INPUT", 3: "COULD NOT EVALUATE"}
 _NUMBERS_BLOCK = "<details><summary>All numbers</summary>"  # as gate.report.markdown writes it
 
 
@@ -72,13 +73,17 @@ def github_markdown(report: dict[str, Any], report_dir: Path | str | None, limit
     return text
 
 
-def github_invalid_markdown(message: str, exit_code: int) -> str:
-    """The job summary when the gate stopped before writing any report (invalid policy, no baseline)."""
-    return (
-        f"## ⚠️ fusionguard gate: **INVALID INPUT** (exit {exit_code})\n\n"
-        "The gate stopped before checking anything: fix the input below and rerun.\n\n"
+def github_stopped(message: str, exit_code: int) -> tuple[str, str]:
+    """The annotation and the job summary when the gate stopped before writing any report (an
+    invalid policy, no baseline, an unwritable --out): usually exit 2."""
+    label = _STOPPED.get(exit_code, f"exit {exit_code}")
+    annotation = github_error(f"fusionguard gate: {label.lower()}", message)
+    text = (
+        f"## ⚠️ fusionguard gate: **{label}** (exit {exit_code})\n\n"
+        "The gate stopped before checking anything: fix the cause below and rerun.\n\n"
         f"```\n{message}\n```\n"
     )
+    return annotation, text
 
 
 def append_summary(path: Path, text: str) -> None:
