@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from fusionguard.cli import LazyGroup
+from fusionguard.errors import FusionGuardError
 from fusionguard.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -29,29 +30,68 @@ _EXISTING = click.Path(path_type=Path)
 @click.option("--baseline-contract", type=_EXISTING, default=None, help="Sidecar JSON contract for the baseline.")
 @click.option("--out", required=True, type=_EXISTING, help="Report directory (report.json, report.md, junit.xml, plots, profile.json).")
 @click.option("--progress/--no-progress", default=False, help="Show progress bars while scoring.")
-def gate(candidate, baseline, data, policy, candidate_contract, baseline_contract, out, progress) -> None:  # noqa: ANN001
+@click.option(
+    "--summary", type=click.Choice(["plain", "github", "gitlab"]), default="plain", show_default=True,
+    help="Where the verdict goes besides the report directory: plain (terminal lines); github (also an "
+    "::error annotation per failed check, and the report Markdown appended to the job summary); gitlab "
+    "(also the reasons in a collapsed log section; the merge request reads junit.xml).",
+)
+@click.option(
+    "--summary-file", type=_EXISTING, default=None, envvar="GITHUB_STEP_SUMMARY", show_envvar=True,
+    help="With --summary github: the Markdown file to append the report to.",
+)
+def gate(candidate, baseline, data, policy, candidate_contract, baseline_contract, out, progress, summary, summary_file) -> None:  # noqa: ANN001
     """Release gate: block collapsed or V1-in-disguise candidates before promotion.
 
     Checks, in order: data, contract, visual ablation, integrity vs the baseline, quality
     (non-inferiority of NDCG@k), attention. Exit codes: 0 passed, 1 blocked, 2 invalid input,
-    3 a check could not be evaluated.
+    3 a check could not be evaluated. In CI, see docs/ci.md.
 
-    Example: fusionguard gate --candidate v2.onnx --baseline v1.onnx --data eval.parquet --out report/
+    Example: fusionguard gate --candidate v2.onnx --baseline v1.onnx --data eval.parquet --out report/ --summary github
     """
-    from gate.runner import run_gate  # numpy/onnxruntime load only when the command runs
+    if summary == "github" and summary_file is None:
+        raise click.UsageError("--summary github needs the job summary file: set $GITHUB_STEP_SUMMARY (GitHub Actions does) or pass --summary-file")
+    from gate import summary as ci  # numpy/onnxruntime load only when the command runs
+    from gate.report import report_dict
+    from gate.runner import run_gate
 
-    result = run_gate(
-        candidate, data, out, baseline=baseline, policy=policy,
-        candidate_contract=candidate_contract, baseline_contract=baseline_contract, progress=progress,
-    )
-    for check in result.checks:
-        click.echo(f"{check.name:<16} {check.outcome:<8} {check.summary}")
-    click.echo(f"gate: {result.outcome} (exit {result.exit_code}); reports in {result.report_dir}")
+    try:
+        result = run_gate(
+            candidate, data, out, baseline=baseline, policy=policy,
+            candidate_contract=candidate_contract, baseline_contract=baseline_contract, progress=progress,
+        )
+    except FusionGuardError as err:  # stopped before any report: still tell the pull request why
+        if summary == "github":
+            annotation, text = ci.github_stopped(str(err), err.exit_code)
+            click.echo(annotation)
+            _append_summary(summary_file, text)
+        raise
+    report = report_dict(result)
+    if summary == "gitlab":
+        lines = ci.gitlab_lines(report, result.report_dir)
+    else:
+        lines = ci.check_lines(report, result.report_dir)
+    if summary == "github":
+        lines += ci.github_annotations(report)
+        _append_summary(summary_file, ci.github_markdown(report, result.report_dir))
+    for line in lines:
+        # click drops ANSI codes when stdout is no terminal (a CI log); GitLab's section markers need them.
+        click.echo(line, color=True if summary == "gitlab" else None)
     if result.exit_code:
         label = "blocked" if result.outcome == "blocked" else "error"
         for line in result.message.splitlines():
             click.echo(f"{label}: {line}", err=True)
     raise SystemExit(result.exit_code)
+
+
+def _append_summary(path: Path, text: str) -> None:
+    """The job summary is for reading only: a write problem is a warning, never a different verdict."""
+    from gate.summary import append_summary
+
+    try:
+        append_summary(path, text)
+    except OSError as err:
+        click.echo(f"warning: could not write the job summary {path} ({err}); the report directory has report.md", err=True)
 
 
 @click.command("promote")

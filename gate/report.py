@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from fusionguard import __version__
@@ -71,34 +72,95 @@ def report_dict(result: GateResult, profile_note: str | None = None) -> dict[str
     )
 
 
-def markdown(report: dict[str, Any]) -> str:
-    """report.md: a verdict line, a table of checks, then each check's reasons and numbers."""
-    verdict = {"passed": "PASSED", "blocked": "BLOCKED", "invalid": "INVALID INPUT", "unevaluated": "COULD NOT EVALUATE"}
+_VERDICT = {"passed": "PASSED", "blocked": "BLOCKED", "invalid": "INVALID INPUT", "unevaluated": "COULD NOT EVALUATE"}
+_VERDICT_MARK = {"passed": "✅", "blocked": "❌", "invalid": "⚠️", "unevaluated": "⚠️"}
+# Captions of the plots by file name (gate/plots.py writes them; importing it would load matplotlib).
+PLOT_CAPTIONS = {
+    "ndcg_difference.png": "NDCG@k difference (candidate − baseline) per query",
+    "contributions.png": "visual Shapley share per candidate, and the NDCG@k drop with each modality masked",
+}
+
+
+def verdict_sentence(report: dict[str, Any]) -> str:
+    """One sentence that says what the outcome means and what to do next."""
+    def names(*outcomes: str) -> str:
+        return ", ".join(c["name"] for c in report["checks"] if c["outcome"] in outcomes)
+
+    outcome = report["outcome"]
+    if outcome == "passed":
+        return "Every check passed (or was skipped by the policy): the candidate may be promoted."
+    if outcome == "blocked":
+        return f"Blocked by {names('failed')}: the candidate must not be promoted."
+    if outcome == "unevaluated":
+        return (
+            f"Could not evaluate {names('error')}: this is no verdict on the model. Fix the cause below "
+            "(scoring or statistics failed) and rerun; nothing may be promoted meanwhile."
+        )
+    return f"Invalid input ({names('error') or 'see below'}): fix the inputs named below and rerun."
+
+
+def markdown(report: dict[str, Any], plots: Sequence[str] = (), *, link_plots: bool = True) -> str:
+    """report.md: the verdict first, a table of checks, the reasons, the inputs, plots, then every number.
+
+    Args:
+        report: the report dict (`report_dict`, or report.json read back).
+        plots: file names of the plots written next to the report.
+        link_plots: embed the plots as images with relative paths (report.md lives next to them);
+            False lists their names only, for places where the report directory is not served
+            (a CI job summary: the plots are in the uploaded report artifact).
+    """
     cand, base, data = report["candidate"], report["baseline"], report["data"]
+    outcome = report["outcome"]
     lines = [
-        f"## fusionguard gate: **{verdict.get(report['outcome'], report['outcome'])}** (exit {report['exit_code']})",
+        f"## {_VERDICT_MARK.get(outcome, '')} fusionguard gate: **{_VERDICT.get(outcome, outcome)}** (exit {report['exit_code']})",
         "",
-        f"- candidate: `{Path(cand['path']).name}` ({cand.get('variant') or 'unknown variant'}), sha256 `{(cand.get('sha256') or '?')[:12]}`",
-        f"- baseline: `{Path(base['path']).name}`, sha256 `{(base.get('sha256') or '?')[:12]}`" if base else "- baseline: none (policy `baseline.required = false`)",
-        f"- eval set: `{Path(data['path']).name}`, {data.get('n_rows', '?')} rows, {data.get('n_queries', '?')} queries, "
-        f"sha256 `{(data.get('sha256') or '?')[:12]}`",
-        f"- seed {report['policy']['seed']}, {report['policy']['bootstrap']['n_resamples']} bootstrap resamples, "
-        f"{report['policy']['bootstrap']['confidence']:.0%} CIs",
+        verdict_sentence(report),
         "",
         "| check | outcome | summary |",
         "|---|---|---|",
     ]
     for c in report["checks"]:
-        lines.append(f"| {c['name']} | {_MARK.get(c['outcome'], '')} {c['outcome']} | {c['summary'].replace('|', '/')} |")
+        lines.append(f"| {c['name']} | {_MARK.get(c['outcome'], '')} {c['outcome']} | {_cell(c['summary'])} |")
     details = [c for c in report["checks"] if c["reasons"] and c["outcome"] != "passed"]
     if details:
         lines += ["", "### Why"]
         for c in details:
             lines += [f"- **{c['name']}** ({c['outcome']}):"] + [f"  - {r}".replace("\n", "\n    ") for r in c["reasons"]]
-    lines += ["", "<details><summary>All numbers</summary>", "", "```json"]
+    policy = report["policy"]
+    lines += [
+        "",
+        "### Inputs",
+        "",
+        "| | file | sha256 | |",
+        "|---|---|---|---|",
+        f"| candidate | `{Path(cand['path']).name}` | `{(cand.get('sha256') or '?')[:12]}` | {cand.get('variant') or 'unknown variant'} |",
+        f"| baseline | `{Path(base['path']).name}` | `{(base.get('sha256') or '?')[:12]}` | |" if base
+        else "| baseline | none | | policy `baseline.required = false` |",
+        f"| eval set | `{Path(data['path']).name}` | `{(data.get('sha256') or '?')[:12]}` | "
+        f"{data.get('n_rows', '?')} rows, {data.get('n_queries', '?')} queries |",
+        "",
+        f"Seed {policy['seed']}, {policy['bootstrap']['n_resamples']} bootstrap resamples, "
+        f"{policy['bootstrap']['confidence']:.0%} CIs.",
+    ]
+    if plots:
+        lines += ["", "### Plots", ""]
+        if link_plots:
+            for name in plots:
+                lines += [f"![{PLOT_CAPTIONS.get(name, name)}]({name})", ""]
+        else:
+            lines += [f"- `{name}`: {PLOT_CAPTIONS.get(name, name)}" for name in plots]
+            lines += ["", "(in the report directory, uploaded with the job's artifacts)", ""]
+    else:
+        lines.append("")
+    lines += ["<details><summary>All numbers</summary>", "", "```json"]
     lines.append(json.dumps({c["name"]: c["numbers"] for c in report["checks"]}, indent=2, sort_keys=True))
     lines += ["```", "", "</details>", ""]
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """Text safe inside one Markdown table cell (GitHub and GitLab alike)."""
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def junit(report: dict[str, Any]) -> str:
@@ -160,9 +222,9 @@ def write_reports(result: GateResult, out: Path) -> Path:
         stale.unlink()  # never leave a profile from an earlier run next to this report
     report = report_dict(result, profile_note)
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    (out / "report.md").write_text(markdown(report), encoding="utf-8")
-    (out / "junit.xml").write_text(junit(report), encoding="utf-8")
     from gate.plots import write_plots  # matplotlib is slow to import; only here
 
-    write_plots(result, out)
+    plots = write_plots(result, out)  # first, so that report.md links exactly the plots written
+    (out / "report.md").write_text(markdown(report, [p.name for p in plots]), encoding="utf-8")
+    (out / "junit.xml").write_text(junit(report), encoding="utf-8")
     return out
