@@ -1,10 +1,13 @@
 """Live contribution telemetry, computed off the request path.
 
 For a telemetry-sampled request the scoring call already returned the four passes the exact
-two-modality Shapley values need (`service.TELEMETRY_MASKS`). Turning them into metrics, scoring
+two-modality Shapley values need (`fusionguard.masking.shapley_passes`, read by name). Turning them into metrics, scoring
 the shadow model and updating the drift windows happens here, on one background thread fed by a
 bounded queue: the response never waits for it, and when the queue is full the item is dropped
 and counted (`fusionguard_telemetry_dropped_total`). `replay` calls `process` directly.
+
+Drift is fed one value per feature per sampled request (`fusionguard.profile.request_means`):
+the request, not the row, is the independent unit (see `monitor.drift`).
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusionguard.metrics import QueryGroups, attention_entropy, attention_mass, shapley_values, spearman_per_query
-from fusionguard.profile import ReferenceProfile, feature_summaries
+from fusionguard.metrics import QueryGroups, attention_entropy, attention_mass, spearman_per_query
+from fusionguard.profile import ReferenceProfile, feature_summaries, request_means
 from fusionguard.scorer import Scorer
-from monitor.drift import DriftTracker
+from monitor.drift import DEFAULT_WINDOW, DriftTracker
 from monitor.metrics import MonitorMetrics
 from monitor.service import Scored
 
@@ -33,8 +36,8 @@ _STOP = object()
 class TelemetryConfig:
     queue_size: int = 64  # items waiting for the worker (memory: about queue_size x request size); beyond: dropped, counted
     shadow_window: int = 200  # requests in the windowed mean shadow Spearman
-    drift_window: int = 2000  # live values per feature in the drift window (rows, not requests)
-    drift_min_values: int = 100  # values needed before PSI / KS are reported
+    drift_window: int = DEFAULT_WINDOW  # telemetry-sampled requests per drift window (one value each per feature)
+    drift_min_requests: int | None = None  # requests needed before PSI / KS are reported; None: a full window
     drift_every: int = 10  # recompute drift gauges every this many processed items
 
 
@@ -134,9 +137,8 @@ class TelemetryWorker:
         drift_values: dict[str, np.ndarray] = dict(feature_summaries(scored.feeds))
 
         share = float("nan")
-        if scored.telemetry:
-            s_tv, s_t, s_v, s_none = (o.score for o in scored.outputs[:4])
-            _, _, per_row = shapley_values(s_tv, s_t, s_v, s_none)
+        if scored.telemetry and scored.passes is not None:
+            _, _, per_row = scored.passes.values(scored.by_mask())
             drift_values["visual_share"] = per_row
             finite = per_row[np.isfinite(per_row)]
             if finite.size:
@@ -155,7 +157,7 @@ class TelemetryWorker:
                 m.attention_entropy.labels(*labels).observe(entropy)
 
         rho = self._shadow(full.score, scored.feeds)
-        self._update_drift(state.profile, drift_values)
+        self._update_drift(state.profile, request_means(drift_values))
         return RequestTelemetry(share, mass, entropy, rho)
 
     def _shadow(self, served: np.ndarray, feeds: dict[str, np.ndarray]) -> float:
@@ -183,7 +185,7 @@ class TelemetryWorker:
             return
         if profile is not self._drift_profile:  # a reload brought a new profile: start fresh windows
             self._drift_profile = profile
-            self._drift = DriftTracker(profile, self.config.drift_window, self.config.drift_min_values)
+            self._drift = DriftTracker(profile, self.config.drift_window, self.config.drift_min_requests)
         self._drift.add(values)
         self._processed += 1
         if self._processed % self.config.drift_every == 0:

@@ -95,19 +95,23 @@ def _fake_gate_report(report_dir: Path, model: Path, variant: str, profile_json:
     return report_dir
 
 
-def _profile_json(model: Path, feeds: dict[str, np.ndarray]) -> str:
-    """The gate's reference profile of `model` on `feeds` (visual share, attention mass, features)."""
-    from fusionguard.metrics import attention_mass, shapley_values
+def _profile_json(model: Path, data) -> str:  # noqa: ANN001 - a toymodels Batch
+    """The gate's reference profile of `model` on `data` (visual share, attention mass, features),
+    one unit per query, built like the gate's (`fusionguard.masking`, `fusionguard.profile`)."""
+    from fusionguard.masking import shapley_passes
+    from fusionguard.metrics import attention_mass
     from fusionguard.profile import build_profile, feature_summaries
     from fusionguard.registry import file_sha256
-    from fusionguard.scorer import Mask, Scorer
+    from fusionguard.scorer import Scorer
 
     scorer = Scorer(model, device="cpu", threads=1)
-    masks = (Mask(), Mask(frozenset({"visual"})), Mask(frozenset({"text"})), Mask(frozenset({"text", "visual"})))
-    full, text_only, visual_only, none = scorer.run(feeds, masks)
-    _, _, share = shapley_values(full.score, text_only.score, visual_only.score, none.score)
-    mass = attention_mass(full.attention, scorer.contract.attention_keys["visual"])
-    profile = build_profile(file_sha256(model), share, feature_summaries(feeds), mass)
+    passes = shapley_passes("zero")
+    outputs = dict(zip(passes.masks, scorer.run(data.feeds, passes.masks)))
+    _, _, share = passes.values({m: o.score for m, o in outputs.items()})
+    mass = attention_mass(outputs[passes.full].attention, scorer.contract.attention_keys["visual"])
+    profile = build_profile(
+        file_sha256(model), share, feature_summaries(data.feeds), mass, requests=data.query_id, shapley_strategy="zero"
+    )
     return profile.to_json()
 
 
@@ -164,7 +168,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     v1 = toymodels.save(toymodels.build_text_model(), tmp / "v1.onnx")
     data = toymodels.make_toy_dataset(n_queries=20, n_candidates=N_CANDIDATES, seed=1)
     feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in data.feeds.items()}
-    profile = _profile_json(fusion, feeds)  # the healthy model's reference, kept for both versions
+    profile = _profile_json(fusion, data)  # the healthy model's reference, kept for both versions
 
     registry = Registry(tmp / "registry")
     registry.promote(fusion, _fake_gate_report(tmp / "gate-fusion", fusion, "toy-fusion", profile))
