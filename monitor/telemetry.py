@@ -51,6 +51,20 @@ class RequestTelemetry:
     shadow_spearman: float  # Spearman of served vs shadow scores over the request's candidates
 
 
+def request_values(scored: Scored) -> dict[str, float]:
+    """One value per drift feature for a scored request: the mean over its candidates of each
+    input's L2 norm, of the Shapley visual share (telemetry passes only) and of the visual
+    attention mass (heads averaged), as `fusionguard.profile.request_means` reduces them for the
+    reference profile. Features the request cannot give are absent."""
+    per_row: dict[str, np.ndarray] = dict(feature_summaries(scored.feeds))
+    if scored.telemetry and scored.passes is not None:
+        per_row["visual_share"] = scored.passes.values(scored.by_mask())[2]
+    full, keys = scored.outputs[0], scored.state.scorer.contract.attention_keys
+    if full.attention is not None and "visual" in keys:
+        per_row["attention_mass"] = attention_mass(full.attention, keys["visual"])  # (N, H)
+    return {name: float(v[0]) for name, v in request_means(per_row).items()}
+
+
 class TelemetryWorker:
     """Turns scored requests into telemetry metrics; `submit` from the request path, never blocks."""
 
@@ -131,33 +145,25 @@ class TelemetryWorker:
 
     def _process(self, scored: Scored) -> RequestTelemetry:
         state = scored.state
-        contract = state.scorer.contract
         m, labels = self.metrics, (self.name, state.version)
         full = scored.outputs[0]
-        drift_values: dict[str, np.ndarray] = dict(feature_summaries(scored.feeds))
+        per_request = request_values(scored)  # the request's one value per feature (drift unit)
 
-        share = float("nan")
-        if scored.telemetry and scored.passes is not None:
-            _, _, per_row = scored.passes.values(scored.by_mask())
-            drift_values["visual_share"] = per_row
-            finite = per_row[np.isfinite(per_row)]
-            if finite.size:
-                share = float(finite.mean())
-                m.modality_share.labels(*labels, "visual").observe(share)
-                m.modality_share.labels(*labels, "text").observe(1.0 - share)
+        share = float(per_request.get("visual_share", np.nan))
+        if np.isfinite(share):
+            m.modality_share.labels(*labels, "visual").observe(share)
+            m.modality_share.labels(*labels, "text").observe(1.0 - share)
 
-        mass = entropy = float("nan")
-        if full.attention is not None and "visual" in contract.attention_keys:
-            per_row_mass = attention_mass(full.attention, contract.attention_keys["visual"]).mean(axis=1)  # (N,)
-            drift_values["attention_mass"] = per_row_mass
-            mass = float(per_row_mass.mean())
+        mass = float(per_request.get("attention_mass", np.nan))
+        entropy = float("nan")
+        if "attention_mass" in per_request:
             m.attention_mass.labels(*labels).observe(mass)
             if full.attention.shape[2] >= 2:
                 entropy = float(attention_entropy(full.attention).mean())
                 m.attention_entropy.labels(*labels).observe(entropy)
 
         rho = self._shadow(full.score, scored.feeds)
-        self._update_drift(state.profile, request_means(drift_values))
+        self._update_drift(state.profile, per_request)
         return RequestTelemetry(share, mass, entropy, rho)
 
     def _shadow(self, served: np.ndarray, feeds: dict[str, np.ndarray]) -> float:
@@ -180,7 +186,7 @@ class TelemetryWorker:
             self.metrics.shadow_spearman.labels(self.name).set(float(np.mean(self._spearman)))
         return rho
 
-    def _update_drift(self, profile: ReferenceProfile | None, values: dict[str, np.ndarray]) -> None:
+    def _update_drift(self, profile: ReferenceProfile | None, values: dict[str, float]) -> None:
         if profile is None:
             return
         if profile is not self._drift_profile:  # a reload brought a new profile: start fresh windows
