@@ -192,6 +192,9 @@ class TelemetryWorker:
         if profile is not self._drift_profile:  # a reload brought a new profile: start fresh windows
             self._drift_profile = profile
             self._drift = DriftTracker(profile, self.config.drift_window, self.config.drift_min_requests)
+            for feature in self._drift.features:  # no stale value of the old window until the new one is full
+                self.metrics.drift_psi.labels(self.name, feature).set(float("nan"))
+                self.metrics.drift_pvalue.labels(self.name, feature).set(float("nan"))
         self._drift.add(values)
         self._processed += 1
         if self._processed % self.config.drift_every == 0:

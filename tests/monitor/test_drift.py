@@ -106,3 +106,38 @@ def test_in_distribution_windows_rarely_exceed_the_alert_threshold():
     edges, counts = profile.features["visual_tokens"].edges, profile.features["visual_tokens"].counts
     psis = [psi(rng.choice(values, DEFAULT_WINDOW), edges, counts) for _ in range(200)]
     assert np.mean(np.array(psis) > PSI_MAJOR) <= 0.01
+
+
+def test_a_new_profile_clears_the_drift_gauges_until_its_window_is_full(tmp_path):
+    import dataclasses
+
+    from prometheus_client import CollectorRegistry
+
+    from fusionguard import toymodels
+    from fusionguard.profile import ReferenceProfile, feature_summaries
+    from monitor.metrics import MonitorMetrics
+    from monitor.service import ModelService, ServiceConfig
+    from monitor.telemetry import TelemetryConfig, TelemetryWorker
+
+    data = toymodels.make_toy_dataset(n_queries=10, n_candidates=5, seed=4)
+    model = toymodels.save(toymodels.build_fusion_model(1.0), tmp_path / "fusion.onnx")
+    service = ModelService(ServiceConfig(model=model, device="cpu", telemetry_share=1.0))
+    passes = service.passes
+    scores = dict(zip(passes.masks, (o.score for o in service.state.scorer.run(data.feeds, passes.masks))))
+    path = build_profile(
+        service.state.scorer.sha256, passes.values(scores)[2], feature_summaries(data.feeds),
+        requests=data.query_id, shapley_strategy="zero",
+    ).write(tmp_path / "profile.json")
+    registry = CollectorRegistry()
+    worker = TelemetryWorker("ranker", MonitorMetrics.create(registry), config=TelemetryConfig(drift_window=10, drift_every=1))
+    state = dataclasses.replace(service.state, profile=ReferenceProfile.read(path))
+    requests = [{k: v[5 * q : 5 * q + 5] for k, v in data.feeds.items()} for q in range(10)]
+    for feeds in requests:
+        scored = service.score(feeds, telemetry=True)
+        worker.process(dataclasses.replace(scored, state=state))
+    labels = {"model": "ranker", "feature": "visual_tokens"}
+    assert registry.get_sample_value("fusionguard_drift_psi", labels) == pytest.approx(0.0, abs=1e-9)
+    reloaded = dataclasses.replace(state, profile=ReferenceProfile.read(path))  # a reload: a new profile object
+    worker.process(dataclasses.replace(service.score(requests[0], telemetry=True), state=reloaded))
+    assert math.isnan(registry.get_sample_value("fusionguard_drift_psi", labels))
+    assert math.isnan(registry.get_sample_value("fusionguard_drift_pvalue", labels))
