@@ -7,8 +7,8 @@ from monitor.metrics import INVALID_REASONS, MonitorMetrics
 from monitor.protocol import InferRequest, ProtocolError, decode_request, encode_response
 from monitor.replay import ReplayConfig, ReplayResult, replay
 from monitor.server import ServeConfig, ServeResult, build, serve
-from monitor.service import ModelService, ModelState, Scored, ServiceConfig
-from monitor.telemetry import RequestTelemetry, TelemetryConfig, TelemetryWorker
+from monitor.service import ModelService, ModelState, Sampler, Scored, ServiceConfig
+from monitor.telemetry import RequestTelemetry, TelemetryConfig, TelemetryWorker, request_values
 
 __all__ = [
     "AppConfig",
@@ -32,9 +32,11 @@ __all__ = [
     "serve",
     "ModelService",
     "ModelState",
+    "Sampler",
     "Scored",
     "ServiceConfig",
     "RequestTelemetry",
     "TelemetryConfig",
     "TelemetryWorker",
+    "request_values",
 ]
