@@ -26,10 +26,11 @@ from benchmarks._common import best_time, write_results  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from fusionguard import toymodels  # noqa: E402
-from fusionguard.scorer import Mask, Scorer  # noqa: E402
+from fusionguard.masking import shapley_passes  # noqa: E402
+from fusionguard.scorer import Scorer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scorer.json"
-SHAPLEY_MASKS = [Mask(), Mask("visual"), Mask("text"), Mask(frozenset({"text", "visual"}))]
+SHAPLEY_MASKS = list(shapley_passes("zero").masks)  # the gate's and the monitor's four passes
 
 
 def run(sizes: list[int], dim: int, n_tokens: int, heads: int, repeats: int, dataset_rows: int) -> dict:

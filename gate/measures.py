@@ -17,6 +17,7 @@ import numpy as np
 from fusionguard import metrics, stats
 from fusionguard.dataset import Batch
 from fusionguard.errors import EvaluationError
+from fusionguard.masking import ShapleyPasses, shapley_passes
 from fusionguard.scorer import Mask, Scorer
 
 from gate.policy import Policy
@@ -31,14 +32,12 @@ class PassPlan:
     full: Mask
     visual: tuple[Mask, ...]  # visual ablation, one per permutation
     text: tuple[Mask, ...]  # text ablation, one per permutation
-    shapley_t: Mask  # text present, visual masked
-    shapley_v: Mask  # visual present, text masked
-    shapley_none: Mask  # both masked
+    shapley: ShapleyPasses  # the four Shapley passes (the core's one definition, shared with the monitor)
 
     @property
     def masks(self) -> list[Mask]:
         """Every distinct mask, in a fixed order."""
-        ordered = [self.full, *self.visual, *self.text, self.shapley_t, self.shapley_v, self.shapley_none]
+        ordered = [self.full, *self.visual, *self.text, *self.shapley.masks]
         return list(dict.fromkeys(ordered))
 
 
@@ -51,9 +50,7 @@ def plan_passes(policy: Policy) -> PassPlan:
         full=Mask(),
         visual=tuple(Mask(frozenset({"visual"}), a.strategy, seed) for seed in seeds),
         text=tuple(Mask(frozenset({"text"}), a.strategy, seed) for seed in seeds),
-        shapley_t=Mask(frozenset({"visual"}), s.strategy, policy.seed),
-        shapley_v=Mask(frozenset({"text"}), s.strategy, policy.seed),
-        shapley_none=Mask(frozenset({"text", "visual"}), s.strategy, policy.seed),
+        shapley=shapley_passes(s.strategy, policy.seed),
     )
 
 
@@ -116,7 +113,7 @@ def measure_model(
     ndcg = by_mask[plan.full]
     ndcg_v = np.mean([by_mask[m] for m in plan.visual], axis=0)
     ndcg_t = np.mean([by_mask[m] for m in plan.text], axis=0)
-    phi_t, phi_v, share = metrics.shapley_values(s[plan.full], s[plan.shapley_t], s[plan.shapley_v], s[plan.shapley_none])
+    phi_t, phi_v, share = plan.shapley.values(s)
     mass = entropy = None
     if result.attention is not None and "visual" in scorer.contract.attention_keys:
         mass = metrics.attention_mass(result.attention, scorer.contract.attention_keys["visual"])

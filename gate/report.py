@@ -17,7 +17,9 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from fusionguard import __version__
+import numpy as np
+
+from fusionguard import __version__, metrics
 from fusionguard.errors import FusionGuardError, InvalidInputError
 from fusionguard.profile import build_profile, feature_summaries
 
@@ -190,6 +192,13 @@ def junit(report: dict[str, Any]) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
+def _query_of_row(groups: metrics.QueryGroups) -> np.ndarray:
+    """(N,) index of each row's query, rows in the caller's (dataset) order."""
+    out = np.empty(groups.order.size, dtype=np.int64)
+    out[groups.order] = groups.query_index_sorted
+    return out
+
+
 def write_reports(result: GateResult, out: Path) -> Path:
     """Write every report file into `out` (created) and return it.
 
@@ -201,7 +210,7 @@ def write_reports(result: GateResult, out: Path) -> Path:
     except OSError as err:
         raise InvalidInputError(f"cannot create the report directory {out} ({err}); pick a writable --out") from None
     profile_note = None
-    if result.measures is not None and result.candidate.sha256:
+    if result.measures is not None and result.candidate.sha256 and result.groups is not None:
         try:
             m = result.measures
             profile = build_profile(
@@ -209,6 +218,8 @@ def write_reports(result: GateResult, out: Path) -> Path:
                 m.visual_share,
                 feature_summaries(result.feeds or {}),
                 attention_mass=m.attention_mass,
+                requests=_query_of_row(result.groups),
+                shapley_strategy=result.policy.shapley.strategy,
                 seed=result.policy.seed,
             )
             profile.write(out / "profile.json")

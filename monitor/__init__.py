@@ -7,8 +7,8 @@ from monitor.metrics import ERROR_REASONS, INVALID_REASONS, OUTCOMES, MonitorMet
 from monitor.protocol import InferRequest, ProtocolError, decode_request, encode_response
 from monitor.replay import ReplayConfig, ReplayResult, replay
 from monitor.server import ServeConfig, ServeResult, build, configure_logging, serve
-from monitor.service import ModelNotLoadedError, ModelService, ModelState, Scored, ServiceConfig
-from monitor.telemetry import RequestTelemetry, TelemetryConfig, TelemetryWorker
+from monitor.service import ModelNotLoadedError, ModelService, ModelState, Sampler, Scored, ServiceConfig
+from monitor.telemetry import RequestTelemetry, TelemetryConfig, TelemetryWorker, request_values
 
 __all__ = [
     "AppConfig",
@@ -36,9 +36,11 @@ __all__ = [
     "ModelNotLoadedError",
     "ModelService",
     "ModelState",
+    "Sampler",
     "Scored",
     "ServiceConfig",
     "RequestTelemetry",
     "TelemetryConfig",
     "TelemetryWorker",
+    "request_values",
 ]

@@ -29,11 +29,17 @@ def _model_options(fn):  # noqa: ANN001, ANN201 - click decorator stack
     return fn
 
 
-def _service(registry, model, name, shadow, profile, device, threads, share) -> ServiceConfig:  # noqa: ANN001
+def _service(registry, model, name, shadow, profile, device, threads, share, seed=None) -> ServiceConfig:  # noqa: ANN001
     return ServiceConfig(
         model=model, registry=registry, name=name, shadow=shadow, profile=profile,
-        telemetry_share=share, device=device, threads=threads,
+        telemetry_share=share, telemetry_seed=seed, device=device, threads=threads,
     )
+
+
+_telemetry_seed = click.option(
+    "--telemetry-seed", type=click.IntRange(min=0), default=None,
+    help="Seed of the random per-request telemetry draw (reproducible sampling; default: fresh entropy).",
+)
 
 
 @click.group(cls=LazyGroup, lazy={})
@@ -48,6 +54,7 @@ def monitor() -> None:
 @_model_options
 @click.option("--telemetry-share", type=float, default=ServiceConfig.telemetry_share, show_default=True,
               help="Share of requests that also run the masked Shapley passes.")
+@_telemetry_seed
 @click.option("--max-concurrency", type=int, default=AppConfig.max_concurrency, show_default=True,
               help="Admitted inference requests at once; beyond it the server answers 503.")
 @click.option("--max-body-bytes", type=int, default=AppConfig.max_body_bytes, show_default=True,
@@ -70,9 +77,9 @@ def monitor() -> None:
               show_default=True, help="Log lines (timestamped, on stderr) at this level and above.")
 @click.option("--access-log/--no-access-log", default=False, show_default=True,
               help="Log one line per HTTP request (uvicorn's access log, at INFO).")
-def serve(registry, model, name, shadow, profile, device, threads, telemetry_share, max_concurrency,  # noqa: ANN001
-          max_body_bytes, inference_threads, telemetry_queue, host, port, graceful_timeout, body_timeout,
-          max_body_readers, registry_poll_seconds, log_level, access_log) -> None:
+def serve(registry, model, name, shadow, profile, device, threads, telemetry_share, telemetry_seed,  # noqa: ANN001
+          max_concurrency, max_body_bytes, inference_threads, telemetry_queue, host, port, graceful_timeout,
+          body_timeout, max_body_readers, registry_poll_seconds, log_level, access_log) -> None:
     """Serve a model over OIP v2 REST (JSON and binary tensors) with /metrics.
 
     POST /v2/repository/models/NAME/load, SIGHUP or --registry-poll-seconds reload the
@@ -92,7 +99,7 @@ def serve(registry, model, name, shadow, profile, device, threads, telemetry_sha
 
         raise InvalidInputError("--registry-poll-seconds needs --registry; a --model file is reloaded by the load endpoint")
     config = ServeConfig(
-        service=_service(registry, model, name, shadow, profile, device, threads, telemetry_share),
+        service=_service(registry, model, name, shadow, profile, device, threads, telemetry_share, telemetry_seed),
         app=AppConfig(max_concurrency=max_concurrency, max_body_bytes=max_body_bytes, inference_threads=inference_threads,
                       body_timeout_s=body_timeout, max_body_readers=max_body_readers,
                       registry_poll_s=registry_poll_seconds),
@@ -112,8 +119,9 @@ def serve(registry, model, name, shadow, profile, device, threads, telemetry_sha
 @click.option("--job", default="fusionguard_replay", show_default=True, help="Pushgateway job label.")
 @click.option("--telemetry-share", type=float, default=1.0, show_default=True,
               help="Share of requests with telemetry (offline, every request by default).")
+@_telemetry_seed
 def replay(registry, model, name, shadow, profile, device, threads, data, out, pushgateway, job,  # noqa: ANN001
-           telemetry_share) -> None:
+           telemetry_share, telemetry_seed) -> None:
     """Score logged traffic through the serving code and write the same metrics.
 
     Each query's rows are one request.
@@ -125,7 +133,7 @@ def replay(registry, model, name, shadow, profile, device, threads, data, out, p
     result = run_replay(
         ReplayConfig(
             data=data,
-            service=_service(registry, model, name, shadow, profile, device, threads, telemetry_share),
+            service=_service(registry, model, name, shadow, profile, device, threads, telemetry_share, telemetry_seed),
             out=out, pushgateway=pushgateway, job=job, progress=True,
         )
     )

@@ -1,17 +1,23 @@
-"""Windowed drift of live values against the gate's reference profile.
+"""Windowed drift of live per-request values against the gate's reference profile.
 
-For each tracked feature (the per-candidate visual share, the per-row visual attention mass and
-the per-row L2 norm of each input, as `fusionguard.profile.feature_summaries` computes it) the
-monitor keeps the last `window` live values and compares them with the profile:
+The unit is the request: for each tracked feature (the visual share, the visual attention mass
+and the L2 norm of each input) a telemetry-sampled request contributes ONE value, the mean over
+its candidates (`fusionguard.profile.request_means`), and the profile summarises the same
+per-query values of the eval set. The rows of a request are not independent (its query vector is
+repeated on every row), so statistics over rows treat ~50 copies of one value as 50 observations
+and fire on normal traffic (issue 16); statistics over requests do not. The monitor keeps the
+last `window` requests' values and, once the window is full, compares them with the profile:
 
 - **PSI** (population stability index) of the window's histogram over the profile's quantile
   edges against the profile's counts: `sum((q - p) * ln(q / p))`, bin shares floored at
-  `PSI_FLOOR` so empty bins stay finite. Rule of thumb used by the alert rules: < 0.1 stable,
-  0.1 - 0.25 moderate shift, > 0.25 major shift.
+  `PSI_FLOOR` so empty bins stay finite. The alert threshold `PSI_MAJOR` and the window size
+  come from the false-alarm and detection numbers of `benchmarks/drift.py` (docs/runbooks.md).
 - **two-sample Kolmogorov-Smirnov test** (scipy) of the window against the profile's sample; the
-  p-value is exported, an alert fires below 0.01 (after the window is full, see docs/monitor.md).
+  p-value is exported for dashboards (no alert: one p-value per feature per evaluation would
+  fire on ~1% of in-distribution windows per feature by construction).
 
-Both need a minimum number of live values (`min_values`) before they are reported.
+Nothing is reported before the window holds `min_requests` values: a half-empty window has a
+larger null spread of PSI than the thresholds were calibrated for.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ import numpy as np
 from fusionguard.profile import ReferenceProfile, Summary
 
 PSI_FLOOR = 1e-4  # smallest bin share used in PSI, keeps ln(q/p) finite for empty bins
-PSI_MODERATE = 0.1  # documented thresholds (docs/monitor.md, deploy alert rules)
-PSI_MAJOR = 0.25
-KS_ALPHA = 0.01
+PSI_MODERATE = 0.1  # dashboard band (docs/monitor.md)
+PSI_MAJOR = 0.25  # the FusionGuardModalityDrift threshold (deploy/prometheus rules, benchmarks/drift.py)
+KS_ALPHA = 0.01  # dashboard band for the KS p-value
+DEFAULT_WINDOW = 200  # requests per drift window (benchmarks/drift.py measures false alarms at this size)
 
 
 def psi(values: np.ndarray, edges: np.ndarray, counts: np.ndarray) -> float:
@@ -54,14 +61,13 @@ def psi(values: np.ndarray, edges: np.ndarray, counts: np.ndarray) -> float:
 @dataclass(frozen=True)
 class DriftResult:
     feature: str
-    n: int  # live values in the window
+    n: int  # requests in the window with a finite value of the feature
     psi: float
     pvalue: float
 
 
 class _Window:
     def __init__(self, summary: Summary, size: int) -> None:
-        self.summary = summary
         self.values: deque[float] = deque(maxlen=size)
         self.edges = np.asarray(summary.edges, dtype=np.float64)
         self.counts = np.asarray(summary.counts, dtype=np.float64)
@@ -69,15 +75,15 @@ class _Window:
 
 
 class DriftTracker:
-    """Windows of live values per feature and their drift against a reference profile.
+    """The last `window` requests' values per feature and their drift against a reference profile.
 
     Thread-safe: `add` is called from the telemetry worker, `results` from anywhere.
     """
 
-    def __init__(self, profile: ReferenceProfile, window: int = 2000, min_values: int = 100) -> None:
+    def __init__(self, profile: ReferenceProfile, window: int = DEFAULT_WINDOW, min_requests: int | None = None) -> None:
         self.profile = profile
         self.window = window
-        self.min_values = min_values
+        self.min_requests = window if min_requests is None else min_requests
         self._lock = threading.Lock()
         self._windows: dict[str, _Window] = {"visual_share": _Window(profile.visual_share, window)}
         if profile.attention_mass is not None:
@@ -89,25 +95,27 @@ class DriftTracker:
     def features(self) -> tuple[str, ...]:
         return tuple(self._windows)
 
-    def add(self, values: Mapping[str, np.ndarray]) -> None:
-        """Append live values (feature -> 1-D array); unknown features and NaNs are ignored."""
+    def add(self, values: Mapping[str, float]) -> None:
+        """Append one request's values (feature -> its per-request value, `request_means`).
+
+        Unknown features and non-finite values are ignored.
+        """
         with self._lock:
-            for name, vals in values.items():
+            for name, value in values.items():
                 w = self._windows.get(name)
-                if w is None:
-                    continue
-                arr = np.asarray(vals, dtype=np.float64).ravel()
-                w.values.extend(arr[np.isfinite(arr)].tolist())
+                v = float(np.asarray(value, dtype=np.float64).reshape(-1)[0]) if w is not None else float("nan")
+                if w is not None and np.isfinite(v):
+                    w.values.append(v)
 
     def results(self) -> list[DriftResult]:
-        """PSI and KS p-value per feature whose window holds at least `min_values` values."""
+        """PSI and KS p-value per feature whose window holds at least `min_requests` values."""
         with self._lock:
             snap = {name: (np.fromiter(w.values, dtype=np.float64), w) for name, w in self._windows.items()}
         from scipy import stats  # imported on first use: scipy.stats costs seconds at server start
 
         out = []
         for name, (vals, w) in snap.items():
-            if vals.size < self.min_values:
+            if vals.size < self.min_requests:
                 continue
             value = psi(vals, w.edges, w.counts)
             pvalue = float(stats.ks_2samp(vals, w.sample).pvalue) if w.sample.size else float("nan")

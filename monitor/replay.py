@@ -24,7 +24,7 @@ from fusionguard.scorer import InvalidFeedsError
 from monitor.app import record_scored
 from monitor.metrics import MonitorMetrics
 from monitor.service import ModelService, ServiceConfig
-from monitor.telemetry import TelemetryWorker
+from monitor.telemetry import TelemetryConfig, TelemetryWorker
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class ReplayConfig:
     job: str = "fusionguard_replay"  # Pushgateway job label
     batch_rows: int = 65_536  # rows read from Parquet at a time
     progress: bool = False
+    telemetry: TelemetryConfig = TelemetryConfig()  # drift window etc., as in `serve`
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def replay(config: ReplayConfig) -> ReplayResult:
     service = ModelService(config.service)
     registry = CollectorRegistry()
     metrics = MonitorMetrics.create(registry)
-    worker = TelemetryWorker(service.name, metrics, service.shadow)
+    worker = TelemetryWorker(service.name, metrics, service.shadow, config.telemetry)
     state = service.state
     if state is None:
         raise InvalidInputError(f"registry {config.service.registry} has no current model; promote one with `fusionguard promote`")

@@ -4,7 +4,13 @@ A `ModelService` holds an immutable `ModelState` (scorer, version, profile) behi
 A request reads the reference once and uses that state to the end, so a reload, which builds the
 new session completely before it swaps the reference, never drops or mixes a request. Scoring
 runs the unmasked pass and, for a telemetry-sampled request, the three masked passes of the
-exact two-modality Shapley values in ONE `Scorer.run` (one `session.run`).
+exact two-modality Shapley values in ONE `Scorer.run` (one `session.run`). The passes come from
+the core's one definition (`fusionguard.masking.shapley_passes`) with the monitor's strategy
+(`ServiceConfig.shapley_strategy`, "zero" as the gate's default); a reference profile measured
+with another strategy is refused at load (exit 2 at start, the old model kept on a reload).
+
+Which requests get telemetry is a seeded random draw per request (`Sampler`), not every n-th
+request: a client cycling through a fixed list of queries cannot line up with it.
 """
 
 from __future__ import annotations
@@ -18,14 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from fusionguard.errors import InvalidInputError
+from fusionguard.masking import MONITOR_STRATEGIES, ShapleyPasses, shapley_passes
 from fusionguard.profile import ReferenceProfile
 from fusionguard.registry import Registry, file_sha256
 from fusionguard.scorer import InvalidFeedsError, Mask, Outputs, Scorer, feed_problems
 
 logger = logging.getLogger(__name__)
 
-# [full, visual masked, text masked, both masked]: s(t,v), s(t,-), s(-,v), s(-,-) for shapley_values.
-TELEMETRY_MASKS = (Mask(), Mask(frozenset({"visual"})), Mask(frozenset({"text"})), Mask(frozenset({"text", "visual"})))
 FULL_ONLY = (Mask(),)
 
 
@@ -39,6 +44,8 @@ class ServiceConfig:
     shadow: Path | None = None  # V1 model scoring the same candidates off the request path
     profile: Path | None = None  # reference profile; default: the registry version's profile.json
     telemetry_share: float = 0.05  # share of requests with the masked Shapley passes (see docs/monitor.md)
+    telemetry_seed: int | None = None  # seed of the per-request telemetry draw; None: fresh OS entropy
+    shapley_strategy: str = "zero"  # masking of the live Shapley passes; a profile must record the same
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     threads: int | None = None  # ONNX Runtime intra-op threads (None: ONNX Runtime decides)
 
@@ -50,6 +57,12 @@ class ServiceConfig:
             out.append(f"--registry {self.registry} is not a directory; create it (an empty registry starts not-ready)")
         if not 0.0 <= self.telemetry_share <= 1.0:
             out.append(f"--telemetry-share must be in [0, 1], got {self.telemetry_share}")
+        if self.shapley_strategy not in MONITOR_STRATEGIES:
+            out.append(
+                f"Shapley strategy {self.shapley_strategy!r} cannot be computed per request; use one of {list(MONITOR_STRATEGIES)}"
+            )
+        if self.telemetry_seed is not None and self.telemetry_seed < 0:
+            out.append(f"--telemetry-seed must be >= 0, got {self.telemetry_seed}")
         if not self.name or "/" in self.name:
             out.append(f"model name {self.name!r} must be non-empty and contain no '/'")
         return out
@@ -76,9 +89,15 @@ class Scored:
 
     state: ModelState  # the version that scored it
     feeds: dict[str, np.ndarray]
-    outputs: list[Outputs]  # one per mask; [0] is the real pass
-    telemetry: bool  # outputs holds the four Shapley passes
+    outputs: list[Outputs]  # one per mask of `masks`; [0] is the real pass
+    telemetry: bool  # outputs holds the four Shapley passes of `passes`
     seconds: float  # wall time of the ONNX Runtime call
+    masks: tuple[Mask, ...] = FULL_ONLY  # the pass of each output
+    passes: ShapleyPasses | None = None  # the Shapley pass set, when telemetry
+
+    def by_mask(self) -> dict[Mask, np.ndarray]:
+        """Scores keyed by the pass (mask) that produced them."""
+        return {mask: out.score for mask, out in zip(self.masks, self.outputs)}
 
     def response_outputs(self) -> dict[str, np.ndarray]:
         c = self.state.scorer.contract
@@ -89,19 +108,26 @@ class Scored:
 
 
 class Sampler:
-    """Deterministic sampling of a share of requests: request i is sampled when
-    floor((i + 1) * share) > floor(i * share), so exactly round-down(n * share) of the first n are."""
+    """Random per-request sampling of a share of requests, reproducible with a seed.
 
-    def __init__(self, share: float) -> None:
+    Each call is an independent Bernoulli(share) draw from one seeded generator, so the n-th
+    decision is the same for a given seed whatever the traffic; no periodic pattern exists for a
+    cyclic client to line up with. `seed=None` draws the seed from the OS.
+    """
+
+    def __init__(self, share: float, seed: int | None = None) -> None:
         self.share = share
-        self._i = 0
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
 
     def __call__(self) -> bool:
+        if self.share >= 1.0:
+            return True
+        if self.share <= 0.0:
+            return False
         with self._lock:
-            i = self._i
-            self._i += 1
-        return int((i + 1) * self.share) > int(i * self.share)
+            return bool(self._rng.random() < self.share)
 
 
 class ModelNotLoadedError(InvalidInputError):
@@ -121,12 +147,13 @@ class ModelService:
         self.shadow: Scorer | None = None
         if config.shadow is not None:
             self.shadow = Scorer(config.shadow, device=config.device, threads=config.threads)
+        self.sampler = Sampler(config.telemetry_share, config.telemetry_seed)
+        self.passes = shapley_passes(config.shapley_strategy, config.telemetry_seed or 0)
         # None until a model is loaded: a registry with nothing promoted yet, or after unload().
         self._state: ModelState | None = self._load()
         if self._state is None:
             logger.warning("registry %s has no current model yet; not ready until one is promoted and reloaded",
                            config.registry)
-        self.sampler = Sampler(config.telemetry_share)
 
     # ----- loading -------------------------------------------------------------------------
     def _resolve(self) -> tuple[Path, str | None, Path | None] | None:
@@ -146,6 +173,13 @@ class ModelService:
         path, version, profile_path = resolved
         scorer = Scorer(path, device=self.config.device, threads=self.config.threads)
         profile = ReferenceProfile.read(profile_path) if profile_path is not None else None
+        if profile is not None and profile.shapley_strategy != self.config.shapley_strategy:
+            raise InvalidInputError(
+                f"reference profile {profile_path} was measured with Shapley strategy {profile.shapley_strategy!r} "
+                f"but the monitor computes live shares with {self.config.shapley_strategy!r}: the visual shares "
+                "would be different measures. Re-run the gate with the policy's shapley.strategy = "
+                f"{self.config.shapley_strategy!r} and promote its profile"
+            )
         if profile is not None and profile.model_sha256 != scorer.sha256:
             logger.warning(
                 "profile %s describes model %s but the served model is %s; drift compares against it anyway",
@@ -204,7 +238,9 @@ class ModelService:
         if problems:
             raise InvalidFeedsError(problems)
         telemetry = telemetry and state.two_modalities
-        masks = TELEMETRY_MASKS if telemetry else FULL_ONLY
+        masks = self.passes.masks if telemetry else FULL_ONLY
         start = time.perf_counter()
         outputs = state.scorer.run(feeds, masks)
-        return Scored(state, feeds, outputs, telemetry, time.perf_counter() - start)
+        return Scored(
+            state, feeds, outputs, telemetry, time.perf_counter() - start, masks, self.passes if telemetry else None
+        )

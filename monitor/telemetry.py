@@ -1,10 +1,13 @@
 """Live contribution telemetry, computed off the request path.
 
 For a telemetry-sampled request the scoring call already returned the four passes the exact
-two-modality Shapley values need (`service.TELEMETRY_MASKS`). Turning them into metrics, scoring
+two-modality Shapley values need (`fusionguard.masking.shapley_passes`, read by name). Turning them into metrics, scoring
 the shadow model and updating the drift windows happens here, on one background thread fed by a
 bounded queue: the response never waits for it, and when the queue is full the item is dropped
 and counted (`fusionguard_telemetry_dropped_total`). `replay` calls `process` directly.
+
+Drift is fed one value per feature per sampled request (`fusionguard.profile.request_means`):
+the request, not the row, is the independent unit (see `monitor.drift`).
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fusionguard.metrics import QueryGroups, attention_entropy, attention_mass, shapley_values, spearman_per_query
-from fusionguard.profile import ReferenceProfile, feature_summaries
+from fusionguard.metrics import QueryGroups, attention_entropy, attention_mass, spearman_per_query
+from fusionguard.profile import ReferenceProfile, feature_summaries, request_means
 from fusionguard.scorer import Scorer
-from monitor.drift import DriftTracker
+from monitor.drift import DEFAULT_WINDOW, DriftTracker
 from monitor.metrics import MonitorMetrics
 from monitor.service import Scored
 
@@ -33,8 +36,8 @@ _STOP = object()
 class TelemetryConfig:
     queue_size: int = 64  # items waiting for the worker (memory: about queue_size x request size); beyond: dropped, counted
     shadow_window: int = 200  # requests in the windowed mean shadow Spearman
-    drift_window: int = 2000  # live values per feature in the drift window (rows, not requests)
-    drift_min_values: int = 100  # values needed before PSI / KS are reported
+    drift_window: int = DEFAULT_WINDOW  # telemetry-sampled requests per drift window (one value each per feature)
+    drift_min_requests: int | None = None  # requests needed before PSI / KS are reported; None: a full window
     drift_every: int = 10  # recompute drift gauges every this many processed items
 
 
@@ -46,6 +49,20 @@ class RequestTelemetry:
     visual_attention_mass: float  # mean over candidates and heads
     attention_entropy: float  # mean over candidates and heads, normalised by log K
     shadow_spearman: float  # Spearman of served vs shadow scores over the request's candidates
+
+
+def request_values(scored: Scored) -> dict[str, float]:
+    """One value per drift feature for a scored request: the mean over its candidates of each
+    input's L2 norm, of the Shapley visual share (telemetry passes only) and of the visual
+    attention mass (heads averaged), as `fusionguard.profile.request_means` reduces them for the
+    reference profile. Features the request cannot give are absent."""
+    per_row: dict[str, np.ndarray] = dict(feature_summaries(scored.feeds))
+    if scored.telemetry and scored.passes is not None:
+        per_row["visual_share"] = scored.passes.values(scored.by_mask())[2]
+    full, keys = scored.outputs[0], scored.state.scorer.contract.attention_keys
+    if full.attention is not None and "visual" in keys:
+        per_row["attention_mass"] = attention_mass(full.attention, keys["visual"])  # (N, H)
+    return {name: float(v[0]) for name, v in request_means(per_row).items()}
 
 
 class TelemetryWorker:
@@ -128,34 +145,25 @@ class TelemetryWorker:
 
     def _process(self, scored: Scored) -> RequestTelemetry:
         state = scored.state
-        contract = state.scorer.contract
         m, labels = self.metrics, (self.name, state.version)
         full = scored.outputs[0]
-        drift_values: dict[str, np.ndarray] = dict(feature_summaries(scored.feeds))
+        per_request = request_values(scored)  # the request's one value per feature (drift unit)
 
-        share = float("nan")
-        if scored.telemetry:
-            s_tv, s_t, s_v, s_none = (o.score for o in scored.outputs[:4])
-            _, _, per_row = shapley_values(s_tv, s_t, s_v, s_none)
-            drift_values["visual_share"] = per_row
-            finite = per_row[np.isfinite(per_row)]
-            if finite.size:
-                share = float(finite.mean())
-                m.modality_share.labels(*labels, "visual").observe(share)
-                m.modality_share.labels(*labels, "text").observe(1.0 - share)
+        share = float(per_request.get("visual_share", np.nan))
+        if np.isfinite(share):
+            m.modality_share.labels(*labels, "visual").observe(share)
+            m.modality_share.labels(*labels, "text").observe(1.0 - share)
 
-        mass = entropy = float("nan")
-        if full.attention is not None and "visual" in contract.attention_keys:
-            per_row_mass = attention_mass(full.attention, contract.attention_keys["visual"]).mean(axis=1)  # (N,)
-            drift_values["attention_mass"] = per_row_mass
-            mass = float(per_row_mass.mean())
+        mass = float(per_request.get("attention_mass", np.nan))
+        entropy = float("nan")
+        if "attention_mass" in per_request:
             m.attention_mass.labels(*labels).observe(mass)
             if full.attention.shape[2] >= 2:
                 entropy = float(attention_entropy(full.attention).mean())
                 m.attention_entropy.labels(*labels).observe(entropy)
 
         rho = self._shadow(full.score, scored.feeds)
-        self._update_drift(state.profile, drift_values)
+        self._update_drift(state.profile, per_request)
         return RequestTelemetry(share, mass, entropy, rho)
 
     def _shadow(self, served: np.ndarray, feeds: dict[str, np.ndarray]) -> float:
@@ -178,12 +186,15 @@ class TelemetryWorker:
             self.metrics.shadow_spearman.labels(self.name).set(float(np.mean(self._spearman)))
         return rho
 
-    def _update_drift(self, profile: ReferenceProfile | None, values: dict[str, np.ndarray]) -> None:
+    def _update_drift(self, profile: ReferenceProfile | None, values: dict[str, float]) -> None:
         if profile is None:
             return
         if profile is not self._drift_profile:  # a reload brought a new profile: start fresh windows
             self._drift_profile = profile
-            self._drift = DriftTracker(profile, self.config.drift_window, self.config.drift_min_values)
+            self._drift = DriftTracker(profile, self.config.drift_window, self.config.drift_min_requests)
+            for feature in self._drift.features:  # no stale value of the old window until the new one is full
+                self.metrics.drift_psi.labels(self.name, feature).set(float("nan"))
+                self.metrics.drift_pvalue.labels(self.name, feature).set(float("nan"))
         self._drift.add(values)
         self._processed += 1
         if self._processed % self.config.drift_every == 0:

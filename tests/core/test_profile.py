@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from fusionguard.errors import EvaluationError, ProblemsError
-from fusionguard.profile import ReferenceProfile, Summary, build_profile, feature_summaries
+from fusionguard.profile import ReferenceProfile, Summary, build_profile, feature_summaries, request_means
 
 
 def test_feature_summaries_match_plain_norms():
@@ -25,17 +25,23 @@ def test_feature_summaries_match_plain_norms():
 
 def test_profile_round_trip_and_schema(tmp_path):
     rng = np.random.default_rng(1)
-    share = rng.uniform(size=3000)
-    share[:5] = np.nan
+    share = rng.uniform(size=30_000)
+    share[:10] = np.nan  # the first request (10 rows) has no finite share
+    requests = np.repeat(np.arange(3000), 10)
     profile = build_profile(
-        "ab" * 32, share, feature_summaries({"q": rng.normal(size=(3000, 4))}), attention_mass=rng.uniform(size=(3000, 2))
+        "ab" * 32, share, feature_summaries({"q": rng.normal(size=(30_000, 4))}),
+        attention_mass=rng.uniform(size=(30_000, 2)), requests=requests, shapley_strategy="permute",
     )
     data = json.loads(profile.to_json())
-    assert set(data) == {"profile_version", "model_sha256", "n_rows", "visual_share", "attention_mass", "features"}
+    assert set(data) == {
+        "profile_version", "model_sha256", "n_rows", "n_requests", "unit", "shapley_strategy",
+        "visual_share", "attention_mass", "features",
+    }
+    assert (data["unit"], data["shapley_strategy"], data["profile_version"]) == ("request", "permute", 2)
     assert set(data["visual_share"]) == {"mean", "std", "quantiles", "edges", "counts", "sample"}
     assert len(data["visual_share"]["sample"]) == 2000
-    assert sum(data["visual_share"]["counts"]) == 2995
-    assert data["n_rows"] == 3000
+    assert sum(data["visual_share"]["counts"]) == 2999  # one value per request with a finite share
+    assert (data["n_rows"], data["n_requests"]) == (30_000, 3000)
     path = profile.write(tmp_path / "profile.json")
     assert ReferenceProfile.read(path) == profile
 
@@ -47,7 +53,32 @@ def test_constant_values_get_one_bin():
 
 def test_all_nan_share_is_an_evaluation_error():
     with pytest.raises(EvaluationError, match="undefined"):
-        build_profile("x", np.full(4, np.nan), {})
+        build_profile("x", np.full(4, np.nan), {}, requests=np.zeros(4), shapley_strategy="zero")
+
+
+def test_request_means_count_each_request_once():
+    # Request "b" has 3 rows, "a" 2; the query norm is constant within a request.
+    requests = np.array(["b", "a", "b", "a", "b"], dtype=object)
+    per_row = {"query": np.array([2.0, 5.0, 2.0, 5.0, 2.0]), "share": np.array([0.1, np.nan, 0.3, np.nan, 0.5]),
+               "mass": np.array([[0.2, 0.4], [1.0, 1.0], [0.2, 0.4], [0.0, 0.0], [0.2, 0.4]])}
+    got = request_means(per_row, requests)
+    np.testing.assert_allclose(got["query"], [2.0, 5.0])  # order of first appearance: b, a
+    np.testing.assert_allclose(got["share"], [0.3, np.nan])
+    np.testing.assert_allclose(got["mass"], [0.3, 0.5])
+    one = request_means({"query": np.array([2.0, 2.0]), "share": np.array([np.nan, 0.4])})
+    np.testing.assert_allclose(one["query"], [2.0])
+    np.testing.assert_allclose(one["share"], [0.4])
+
+
+def test_version_1_profile_is_refused_with_a_hint():
+    profile = build_profile("ab" * 32, np.linspace(0, 1, 20), {}, requests=np.repeat(np.arange(4), 5), shapley_strategy="zero")
+    data = {**profile.to_dict(), "profile_version": 1}
+    with pytest.raises(ProblemsError) as err:
+        ReferenceProfile.from_dict(data)
+    assert any("re-run the gate" in p for p in err.value.problems)
+    with pytest.raises(ProblemsError) as err:
+        ReferenceProfile.from_dict({**profile.to_dict(), "shapley_strategy": "shuffle"})
+    assert any("shapley_strategy" in p for p in err.value.problems)
 
 
 def test_malformed_profile_lists_every_problem():

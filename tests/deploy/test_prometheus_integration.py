@@ -1,15 +1,19 @@
 """The monitor and a real Prometheus server on loopback, with the committed alert rules.
 
-The test serves an honest fusion model from a registry, sends traffic (with some invalid
-requests), promotes and hot-reloads a model that ignores its visual input, and then shows through
-the Prometheus HTTP API that
+The test serves an honest fusion model from a registry and replays whole queries drawn at random
+from the eval set its reference profile was built from (with some invalid requests), then the same
+queries with visual tokens x 2, then promotes and hot-reloads a model that ignores its visual
+input, and shows through the Prometheus HTTP API that
+  * in-distribution replay leaves FusionGuardModalityDrift inactive (every feature's PSI under the
+    threshold over two full drift windows, the alert never pending), and the shifted traffic
+    makes it active,
   * every dashboard panel query returns data,
   * every alert's quantity (the left side of `quantity op threshold`) returns data,
-  * the collapse, drift and invalid-request alert expressions are true, and
+  * the collapse, drift and invalid-request alert expressions are true after the swap, and
   * FusionGuardVisualContributionCollapsed is pending or firing for the new version.
 
-The rule file is used exactly as committed (its `for:` windows are 5-30 minutes, so the collapse
-alert is *pending* within the test; promtool's unit tests cover firing). Only the Prometheus
+The rule file is used exactly as committed (its `for:` windows are 5-30 minutes, so alerts are
+*pending* within the test; promtool's unit tests cover firing). Only the Prometheus
 configuration is the test's own: scrape and rule evaluation every second, one loopback target.
 Every process started is terminated and waited for by fixture finalizers.
 """
@@ -30,12 +34,15 @@ import numpy as np
 import pytest
 import yaml
 
+from monitor.drift import DEFAULT_WINDOW
 from tests.deploy._deploy import ALERT_SHAPE, DASHBOARD, RULES_FILE, alert_rules, dashboard_targets, require_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 MODEL_NAME = "ranker"
 N_CANDIDATES = 10  # rows per request
+EVAL_QUERIES = 200  # queries of the eval set the reference profile is built from
+DRIFT_WINDOW = DEFAULT_WINDOW  # requests per drift window, the monitor's default
 PANEL_SUBSTITUTIONS = {"$__rate_interval": "1m", "$model": ".*"}
 
 
@@ -95,56 +102,72 @@ def _fake_gate_report(report_dir: Path, model: Path, variant: str, profile_json:
     return report_dir
 
 
-def _profile_json(model: Path, feeds: dict[str, np.ndarray]) -> str:
-    """The gate's reference profile of `model` on `feeds` (visual share, attention mass, features)."""
-    from fusionguard.metrics import attention_mass, shapley_values
+def _profile_json(model: Path, data) -> str:  # noqa: ANN001 - a toymodels Batch
+    """The gate's reference profile of `model` on `data` (visual share, attention mass, features),
+    one unit per query, built like the gate's (`fusionguard.masking`, `fusionguard.profile`)."""
+    from fusionguard.masking import shapley_passes
+    from fusionguard.metrics import attention_mass
     from fusionguard.profile import build_profile, feature_summaries
     from fusionguard.registry import file_sha256
-    from fusionguard.scorer import Mask, Scorer
+    from fusionguard.scorer import Scorer
 
     scorer = Scorer(model, device="cpu", threads=1)
-    masks = (Mask(), Mask(frozenset({"visual"})), Mask(frozenset({"text"})), Mask(frozenset({"text", "visual"})))
-    full, text_only, visual_only, none = scorer.run(feeds, masks)
-    _, _, share = shapley_values(full.score, text_only.score, visual_only.score, none.score)
-    mass = attention_mass(full.attention, scorer.contract.attention_keys["visual"])
-    profile = build_profile(file_sha256(model), share, feature_summaries(feeds), mass)
+    passes = shapley_passes("zero")
+    outputs = dict(zip(passes.masks, scorer.run(data.feeds, passes.masks)))
+    _, _, share = passes.values({m: o.score for m, o in outputs.items()})
+    mass = attention_mass(outputs[passes.full].attention, scorer.contract.attention_keys["visual"])
+    profile = build_profile(
+        file_sha256(model), share, feature_summaries(data.feeds), mass, requests=data.query_id, shapley_strategy="zero"
+    )
     return profile.to_json()
 
 
-def _infer_body(feeds: dict[str, np.ndarray], rows: slice) -> dict:
+def _infer_body(feeds: dict[str, np.ndarray]) -> dict:
     return {
         "inputs": [
-            {"name": name, "shape": list(arr[rows].shape), "datatype": "FP32", "data": arr[rows].ravel().tolist()}
+            {"name": name, "shape": list(arr.shape), "datatype": "FP32", "data": arr.ravel().tolist()}
             for name, arr in feeds.items()
         ]
     }
 
 
 class Traffic:
-    """Sends one query's candidates per request, and every `invalid_every`-th request a bad one."""
+    """Replays whole queries drawn at random (seeded) from the eval set, one query's candidates per
+    request, and every `invalid_every`-th request a bad one. `shift` transforms a request's
+    tensors (shifted traffic)."""
 
-    def __init__(self, base: str, feeds: dict[str, np.ndarray], invalid_every: int = 5) -> None:
+    def __init__(self, base: str, feeds: dict[str, np.ndarray], invalid_every: int = 5, seed: int = 0) -> None:
         self.client = httpx.Client(base_url=base, timeout=30)
         self.feeds = feeds
         self.invalid_every = invalid_every
         self.n_queries = len(next(iter(feeds.values()))) // N_CANDIDATES
+        self.rng = np.random.default_rng(seed)
         self.sent = 0
         self.statuses: dict[int, int] = {}
 
-    def run(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
+    def run(self, n_valid: int, shift: Callable[[dict], dict] | None = None) -> None:
+        """Send `n_valid` valid requests (and the invalid ones in between)."""
         url = f"/v2/models/{MODEL_NAME}/infer"
-        while time.monotonic() < deadline:
-            q = self.sent % self.n_queries
-            body = _infer_body(self.feeds, slice(q * N_CANDIDATES, (q + 1) * N_CANDIDATES))
-            if self.sent % self.invalid_every == self.invalid_every - 1:
+        valid = 0
+        while valid < n_valid:
+            q = int(self.rng.integers(self.n_queries))
+            rows = slice(q * N_CANDIDATES, (q + 1) * N_CANDIDATES)
+            request = {name: arr[rows] for name, arr in self.feeds.items()}
+            body = _infer_body(shift(request) if shift is not None else request)
+            bad = self.sent % self.invalid_every == self.invalid_every - 1
+            if bad:
                 body["inputs"][0]["shape"] = [N_CANDIDATES, 3]  # wrong shape: counted as invalid
             status = self.client.post(url, json=body).status_code
             self.statuses[status] = self.statuses.get(status, 0) + 1
             self.sent += 1
+            valid += not bad
 
     def close(self) -> None:
         self.client.close()
+
+
+def _visual_scaled_x2(request: dict) -> dict:
+    return {**request, "visual_tokens": request["visual_tokens"] * np.float32(2.0)}
 
 
 # ----- fixtures ----------------------------------------------------------------------------------
@@ -162,9 +185,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     fusion = toymodels.save(toymodels.build_fusion_model(visual_weight=1.0), tmp / "fusion.onnx")
     blind = toymodels.save(toymodels.build_visual_blind_model(), tmp / "blind.onnx")
     v1 = toymodels.save(toymodels.build_text_model(), tmp / "v1.onnx")
-    data = toymodels.make_toy_dataset(n_queries=20, n_candidates=N_CANDIDATES, seed=1)
+    data = toymodels.make_toy_dataset(n_queries=EVAL_QUERIES, n_candidates=N_CANDIDATES, seed=1)
     feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in data.feeds.items()}
-    profile = _profile_json(fusion, feeds)  # the healthy model's reference, kept for both versions
+    profile = _profile_json(fusion, data)  # the healthy model's reference, kept for both versions
 
     registry = Registry(tmp / "registry")
     registry.promote(fusion, _fake_gate_report(tmp / "gate-fusion", fusion, "toy-fusion", profile))
@@ -212,16 +235,29 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         _wait_for("the first scrape of the monitor", lambda: _query(prom_base, 'up{job="fusionguard-monitor"} == 1'), 30, prom_log)
 
         traffic = Traffic(base, feeds)
+        phases: dict[str, tuple[float, float]] = {}  # phase -> (start, end) Unix time
+
+        def phase(name: str, n_valid: int, shift: Callable[[dict], dict] | None = None) -> None:
+            start = time.time()
+            traffic.run(n_valid, shift)
+            time.sleep(3.0)  # two scrapes and rule evaluations of the last published values
+            phases[name] = (start, time.time())
+
         try:
-            traffic.run(5.0)  # the honest fusion model, version v0001
+            # The honest fusion model, version v0001, on whole queries of its own eval set: two
+            # drift windows' worth of requests, then the same queries with visual tokens x 2.
+            phase("in_distribution", 2 * DRIFT_WINDOW)
+            phase("shifted", DRIFT_WINDOW // 2, _visual_scaled_x2)
             registry.promote(blind, _fake_gate_report(tmp / "gate-blind", blind, "toy-visual-blind", profile))
             reloaded = httpx.post(f"{base}/v2/repository/models/{MODEL_NAME}/load", timeout=60)
             assert reloaded.status_code == 200, reloaded.text
             assert reloaded.json()["version"] == "v0002"
-            traffic.run(8.0)  # the model that ignores its visual input, version v0002
+            # The model that ignores its visual input, version v0002: a full window (the reload
+            # started fresh drift windows) of in-distribution requests.
+            phase("collapsed", DRIFT_WINDOW + DRIFT_WINDOW // 4)
         finally:
             traffic.close()
-        yield {"prom": prom_base, "monitor": base, "traffic": traffic, "logs": (monitor_log, prom_log)}
+        yield {"prom": prom_base, "monitor": base, "traffic": traffic, "phases": phases, "logs": (monitor_log, prom_log)}
     finally:
         for proc in reversed(procs):
             _stop(proc)
@@ -318,3 +354,40 @@ def test_collapse_alert_becomes_pending_or_firing(stack: dict) -> None:
     assert value < 0.10
     assert f"{value:.4f}" in alert["annotations"]["description"]
     assert alert["annotations"]["runbook_url"] == "docs/runbooks.md#fusionguardvisualcontributioncollapsed"
+
+
+def _at(prom: str, expr: str, at: float) -> list[dict]:
+    """An instant query evaluated at Unix time `at`."""
+    answer = httpx.get(prom + "/api/v1/query", params={"query": expr, "time": f"{at:.3f}"}, timeout=10).json()
+    assert answer["status"] == "success", f"{expr}: {answer}"
+    return answer["data"]["result"]
+
+
+def _drift_rule() -> tuple[str, float]:
+    (rule,) = [r for r in alert_rules() if r["alert"] == "FusionGuardModalityDrift"]
+    shape = ALERT_SHAPE.match(rule["expr"])
+    return shape["quantity"], float(shape["threshold"])
+
+
+def test_in_distribution_replay_leaves_the_drift_alert_inactive(stack: dict) -> None:
+    # Whole queries of the profile's own eval set, two full drift windows: every feature's PSI was
+    # published and stayed under the alert threshold, and the alert was never pending or firing.
+    prom, (start, end) = stack["prom"], stack["phases"]["in_distribution"]
+    quantity, threshold = _drift_rule()
+    span = f"{max(int(end - start), 1)}s"
+    peaks = {s["metric"]["feature"]: float(s["value"][1]) for s in _at(prom, f"max_over_time({quantity}[{span}])", end)}
+    assert set(peaks) == {"visual_share", "attention_mass", "query", "text_tokens", "visual_tokens"}, peaks
+    assert max(peaks.values()) < threshold, peaks
+    assert _at(prom, f'max_over_time(ALERTS{{alertname="FusionGuardModalityDrift"}}[{span}])', end) == []
+
+
+def test_shifted_traffic_makes_the_drift_alert_active(stack: dict) -> None:
+    # The same queries with visual tokens x 2: the visual-token PSI crosses the threshold and the
+    # alert goes pending (it would fire after the rule's `for:`, which promtool's tests cover).
+    prom, (start, end) = stack["prom"], stack["phases"]["shifted"]
+    quantity, threshold = _drift_rule()
+    span = f"{max(int(end - start), 1)}s"
+    peaks = {s["metric"]["feature"]: float(s["value"][1]) for s in _at(prom, f"max_over_time({quantity}[{span}])", end)}
+    assert peaks["visual_tokens"] > threshold, peaks
+    active = _at(prom, f'max_over_time(ALERTS{{alertname="FusionGuardModalityDrift",feature="visual_tokens"}}[{span}])', end)
+    assert active, f"FusionGuardModalityDrift was never pending or firing for visual_tokens during the shift ({peaks})"

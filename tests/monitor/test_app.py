@@ -183,11 +183,19 @@ def test_modality_share_matches_plain_shapley(models, toy, weight):
     assert 0 < registry.get_sample_value("fusionguard_attention_entropy_sum", labels) <= 4
 
 
-def test_share_of_sampled_requests_is_exact():
-    s = Sampler(0.25)
-    assert sum(s() for _ in range(400)) == 100
-    assert sum(Sampler(0.0)() for _ in range(10)) == 0
-    assert all(Sampler(1.0)() for _ in range(10))
+def test_sampling_is_random_per_request_and_reproducible_with_a_seed():
+    a, b = Sampler(0.25, seed=7), Sampler(0.25, seed=7)
+    first, second = [a() for _ in range(4000)], [b() for _ in range(4000)]
+    assert first == second  # same seed, same decisions
+    other = Sampler(0.25, seed=8)
+    assert first != [other() for _ in range(4000)]
+    assert abs(sum(first) / 4000 - 0.25) < 4 * (0.25 * 0.75 / 4000) ** 0.5  # Bernoulli(0.25) within 4 sd
+    # No period: a client cycling through 4 queries gets every query sampled (every 4th-request
+    # sampling would sample one query only).
+    sampled_queries = {i % 4 for i, hit in enumerate(first) if hit}
+    assert sampled_queries == {0, 1, 2, 3}
+    assert sum(Sampler(0.0, seed=1)() for _ in range(10)) == 0
+    assert all(Sampler(1.0, seed=1)() for _ in range(10))
 
 
 @pytest.mark.parametrize("served, low, high", [("affine", 1.0, 1.0), ("fusion", -1.0, 0.99)])
@@ -203,18 +211,18 @@ def test_shadow_spearman(models, toy, served, low, high):
 
 
 def test_drift_gauges_against_profile(models, toy, tmp_path):
-    # A profile built from the same toy traffic the test sends: PSI small; scaled visual tokens: large.
+    # A profile built from the same toy traffic the test sends (one request per query): PSI 0;
+    # the same requests with scaled visual tokens: large.
     mapp0, _ = make_app(model=models["fusion"])
     scorer = mapp0.service.state.scorer
-    from fusionguard.scorer import Mask
-    from fusionguard.metrics import shapley_values
-
-    outs = scorer.run(toy.feeds, [Mask(), Mask("visual"), Mask("text"), Mask(frozenset({"text", "visual"}))])
-    share = shapley_values(*(o.score for o in outs))[2]
-    profile = build_profile(scorer.sha256, share, feature_summaries(toy.feeds))
+    passes = mapp0.service.passes
+    share = passes.values(dict(zip(passes.masks, (o.score for o in scorer.run(toy.feeds, passes.masks)))))[2]
+    profile = build_profile(
+        scorer.sha256, share, feature_summaries(toy.feeds), requests=toy.query_id, shapley_strategy=passes.strategy
+    )
     path = profile.write(tmp_path / "profile.json")
     mapp, registry = make_app(model=models["fusion"], profile=path, telemetry_share=1.0)
-    mapp.worker.config = type(mapp.worker.config)(drift_min_values=30, drift_every=1)
+    mapp.worker.config = type(mapp.worker.config)(drift_window=12, drift_every=1)
     with TestClient(mapp.app) as c:
         for q in range(12):
             feeds = rows(toy, 6 * q, 6 * q + 6)

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from fusionguard.profile import build_profile
-from monitor.drift import PSI_FLOOR, PSI_MAJOR, PSI_MODERATE, DriftTracker, psi
+from fusionguard.profile import build_profile, request_means
+from monitor.drift import DEFAULT_WINDOW, PSI_FLOOR, PSI_MAJOR, PSI_MODERATE, DriftTracker, psi
 
 
 def psi_reference(values, edges, counts):
@@ -55,20 +55,89 @@ def test_psi_is_zero_for_the_reference_and_grows_with_shift():
     assert far > PSI_MAJOR
 
 
-def test_tracker_reports_after_min_values_and_flags_a_shift():
+def _profile(rng, n_requests=3000, rows=5):
+    requests = np.repeat(np.arange(n_requests), rows)
+    share = rng.uniform(0.3, 0.7, n_requests * rows)
+    return build_profile(
+        "0" * 64, share, {"visual_tokens": rng.standard_normal(n_requests * rows) + 10},
+        requests=requests, shapley_strategy="zero",
+    )
+
+
+def test_tracker_window_counts_requests_and_reports_only_full_windows():
     rng = np.random.default_rng(1)
-    n = 3000
-    profile = build_profile("0" * 64, rng.uniform(0.3, 0.7, n), {"visual_tokens": rng.standard_normal(n) + 10})
-    tracker = DriftTracker(profile, window=500, min_values=100)
-    tracker.add({"visual_tokens": rng.standard_normal(50) + 10})
-    assert tracker.results() == []
-    tracker.add({"visual_tokens": rng.standard_normal(450) + 10, "visual_share": rng.uniform(0.3, 0.7, 500), "other": [1.0]})
+    profile = _profile(rng)
+    ref = np.asarray(profile.features["visual_tokens"].sample)
+    tracker = DriftTracker(profile, window=200)
+    for _ in range(199):
+        tracker.add({"visual_tokens": rng.choice(ref), "visual_share": np.array([0.5]), "other": 1.0})
+    assert tracker.results() == []  # 199 requests: the window is not full yet
+    tracker.add({"visual_tokens": rng.choice(ref), "visual_share": np.nan})  # NaN share: skipped for that feature
     stable = {r.feature: r for r in tracker.results()}
-    assert set(stable) == {"visual_share", "visual_tokens"}
+    assert set(stable) == {"visual_tokens"} and stable["visual_tokens"].n == 200
     assert stable["visual_tokens"].psi < PSI_MODERATE and stable["visual_tokens"].pvalue > 0.001
-    tracker.add({"visual_tokens": rng.standard_normal(500) + 12})  # the window now holds only shifted values
+    for _ in range(200):  # the window now holds only shifted requests
+        tracker.add({"visual_tokens": rng.choice(ref) + 1.0})
     r = {r.feature: r for r in tracker.results()}["visual_tokens"]
-    assert r.n == 500 and r.psi > PSI_MAJOR
+    assert r.n == 200 and r.psi > PSI_MAJOR
     window = np.asarray(tracker._windows["visual_tokens"].values)
-    assert r.pvalue == pytest.approx(stats.ks_2samp(window, np.asarray(profile.features["visual_tokens"].sample)).pvalue)
+    assert r.pvalue == pytest.approx(stats.ks_2samp(window, ref).pvalue)
     assert r.pvalue < 0.01
+
+
+def test_request_constant_feature_is_one_unit_per_request():
+    # 40 requests x 50 rows whose query is repeated on every row: a row-level window would see
+    # 2,000 values of 40 distinct queries; the request-level window sees 40 values.
+    rng = np.random.default_rng(2)
+    profile = _profile(rng)
+    tracker = DriftTracker(profile, window=40)
+    for _ in range(40):
+        rows = np.full(50, rng.choice(np.asarray(profile.features["visual_tokens"].sample)))
+        tracker.add(request_means({"visual_tokens": rows}))
+    (r,) = [r for r in tracker.results() if r.feature == "visual_tokens"]
+    assert r.n == 40
+
+
+def test_in_distribution_windows_rarely_exceed_the_alert_threshold():
+    # Null behaviour at the default window: 200 requests drawn from the reference's own values.
+    rng = np.random.default_rng(3)
+    profile = _profile(rng, n_requests=2000, rows=1)
+    values = np.asarray(profile.features["visual_tokens"].sample)
+    edges, counts = profile.features["visual_tokens"].edges, profile.features["visual_tokens"].counts
+    psis = [psi(rng.choice(values, DEFAULT_WINDOW), edges, counts) for _ in range(200)]
+    assert np.mean(np.array(psis) > PSI_MAJOR) <= 0.01
+
+
+def test_a_new_profile_clears_the_drift_gauges_until_its_window_is_full(tmp_path):
+    import dataclasses
+
+    from prometheus_client import CollectorRegistry
+
+    from fusionguard import toymodels
+    from fusionguard.profile import ReferenceProfile, feature_summaries
+    from monitor.metrics import MonitorMetrics
+    from monitor.service import ModelService, ServiceConfig
+    from monitor.telemetry import TelemetryConfig, TelemetryWorker
+
+    data = toymodels.make_toy_dataset(n_queries=10, n_candidates=5, seed=4)
+    model = toymodels.save(toymodels.build_fusion_model(1.0), tmp_path / "fusion.onnx")
+    service = ModelService(ServiceConfig(model=model, device="cpu", telemetry_share=1.0))
+    passes = service.passes
+    scores = dict(zip(passes.masks, (o.score for o in service.state.scorer.run(data.feeds, passes.masks))))
+    path = build_profile(
+        service.state.scorer.sha256, passes.values(scores)[2], feature_summaries(data.feeds),
+        requests=data.query_id, shapley_strategy="zero",
+    ).write(tmp_path / "profile.json")
+    registry = CollectorRegistry()
+    worker = TelemetryWorker("ranker", MonitorMetrics.create(registry), config=TelemetryConfig(drift_window=10, drift_every=1))
+    state = dataclasses.replace(service.state, profile=ReferenceProfile.read(path))
+    requests = [{k: v[5 * q : 5 * q + 5] for k, v in data.feeds.items()} for q in range(10)]
+    for feeds in requests:
+        scored = service.score(feeds, telemetry=True)
+        worker.process(dataclasses.replace(scored, state=state))
+    labels = {"model": "ranker", "feature": "visual_tokens"}
+    assert registry.get_sample_value("fusionguard_drift_psi", labels) == pytest.approx(0.0, abs=1e-9)
+    reloaded = dataclasses.replace(state, profile=ReferenceProfile.read(path))  # a reload: a new profile object
+    worker.process(dataclasses.replace(service.score(requests[0], telemetry=True), state=reloaded))
+    assert math.isnan(registry.get_sample_value("fusionguard_drift_psi", labels))
+    assert math.isnan(registry.get_sample_value("fusionguard_drift_pvalue", labels))

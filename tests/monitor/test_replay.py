@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fusionguard.cli import cli
 from fusionguard.dataset import Batch, write_dataset
 from monitor.replay import ReplayConfig, iter_requests, replay
-from monitor.service import ServiceConfig
+from monitor.service import Sampler, ServiceConfig
 from tests.monitor.test_app import reference_visual_share
 
 
@@ -70,14 +70,31 @@ def test_replay_pushes_to_a_pushgateway(models, traffic):
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        result = replay(ReplayConfig(traffic, ServiceConfig(model=models["fusion"], telemetry_share=0.5, device="cpu"), pushgateway=url, job="replay_test"))
+        config = ServiceConfig(model=models["fusion"], telemetry_share=0.5, telemetry_seed=11, device="cpu")
+        result = replay(ReplayConfig(traffic, config, pushgateway=url, job="replay_test"))
         thread.join(10)
     finally:
         server.server_close()
-    assert result.telemetry == 6
+    sampler = Sampler(0.5, seed=11)
+    expected = sum(sampler() for _ in range(12))  # the seeded draws of the 12 requests, in order
+    assert result.telemetry == expected
     assert received["path"] == "/metrics/job/replay_test"
     m = samples(received["body"])
-    assert m[("fusionguard_telemetry_requests_total", (("model", "ranker"),))] == 6
+    assert m[("fusionguard_telemetry_requests_total", (("model", "ranker"),))] == expected
+
+
+def test_replay_with_a_telemetry_seed_is_reproducible(models, traffic, tmp_path):
+    def run(seed: int, name: str) -> dict:
+        out = tmp_path / name
+        config = ServiceConfig(model=models["fusion"], telemetry_share=0.5, telemetry_seed=seed, device="cpu")
+        replay(ReplayConfig(traffic, config, out=out))
+        m = samples(out.read_text())
+        return {k: v for k, v in m.items() if "duration" not in k[0] and "created" not in k[0]}
+
+    first, again = run(5, "a.prom"), run(5, "b.prom")
+    assert first == again  # same seed: the same requests sampled, the same telemetry
+    share_count = [k for k in first if k[0] == "fusionguard_modality_share_count"]
+    assert share_count and 0 < first[share_count[0]] < 12
 
 
 def test_cli_replay_and_bad_usage(models, traffic, tmp_path):
@@ -86,6 +103,15 @@ def test_cli_replay_and_bad_usage(models, traffic, tmp_path):
     r = runner.invoke(cli, ["monitor", "replay", "--model", str(models["fusion"]), "--data", str(traffic), "--out", str(out), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert "replayed 12 requests" in r.output and out.is_file()
+    seeded = tmp_path / "seeded.prom"
+    r = runner.invoke(cli, ["monitor", "replay", "--model", str(models["fusion"]), "--data", str(traffic), "--out", str(seeded),
+                            "--device", "cpu", "--telemetry-share", "0.5", "--telemetry-seed", "3"])
+    assert r.exit_code == 0, r.output
+    sampler = Sampler(0.5, seed=3)
+    assert f"{sum(sampler() for _ in range(12))} with telemetry" in r.output
+    r = runner.invoke(cli, ["monitor", "replay", "--model", str(models["fusion"]), "--data", str(traffic), "--out", str(seeded),
+                            "--telemetry-seed", "-1"])
+    assert r.exit_code == 2 and "--telemetry-seed" in r.output
     r = runner.invoke(cli, ["monitor", "replay", "--data", str(traffic), "--out", str(out)])
     assert r.exit_code == 2 and "exactly one of --model FILE or --registry DIR" in r.output
     r = runner.invoke(cli, ["monitor", "serve", "--model", str(models["fusion"]), "--telemetry-share", "2"])
