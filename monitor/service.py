@@ -124,7 +124,7 @@ class ModelService:
         if self.config.model is not None:
             return self.config.model, None, self.config.profile
         registry = Registry(self.config.registry)
-        info = registry.current()
+        info = registry.verified()  # the files must still hash to meta.json's manifest
         if info is None:
             raise InvalidInputError(
                 f"registry {self.config.registry} has no current model; promote one with `fusionguard promote`"
@@ -134,6 +134,8 @@ class ModelService:
     def _load(self) -> ModelState:
         path, version, profile_path = self._resolve()
         scorer = Scorer(path, device=self.config.device, threads=self.config.threads)
+        if version is not None and scorer.sha256 != Registry(self.config.registry).get(version).sha256:
+            raise InvalidInputError(f"registry version {version}: {path} changed while it was being loaded; not served")
         profile = ReferenceProfile.read(profile_path) if profile_path is not None else None
         if profile is not None and profile.model_sha256 != scorer.sha256:
             logger.warning(
