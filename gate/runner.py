@@ -218,7 +218,7 @@ def _data_check(data: Path, contracts: list, policy: Policy, info: dict[str, Any
     if not data.is_file():
         return errored("data", f"eval set {data} does not exist; check --data", EXIT_INVALID)
     info["sha256"] = dataset_sha256(data)
-    report = validate_dataset(data, contracts, max_label=policy.data.max_label)
+    report = validate_dataset(data, contracts, max_label=policy.label_limit)
     info.update({"n_rows": report.n_rows, "n_queries": report.n_queries})
     if not report.ok:
         problems = list(report.problems)
