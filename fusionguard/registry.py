@@ -28,7 +28,6 @@ A crash at any point leaves `current` naming a complete version (or nothing); a 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -45,140 +44,34 @@ from typing import Any
 
 from fusionguard import jsonio, signing
 from fusionguard.errors import CheckFailedError, FusionGuardError, InvalidInputError
+from fusionguard.modelfiles import (  # re-exported: callers import these from the registry
+    FILE_MODE,
+    HEX64,
+    MODEL_FILE,
+    Manifest,
+    check_manifest,
+    copy_hashed,
+    external_data_files,
+    file_sha256,
+    model_manifest,
+    regular_file,
+)
+
+__all__ = [
+    "META_FILE", "MODEL_FILE", "PROFILE_FILE", "REPORT_FILE", "VERSION_PATTERN", "Registry", "VersionInfo",
+    "external_data_files", "file_sha256", "model_manifest", "read_report",
+]
 
 logger = logging.getLogger(__name__)
 
 VERSION_PATTERN = re.compile(r"^v(\d{4,9})$")
-MODEL_FILE = "model.onnx"
 REPORT_FILE = "report.json"
 PROFILE_FILE = "profile.json"
 META_FILE = "meta.json"
-RESERVED = frozenset({MODEL_FILE, REPORT_FILE, PROFILE_FILE, META_FILE})
 DIR_MODE = 0o755
-FILE_MODE = 0o644
 MAX_CURRENT_BYTES = 64  # `current` holds one version id and a newline
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
-Manifest = dict[str, str]  # relative path (model file as "model.onnx") -> hex sha256
 ReportVerifier = Callable[[Mapping[str, Any], str], None]
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# ----- model files: the .onnx and its external data -------------------------------------------
-
-def _regular_file(path: Path, what: str) -> None:
-    """Refuse a symlink, a missing file or anything but a regular file."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise InvalidInputError(f"{what} {path} does not exist") from None
-    except OSError as err:
-        raise InvalidInputError(f"{what} {path} cannot be read ({err})") from None
-    if stat.S_ISLNK(st.st_mode):
-        raise InvalidInputError(f"{what} {path} is a symbolic link; fusionguard reads only regular files here")
-    if not stat.S_ISREG(st.st_mode):
-        raise InvalidInputError(f"{what} {path} is not a regular file")
-
-
-def external_data_files(model: str | Path) -> list[str]:
-    """Relative paths of the external-data files an ONNX model references, sorted.
-
-    Raises:
-        InvalidInputError: the file is not a readable ONNX model, or a location is absolute,
-            leaves the model's directory, or collides with a registry file name.
-    """
-    import onnx  # the core may import onnx; loading it lazily keeps `fusionguard --help` fast
-    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
-
-    path = Path(model)
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # onnx raises DecodeError and others for files that are not models
-        raise InvalidInputError(f"{path} is not a readable ONNX model ({type(err).__name__}: {err})") from None
-    if not proto.graph.output or not proto.graph.node:
-        raise InvalidInputError(f"{path} is not a usable ONNX model: its graph has no nodes or no outputs")
-    tensors = [s.values for s in proto.graph.sparse_initializer]
-    pending = [proto.graph]
-    while pending:  # initializers and attribute tensors, also inside subgraphs (If / Loop bodies)
-        graph = pending.pop()
-        tensors += list(graph.initializer)
-        for node in graph.node:
-            for attr in node.attribute:
-                tensors += ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
-                pending += ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
-    locations = set()
-    for tensor in tensors:
-        if not uses_external_data(tensor):
-            continue
-        location = ExternalDataInfo(tensor).location
-        pure = PurePosixPath(location)
-        if not location or pure.is_absolute() or ".." in pure.parts or "\\" in location or location != str(pure):
-            raise InvalidInputError(
-                f"{path}: external data location {location!r} of tensor '{tensor.name}' is not a plain relative path "
-                "inside the model's directory; re-export the model with its weights next to it"
-            )
-        if pure.parts[0] in RESERVED or pure.parts[0].startswith("."):
-            raise InvalidInputError(f"{path}: external data location {location!r} collides with a registry file name")
-        locations.add(location)
-    return sorted(locations)
-
-
-def model_manifest(model: str | Path) -> Manifest:
-    """sha256 of the model file (under the key "model.onnx") and of each external-data file.
-
-    Raises:
-        InvalidInputError: a symlink, a missing file, or a model that is not readable ONNX.
-    """
-    path = Path(model)
-    _regular_file(path, "model")
-    manifest = {MODEL_FILE: file_sha256(path)}
-    for location in external_data_files(path):
-        target = path.parent / location
-        _regular_file(target, f"external data of {path.name}:")
-        manifest[location] = file_sha256(target)
-    return manifest
-
-
-def _check_manifest(value: Any, source: str) -> Manifest:
-    if (
-        not isinstance(value, dict)
-        or MODEL_FILE not in value
-        or not all(isinstance(k, str) and isinstance(v, str) and _HEX64.match(v) for k, v in value.items())
-    ):
-        raise InvalidInputError(
-            f"{source} has no valid file manifest (an object mapping '{MODEL_FILE}' and each external-data file "
-            "to its sha256)"
-        )
-    return dict(value)
-
-
-def _copy_hashed(src: Path, dst: Path) -> str:
-    """Copy a regular file without following a symlink; return the sha256 of the bytes copied."""
-    digest = hashlib.sha256()
-    try:
-        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as err:
-        raise InvalidInputError(f"cannot read {src} ({err}); it must be a regular file, not a symbolic link") from None
-    with os.fdopen(fd, "rb") as fin:
-        if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
-            raise InvalidInputError(f"{src} is not a regular file")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with open(dst, "wb") as fout:
-            while block := fin.read(1 << 20):
-                digest.update(block)
-                fout.write(block)
-            fout.flush()
-            os.fsync(fout.fileno())
-    os.chmod(dst, FILE_MODE)
-    return digest.hexdigest()
 
 
 # ----- versions ---------------------------------------------------------------------------------
@@ -232,7 +125,7 @@ def read_report(report_dir: str | Path) -> dict[str, Any]:
     path = Path(report_dir) / REPORT_FILE
     if not path.exists() and not path.is_symlink():
         raise InvalidInputError(f"no gate report at {path}; run `fusionguard gate ... --out {report_dir}` first")
-    _regular_file(path, "gate report")
+    regular_file(path, "gate report")
     try:
         raw = path.read_bytes()
     except OSError as err:
@@ -315,7 +208,7 @@ class Registry:
             raise InvalidInputError(f"'{version}' is not a version id (v0001, v0002, ...)")
         path = self._version_dir(version)
         meta_path = path / META_FILE
-        _regular_file(meta_path, f"registry {self.root}: version metadata")
+        regular_file(meta_path, f"registry {self.root}: version metadata")
         try:
             raw = meta_path.read_bytes()
         except OSError as err:
@@ -324,14 +217,14 @@ class Registry:
         if not isinstance(meta, dict):
             raise self._corrupt(f"{meta_path} is not a JSON object", f"roll back to another version")
         sha = meta.get("sha256")
-        if not isinstance(sha, str) or not _HEX64.match(sha):
+        if not isinstance(sha, str) or not HEX64.match(sha):
             raise self._corrupt(f"{meta_path} has no valid sha256", "roll back to another version")
         files = meta.get("files", {MODEL_FILE: sha})  # registries before manifests recorded the model only
-        files = _check_manifest(files, str(meta_path))
+        files = check_manifest(files, str(meta_path))
         if files[MODEL_FILE] != sha:
             raise self._corrupt(f"{meta_path}: sha256 and the manifest disagree", "roll back to another version")
         report_sha = meta.get("report_sha256")
-        if report_sha is not None and (not isinstance(report_sha, str) or not _HEX64.match(report_sha)):
+        if report_sha is not None and (not isinstance(report_sha, str) or not HEX64.match(report_sha)):
             raise self._corrupt(f"{meta_path} has an invalid report_sha256")
         return VersionInfo(
             version=version,
@@ -442,7 +335,7 @@ class Registry:
             )
         if info.report_sha256 is not None:
             try:
-                _regular_file(info.report_path, "report")
+                regular_file(info.report_path, "report")
                 ok = file_sha256(info.report_path) == info.report_sha256
             except (InvalidInputError, OSError):
                 ok = False
@@ -569,7 +462,7 @@ class Registry:
             )
         verify_report(report, source)
         candidate = report["candidate"]
-        expected = _check_manifest(candidate.get("files"), f"{source} (candidate.files)")
+        expected = check_manifest(candidate.get("files"), f"{source} (candidate.files)")
         if candidate.get("sha256") != expected[MODEL_FILE]:
             raise CheckFailedError(f"refusing to promote: {source} records two different sha256 for the model")
         recorded = candidate.get("path")
@@ -600,19 +493,19 @@ class Registry:
             try:
                 for name, sha in expected.items():
                     src = model if name == MODEL_FILE else model.parent / name
-                    copied = _copy_hashed(src, tmp / name)
+                    copied = copy_hashed(src, tmp / name)
                     if copied != sha:
                         raise CheckFailedError(
                             f"refusing to promote {model}: the copy of {name} hashes to {copied[:12]}…, not "
                             f"{sha[:12]}…; the file changed during the copy, so gate it again"
                         )
-                for d in {(tmp / name).parent for name in expected} - {tmp}:
-                    os.chmod(d, DIR_MODE)
-                report_sha = _copy_hashed(report_dir / REPORT_FILE, tmp / REPORT_FILE)
+                for folder in {parent for name in expected for parent in PurePosixPath(name).parents} - {PurePosixPath(".")}:
+                    os.chmod(tmp / folder, DIR_MODE)  # mkdir honoured the umask; the serving uid must enter
+                report_sha = copy_hashed(report_dir / REPORT_FILE, tmp / REPORT_FILE)
                 if jsonio.loads((tmp / REPORT_FILE).read_bytes(), source) != report:
                     raise CheckFailedError(f"refusing to promote: {source} changed while it was being promoted")
                 if profile_src.exists():
-                    _copy_hashed(profile_src, tmp / PROFILE_FILE)
+                    copy_hashed(profile_src, tmp / PROFILE_FILE)
                 version = self._next_id()
                 meta = {
                     "version": version,

@@ -327,3 +327,26 @@ def test_rollback_with_explicit_version_repairs_a_damaged_current(tmp_path):
         reg.current()
     assert reg.rollback("v0001").version == "v0001"
     assert reg.verified().version == "v0001"
+
+
+def test_external_data_behind_a_symlinked_folder_is_refused(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    path = folder / "model.onnx"
+    (folder / "sub").mkdir()
+    onnx.save_model(tm.build_fusion_model(1.0), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="sub/weights.bin", size_threshold=0)
+    assert set(model_manifest(path)) == {"model.onnx", "sub/weights.bin"}
+    old = os.umask(0o077)
+    try:
+        info = _promote(Registry(tmp_path / "reg"), _report(tmp_path, "sub", path))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((info.path / "sub").stat().st_mode) == 0o755
+    assert stat.S_IMODE((info.path / "sub" / "weights.bin").stat().st_mode) == 0o644
+    (folder / "sub").rename(outside / "sub")
+    (folder / "sub").symlink_to(outside / "sub")
+    with pytest.raises(InvalidInputError, match="symbolic link"):
+        model_manifest(path)

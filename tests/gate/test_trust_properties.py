@@ -20,7 +20,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from fusionguard import signing
-from fusionguard import toymodels as tm
 from fusionguard.cli import cli
 from fusionguard.errors import FusionGuardError
 from fusionguard.registry import Registry, model_manifest
