@@ -114,7 +114,8 @@ def report_problems(report: Mapping[str, Any], expected_policy: Policy | None = 
     if checks["attention"].get("outcome") == PASSED:
         if at.min_visual_mass is not None:
             ev.at_least("attention", "visual_mass", "high", at.min_visual_mass, "attention.min_visual_mass")
-        heads = checks["attention"].get("numbers", {}).get("entropy_per_head")
+        numbers = checks["attention"].get("numbers")
+        heads = numbers.get("entropy_per_head") if isinstance(numbers, Mapping) else None
         if at.min_entropy is not None or at.max_entropy is not None:
             if not isinstance(heads, list) or not heads or any(_number(h) is None for h in heads):
                 ev.problems.append("attention: the report records no finite entropy_per_head")
