@@ -133,15 +133,19 @@ def junit(report: dict[str, Any]) -> str:
 
 # Every file the gate writes into --out; report.json is moved in last, so its presence means the
 # run finished. (Plot names repeat gate.plots' constants: importing that module loads matplotlib.)
+_STAGE_PREFIX = ".fusionguard-gate-"
 ARTEFACTS = ("report.md", "junit.xml", "profile.json", "ndcg_difference.png", "contributions.png", "report.json")
 
 
-def clear_artefacts(out: Path) -> None:
+def clear_artefacts(out: Path, keep: Path | None = None) -> None:
     """Remove the files an earlier gate run left in `out`, so an early stop leaves none behind.
 
     Raises:
         InvalidInputError: one cannot be removed (a directory in its place, no permission).
     """
+    for stage in out.glob(f"{_STAGE_PREFIX}*"):  # left by a run that was killed mid-write
+        if stage != keep:
+            shutil.rmtree(stage, ignore_errors=True)
     for name in ARTEFACTS:
         path = out / name
         try:
@@ -165,12 +169,12 @@ def write_reports(result: GateResult, out: Path) -> Path:
     """
     try:
         out.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=".fusionguard-gate-", dir=out))
+        stage = Path(tempfile.mkdtemp(prefix=_STAGE_PREFIX, dir=out))
     except OSError as err:
         raise InvalidInputError(f"cannot create the report directory {out} ({err}); pick a writable --out") from None
     try:
         _write_all(result, stage)
-        clear_artefacts(out)
+        clear_artefacts(out, keep=stage)
         for name in ARTEFACTS:
             if (stage / name).exists():
                 os.replace(stage / name, out / name)

@@ -164,6 +164,7 @@ def test_corrupt_data_page_exits_2_in_every_command(toys, passed, tmp_path, colu
 
 def test_an_early_stop_leaves_no_artefact_of_an_earlier_run(toys, passed, tmp_path):
     out, _ = _copy(passed, tmp_path)
+    (out / ".fusionguard-gate-killed").mkdir()  # the staging folder of a run killed mid-write
     policy = tmp_path / "bad.toml"
     policy.write_text("[bootstrap]\nn_resamples = 1000000000000\n")
     result = invoke(*gate_args(toys, out)[:-4], "--policy", policy, "--out", out)
