@@ -223,3 +223,19 @@ def test_deeply_nested_json_exits_2(toys, passed, tmp_path):
     (out / "report.json").write_text(DEEP)
     result = invoke("promote", "--report", out, "--registry", tmp_path / "reg")
     assert result.exit_code == 2 and "nested" in result.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("registry", "list"), ("registry", "show"), ("registry", "rollback"), ("registry", "rollback", "--to", "v0001"), ("promote",)],
+)
+def test_registry_commands_on_a_path_that_is_a_file_exit_2(passed, tmp_path, command):
+    (tmp_path / "reg").write_text("not a registry")
+    extra = ["--report", passed] if command == ("promote",) else []
+    result = invoke(*command[:2], "--registry", tmp_path / "reg", *extra, *command[2:])
+    assert result.exit_code == 2 and "not a directory" in result.output, result.output
+
+
+def test_show_on_an_empty_registry_is_exit_2_not_blocked(tmp_path):
+    result = invoke("registry", "show", "--registry", tmp_path / "reg")
+    assert result.exit_code == 2 and "no current version" in result.output
