@@ -130,6 +130,13 @@ def _validation_rows(data: Path, contract, rows: int) -> Batch:
     return batch
 
 
+def _file_mode() -> int:
+    """0666 minus the process umask: what `open()` would have created."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _meta_problems(meta: Mapping[str, Any]) -> list[str]:
     return [f"meta lacks '{key}'; the checkpoint must record it (training.checkpoint.save_checkpoint)" for key in REQUIRED_META if not meta.get(key)]
 
@@ -158,6 +165,9 @@ def export_model(
         problems.append(f"output {out} must end in .onnx")
     if out.is_dir():
         problems.append(f"output {out} is a directory; give a file name such as {out / 'model.onnx'}")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        problems.append(f"output {out} cannot be created: {blocking} is a file, not a directory")
     if problems:
         raise ConfigError("export options", problems)
     data = Path(meta["data_dir"]) / VAL_FILE
@@ -174,12 +184,16 @@ def export_model(
     check_example_outputs(model, contract, example)
     proto = to_onnx(model, contract, example, config.opset)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".partial.onnx")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".partial.onnx")
+    except OSError as err:
+        raise InvalidInputError(f"cannot write {out} ({err}); pick a writable --out") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         onnx.save(proto, str(tmp))  # one self-contained file: the tiny rankers are far below 2 GiB
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; a served model must be readable by the server's uid
         report = verify_model(
             tmp,
             model,

@@ -101,6 +101,9 @@ def quantize_int8(float_path: str | Path, out: str | Path, contract: ModelContra
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
             raise ExportVerificationError(str(out), [f"int8 model: {str(err).strip().splitlines()[0]}"]) from None
         onnx.save(proto, str(tmp))
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; the server's uid must read the model
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from fusionguard import jsonio
 from fusionguard.errors import ContractError, InvalidInputError
 
 METADATA_KEY = "fusionguard.contract"
@@ -129,6 +130,12 @@ class ModelContract:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ContractError(source, [f"not valid JSON ({err}); the contract must be a JSON object"]) from None
+        except RecursionError:
+            data = too_deep = True  # reported below with the depth limit
+        else:
+            too_deep = jsonio.depth(data) > jsonio.MAX_DEPTH
+        if too_deep:
+            raise ContractError(source, [f"nested deeper than {jsonio.MAX_DEPTH} levels; a contract is a flat JSON object"])
         return cls.from_dict(data, source)
 
     def consistency_problems(self) -> list[str]:
@@ -277,7 +284,11 @@ def load_contract(model: str | Path | onnx.ModelProto, sidecar: str | Path | Non
         path = Path(sidecar)
         if not path.is_file():
             raise InvalidInputError(f"contract sidecar {path} does not exist; check the path")
-        contract = ModelContract.from_json(path.read_text(encoding="utf-8"), source=str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise InvalidInputError(f"contract sidecar {path} is unreadable ({err}); it must be a UTF-8 JSON file") from None
+        contract = ModelContract.from_json(text, source=str(path))
     else:
         contract = embedded_contract(proto)
         if contract is None:

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -185,6 +185,23 @@ def open_parquet(path: str | Path) -> pq.ParquetFile:
         ) from None
 
 
+def read_batches(pf: pq.ParquetFile, path: str | Path, **kwargs: Any) -> Iterator[pa.RecordBatch]:
+    """`pf.iter_batches(**kwargs)`, with a corrupt data page (a valid footer over damaged column
+    chunks) reported as InvalidInputError instead of pyarrow's OSError/ArrowException."""
+    batches = pf.iter_batches(**kwargs)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as err:
+            raise InvalidInputError(
+                f"dataset {path} is damaged: a data page cannot be read ({type(err).__name__}: "
+                f"{' '.join(str(err).split())}); regenerate or re-copy the file"
+            ) from None
+        yield batch
+
+
 def _as_list(arr: pa.Array) -> pa.Array:
     """Fixed-size lists as plain lists, so offsets exist."""
     if pa.types.is_fixed_size_list(arr.type):
@@ -283,7 +300,7 @@ def iter_batches(
         )
     columns = [*ID_COLUMNS, *(w[0] for w in wanted)]
     yielded = False
-    for record_batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+    for record_batch in read_batches(pf, path, batch_size=batch_rows, columns=columns):
         yielded = True
         yield _to_batch(record_batch, wanted, path)
     if not yielded:  # an empty file still yields one empty batch with the right shapes

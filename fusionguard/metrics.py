@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 Gain = Literal["linear", "exponential"]
+MAX_EXPONENTIAL_LABEL = 30  # 2^30 - 1 keeps a DCG sum exact in float64 next to grade-1 gains
 
 
 def _as_1d(name: str, values: object, n: int | None = None) -> np.ndarray:
@@ -222,6 +223,11 @@ def _gain(labels: np.ndarray, gain: str) -> np.ndarray:
     if gain == "linear":
         return labels
     if gain == "exponential":
+        if labels.size and np.max(labels) > MAX_EXPONENTIAL_LABEL:
+            raise InvalidInputError(
+                f"exponential gain 2^rel - 1 needs labels <= {MAX_EXPONENTIAL_LABEL} (got {np.max(labels):g}): larger "
+                "grades swamp every other item in float64 and can overflow; use linear gain or rescale the labels"
+            )
         return np.exp2(labels) - 1.0
     raise InvalidInputError(f"unknown gain {gain!r}; use 'linear' (trec_eval ndcg_cut) or 'exponential' (2^rel - 1)")
 

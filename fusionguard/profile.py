@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from fusionguard import jsonio
 from fusionguard.errors import EvaluationError, InvalidInputError, ProblemsError
 from fusionguard.scorer import STRATEGIES
 
@@ -177,6 +178,10 @@ class ReferenceProfile:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ProblemsError(f"reference profile {source} is unreadable", [f"not valid JSON ({err})"]) from None
+        except RecursionError:
+            raise ProblemsError(f"reference profile {source} is unreadable", ["nested too deeply to be a profile"]) from None
+        if jsonio.depth(data) > jsonio.MAX_DEPTH:
+            raise ProblemsError(f"reference profile {source} is unreadable", ["nested too deeply to be a profile"])
         return cls.from_dict(data, source)
 
     @classmethod
@@ -239,9 +244,15 @@ class ReferenceProfile:
     @classmethod
     def read(cls, path: str | Path) -> ReferenceProfile:
         path = Path(path)
+        if path.is_symlink():
+            raise InvalidInputError(f"reference profile {path} is a symbolic link; fusionguard reads only a regular profile.json")
         if not path.is_file():
             raise InvalidInputError(f"reference profile {path} does not exist; the gate writes it as profile.json")
-        return cls.from_json(path.read_text(encoding="utf-8"), source=str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise InvalidInputError(f"reference profile {path} is unreadable ({err})") from None
+        return cls.from_json(text, source=str(path))
 
 
 def feature_summaries(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

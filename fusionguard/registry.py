@@ -3,54 +3,78 @@
 Layout::
 
     REGISTRY/
-      versions/v0001/model.onnx  report.json  profile.json  meta.json
+      versions/v0001/model.onnx  [external data files]  report.json  profile.json  meta.json
       current          text file holding the current version id, replaced atomically
       history.jsonl    one JSON line per promote / rollback
       .lock            flock'ed while a writer works
 
-Atomicity: a promotion copies the model and the report into a temporary directory inside the
-registry, fsyncs every file, checks the copy's sha256 against the report, renames the directory
-into `versions/<id>/` and only then replaces `current` with `os.replace`. A crash at any point
-leaves `current` naming a complete version (or nothing); a leftover `.tmp-*` directory is never
-read and is cleaned up by the next writer.
+Trust: a promotion copies the model *with every ONNX external-data file it references* and
+hashes the bytes it copies; meta.json records the manifest (sha256 per file). Whatever serves,
+reloads, shows or rolls back to a version goes through `Registry.verified`, which re-hashes the
+files against that manifest, so a model swapped after promotion is refused, not served.
+`current` must hold one version id matching `VERSION_PATTERN` that names a real (not symlinked)
+directory under `versions/`. Every corruption is an `InvalidInputError` (exit 2) that says what
+is wrong and how to repair it, never a traceback.
+
+Permissions: version directories are 0755 and their files 0644 whatever the writer's umask, so
+a container running as another uid can serve what CI promoted.
+
+Atomicity: a promotion writes into a temporary directory inside the registry, fsyncs every file,
+renames the directory into `versions/<id>/` and only then replaces `current` with `os.replace`.
+A crash at any point leaves `current` naming a complete version (or nothing); a leftover
+`.tmp-*` directory is never read and is cleaned up by the next writer.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from fusionguard.errors import CheckFailedError, InvalidInputError
+from fusionguard import jsonio, signing
+from fusionguard.errors import CheckFailedError, FusionGuardError, InvalidInputError
+from fusionguard.modelfiles import (  # re-exported: callers import these from the registry
+    FILE_MODE,
+    HEX64,
+    MODEL_FILE,
+    Manifest,
+    check_manifest,
+    copy_hashed,
+    external_data_files,
+    file_sha256,
+    model_manifest,
+    regular_file,
+)
+
+__all__ = [
+    "META_FILE", "MODEL_FILE", "PROFILE_FILE", "REPORT_FILE", "VERSION_PATTERN", "Registry", "VersionInfo",
+    "external_data_files", "file_sha256", "model_manifest", "read_report",
+]
 
 logger = logging.getLogger(__name__)
 
-VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
-MODEL_FILE = "model.onnx"
+VERSION_PATTERN = re.compile(r"^v(\d{4,9})$")
 REPORT_FILE = "report.json"
 PROFILE_FILE = "profile.json"
 META_FILE = "meta.json"
+DIR_MODE = 0o755
+MAX_CURRENT_BYTES = 64  # `current` holds one version id and a newline
+
+ReportVerifier = Callable[[Mapping[str, Any], str], None]
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
+# ----- versions ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class VersionInfo:
@@ -63,6 +87,8 @@ class VersionInfo:
     source: str  # the model path it was promoted from
     variant: str = "unknown"  # from the report's candidate contract
     is_current: bool = False
+    files: Manifest = field(default_factory=dict)  # model.onnx and external data -> sha256
+    report_sha256: str | None = None  # of report.json as promoted (None in registries before manifests)
 
     @property
     def model_path(self) -> Path:
@@ -75,13 +101,14 @@ class VersionInfo:
     @property
     def profile_path(self) -> Path | None:
         p = self.path / PROFILE_FILE
-        return p if p.is_file() else None
+        return p if p.is_file() and not p.is_symlink() else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
             "path": str(self.path),
             "sha256": self.sha256,
+            "files": dict(self.files),
             "promoted_at": self.promoted_at,
             "source": self.source,
             "variant": self.variant,
@@ -90,21 +117,46 @@ class VersionInfo:
 
 
 def read_report(report_dir: str | Path) -> dict[str, Any]:
-    """The parsed `report.json` of a gate run.
+    """The parsed `report.json` of a gate run (a regular file, a JSON object with a candidate).
 
     Raises:
-        InvalidInputError: missing or unreadable report (exit 2).
+        InvalidInputError: missing, symlinked, unreadable or malformed report (exit 2).
     """
     path = Path(report_dir) / REPORT_FILE
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise InvalidInputError(f"no gate report at {path}; run `fusionguard gate ... --out {report_dir}` first")
+    regular_file(path, "gate report")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raw = path.read_bytes()
+    except OSError as err:
         raise InvalidInputError(f"gate report {path} is unreadable ({err}); rerun the gate") from None
+    data = jsonio.loads(raw, f"gate report {path}")
     if not isinstance(data, dict) or not isinstance(data.get("candidate"), dict):
         raise InvalidInputError(f"gate report {path} has no 'candidate' section; it was not written by `fusionguard gate`")
     return data
+
+
+def _structural_problems(report: Mapping[str, Any]) -> list[str]:
+    """What makes a report not a passing one, before any threshold is looked at."""
+    problems = []
+    if report.get("outcome") != "passed":
+        problems.append(f"outcome is {report.get('outcome')!r}, not 'passed'")
+    if report.get("exit_code") != 0 or isinstance(report.get("exit_code"), bool):
+        problems.append(f"exit_code is {report.get('exit_code')!r}, not 0")
+    checks = report.get("checks")
+    if not isinstance(checks, list) or not checks:
+        return problems + ["it lists no checks"]
+    for c in checks:
+        if not isinstance(c, dict):
+            problems.append("a check entry is not an object")
+            continue
+        if c.get("outcome") not in ("passed", "skipped") or c.get("exit_code", 0) != 0:
+            problems.append(f"check {c.get('name')!r} is {c.get('outcome')!r}")
+    return problems
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _fsync_path(path: Path) -> None:
@@ -113,10 +165,6 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class Registry:
@@ -128,86 +176,224 @@ class Registry:
         self.current_file = self.root / "current"
         self.history_file = self.root / "history.jsonl"
 
+    def _corrupt(self, what: str, fix: str = "") -> InvalidInputError:
+        return InvalidInputError(f"registry {self.root} is damaged: {what}" + (f"; {fix}" if fix else ""))
+
     # ----- reading -------------------------------------------------------------------------------
-    def _read_version(self, version: str, current: str | None) -> VersionInfo:
+    def _check_root(self) -> bool:
+        """False when the registry does not exist yet; raises when the path is not a directory."""
+        if not self.root.exists() and not self.root.is_symlink():
+            return False
+        if not self.root.is_dir():
+            raise InvalidInputError(f"registry path {self.root} is not a directory; pass the registry directory")
+        if self.versions_dir.exists() and (self.versions_dir.is_symlink() or not self.versions_dir.is_dir()):
+            raise self._corrupt(f"{self.versions_dir} is not a plain directory")
+        return True
+
+    def _version_dir(self, version: str) -> Path:
+        """versions/<version>, which must be a real directory (not a symlink)."""
         path = self.versions_dir / version
-        meta_path = path / META_FILE
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise InvalidInputError(f"registry version {path} has no readable {META_FILE} ({err})") from None
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise InvalidInputError(f"registry {self.root} has no version '{version}'; versions: {self._ids() or 'none'}") from None
+        except OSError as err:
+            raise self._corrupt(f"cannot read {path} ({err})") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise self._corrupt(f"{path} is not a plain directory (a symlink or a file)", "remove it")
+        return path
+
+    def _read_version(self, version: str, current: str | None) -> VersionInfo:
+        if not VERSION_PATTERN.match(version):
+            raise InvalidInputError(f"'{version}' is not a version id (v0001, v0002, ...)")
+        path = self._version_dir(version)
+        meta_path = path / META_FILE
+        regular_file(meta_path, f"registry {self.root}: version metadata")
+        try:
+            raw = meta_path.read_bytes()
+        except OSError as err:
+            raise self._corrupt(f"{meta_path} is unreadable ({err})") from None
+        meta = jsonio.loads(raw, f"registry version metadata {meta_path}")
+        if not isinstance(meta, dict):
+            raise self._corrupt(f"{meta_path} is not a JSON object", f"roll back to another version")
+        sha = meta.get("sha256")
+        if not isinstance(sha, str) or not HEX64.match(sha):
+            raise self._corrupt(f"{meta_path} has no valid sha256", "roll back to another version")
+        files = meta.get("files", {MODEL_FILE: sha})  # registries before manifests recorded the model only
+        files = check_manifest(files, str(meta_path))
+        if files[MODEL_FILE] != sha:
+            raise self._corrupt(f"{meta_path}: sha256 and the manifest disagree", "roll back to another version")
+        report_sha = meta.get("report_sha256")
+        if report_sha is not None and (not isinstance(report_sha, str) or not HEX64.match(report_sha)):
+            raise self._corrupt(f"{meta_path} has an invalid report_sha256")
         return VersionInfo(
             version=version,
             path=path,
-            sha256=str(meta.get("sha256", "")),
+            sha256=sha,
             promoted_at=str(meta.get("promoted_at", "")),
             source=str(meta.get("source", "")),
             variant=str(meta.get("variant", "unknown")),
             is_current=version == current,
+            files=files,
+            report_sha256=report_sha,
         )
 
-    def _current_id(self) -> str | None:
+    def _current_id(self, *, strict: bool = True) -> str | None:
+        """The id in `current`; None when there is none. With strict=False a damaged `current`
+        reads as None (used by writers, which replace it)."""
         try:
-            text = self.current_file.read_text(encoding="utf-8").strip()
+            st = os.lstat(self.current_file)
         except FileNotFoundError:
             return None
-        return text or None
+        except OSError as err:
+            if not strict:
+                return None
+            raise self._corrupt(f"cannot read {self.current_file} ({err})") from None
+        fix = "make a version current again with `fusionguard registry rollback --to VERSION`"
+        try:
+            if not stat.S_ISREG(st.st_mode):
+                raise self._corrupt(f"{self.current_file} is not a regular file", fix)
+            if st.st_size > MAX_CURRENT_BYTES:
+                raise self._corrupt(f"{self.current_file} holds {st.st_size} bytes, not one version id", fix)
+            try:
+                text = self.current_file.read_bytes().decode("ascii").strip()
+            except UnicodeDecodeError:
+                raise self._corrupt(f"{self.current_file} holds non-text bytes, not a version id", fix) from None
+            except OSError as err:
+                raise self._corrupt(f"cannot read {self.current_file} ({err})") from None
+            if not text:
+                return None
+            if not VERSION_PATTERN.match(text):
+                raise self._corrupt(f"{self.current_file} holds {text[:40]!r}, not a version id like v0001", fix)
+            if not (self.versions_dir / text).is_dir() or (self.versions_dir / text).is_symlink():
+                raise self._corrupt(f"'current' names version '{text}', which is missing", fix)
+        except InvalidInputError:
+            if strict:
+                raise
+            return None
+        return text
+
+    def _ids(self) -> list[str]:
+        if not self.versions_dir.is_dir():
+            return []
+        try:
+            entries = list(self.versions_dir.iterdir())
+        except OSError as err:
+            raise self._corrupt(f"cannot list {self.versions_dir} ({err})") from None
+        ids = [p.name for p in entries if VERSION_PATTERN.match(p.name) and p.is_dir() and not p.is_symlink()]
+        return sorted(ids, key=lambda name: int(name[1:]))
 
     def versions(self) -> list[VersionInfo]:
         """Every promoted version, oldest first (an empty list for a registry not yet created)."""
-        if not self.versions_dir.is_dir():
+        if not self._check_root():
             return []
         current = self._current_id()
-        ids = sorted(
-            (p.name for p in self.versions_dir.iterdir() if p.is_dir() and VERSION_PATTERN.match(p.name)),
-            key=lambda name: int(name[1:]),
-        )
-        return [self._read_version(v, current) for v in ids]
+        return [self._read_version(v, current) for v in self._ids()]
 
     def get(self, version: str) -> VersionInfo:
-        """One version by id. Raises InvalidInputError when it does not exist."""
-        if not VERSION_PATTERN.match(version) or not (self.versions_dir / version).is_dir():
-            known = [v.version for v in self.versions()]
+        """One version by id (metadata only, files not re-hashed). Raises InvalidInputError when it
+        does not exist."""
+        if not self._check_root() or not VERSION_PATTERN.match(version) or not (self.versions_dir / version).is_dir():
+            known = self._ids() if self.root.is_dir() else []
             raise InvalidInputError(f"registry {self.root} has no version '{version}'; versions: {known or 'none'}")
-        return self._read_version(version, self._current_id())
+        return self._read_version(version, self._current_id(strict=False))
 
     def current(self) -> VersionInfo | None:
-        """The current version, or None when nothing was promoted yet.
+        """The current version's metadata, or None when nothing was promoted yet.
 
         Raises:
-            InvalidInputError: `current` names a version that does not exist (a damaged registry).
+            InvalidInputError: `current` is damaged or names a version that does not exist.
         """
+        if not self._check_root():
+            return None
         current = self._current_id()
         if current is None:
             return None
-        if not (self.versions_dir / current / META_FILE).is_file():
-            raise InvalidInputError(
-                f"registry {self.root}: 'current' names version '{current}', which is missing; "
-                "roll back to an existing version with `fusionguard registry rollback --to VERSION`"
-            )
         return self._read_version(current, current)
 
+    def verify(self, info: VersionInfo) -> VersionInfo:
+        """Re-hash a version's files against its meta.json manifest.
+
+        Checks that model.onnx references exactly the external-data files of the manifest, that
+        none is a symlink, that each hashes to the recorded sha256, and that report.json is the
+        one promoted. Returns `info` unchanged.
+
+        Raises:
+            InvalidInputError: any file differs, is missing or is a symlink (exit 2).
+        """
+        fix = "roll back to a good version with `fusionguard registry rollback --to VERSION`, or promote again"
+        try:
+            actual = model_manifest(info.model_path)
+        except InvalidInputError as err:
+            raise self._corrupt(f"version {info.version}: {err}", fix) from None
+        if actual != info.files:
+            changed = sorted(k for k in set(actual) | set(info.files) if actual.get(k) != info.files.get(k))
+            raise self._corrupt(
+                f"version {info.version}: {', '.join(changed)} no longer match{'es' if len(changed) == 1 else ''} "
+                f"the sha256 recorded in {META_FILE} at promotion; the files were changed after promotion",
+                fix,
+            )
+        if info.report_sha256 is not None:
+            try:
+                regular_file(info.report_path, "report")
+                ok = file_sha256(info.report_path) == info.report_sha256
+            except (InvalidInputError, OSError):
+                ok = False
+            if not ok:
+                raise self._corrupt(f"version {info.version}: {REPORT_FILE} is not the report it was promoted with", fix)
+        profile = info.path / PROFILE_FILE
+        if profile.is_symlink():
+            raise self._corrupt(f"version {info.version}: {PROFILE_FILE} is a symbolic link", fix)
+        return info
+
+    def verified(self, version: str | None = None) -> VersionInfo | None:
+        """A version (default: the current one) after `verify`; None when nothing is current.
+
+        This is the loading path of everything that serves a model (the monitor, hot reload).
+        """
+        info = self.current() if version is None else self.get(version)
+        return None if info is None else self.verify(info)
+
     def current_model_path(self) -> Path | None:
-        """Path of the current model file, or None when nothing was promoted yet."""
-        info = self.current()
+        """Path of the current model file after verification, or None when nothing was promoted yet."""
+        info = self.verified()
         return None if info is None else info.model_path
 
     def history(self) -> list[dict[str, Any]]:
         """The history log, oldest first."""
-        if not self.history_file.is_file():
+        if not self._check_root() or not self.history_file.is_file():
             return []
-        return [json.loads(line) for line in self.history_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            lines = self.history_file.read_bytes().decode("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise self._corrupt(f"{self.history_file} is unreadable ({err})") from None
+        return [jsonio.loads(line, f"a line of {self.history_file}") for line in lines if line.strip()]
 
     # ----- writing -------------------------------------------------------------------------------
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+") as lock:
+        try:
+            self._check_root()
+            for d in (self.root, self.versions_dir):
+                if not d.exists():
+                    d.mkdir(parents=True, exist_ok=True)
+                    os.chmod(d, DIR_MODE)
+            self._check_root()
+            lock = open(self.root / ".lock", "a+")
+        except FusionGuardError:
+            raise
+        except OSError as err:
+            raise InvalidInputError(
+                f"registry {self.root} is not a writable directory ({err}); pass a directory this user can write"
+            ) from None
+        with lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             try:
                 for stale in self.root.glob(".tmp-*"):
                     shutil.rmtree(stale, ignore_errors=True)
                 yield
+            except OSError as err:
+                raise InvalidInputError(f"registry {self.root} could not be written ({err}); nothing was changed") from None
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
@@ -217,6 +403,7 @@ class Registry:
             fh.write(version + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, self.current_file)
         _fsync_path(self.root)
 
@@ -225,103 +412,148 @@ class Registry:
             fh.write(json.dumps(entry, sort_keys=True) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(self.history_file, FILE_MODE)
 
     def _next_id(self) -> str:
         numbers = [int(p.name[1:]) for p in self.versions_dir.iterdir() if VERSION_PATTERN.match(p.name)]
         return f"v{max(numbers, default=0) + 1:04d}"
 
-    def promote(self, model_path: str | Path | None, report_dir: str | Path) -> VersionInfo:
+    def promote(
+        self,
+        model_path: str | Path | None,
+        report_dir: str | Path,
+        *,
+        verify_report: ReportVerifier,
+        environ: Mapping[str, str] | None = None,
+    ) -> VersionInfo:
         """Promote the model a passing gate report describes and make it current.
+
+        The decision rests on evidence: the report must be signed when `FUSIONGUARD_SIGNING_KEY`
+        is set, say passed with every check passed or skipped, pass `verify_report` (the gate's
+        re-validation of each recorded number against the policy the report records), and name
+        a model whose files (model.onnx and every external-data file) hash to the report's
+        manifest. The bytes copied into the registry are hashed again while they are copied.
 
         Args:
             model_path: the model file; None takes the candidate path recorded in the report.
             report_dir: the gate's output directory (report.json, optional profile.json).
+            verify_report: called with (report, source); raises when the numbers do not pass.
+            environ: environment to read the signing key from (default: os.environ).
         Returns:
             The new current version.
         Raises:
-            InvalidInputError: missing/unreadable report or model (exit 2).
-            CheckFailedError: the report did not pass, or the model's sha256 differs from the one
-                the gate evaluated (exit 1). Nothing is written in either case.
+            InvalidInputError: missing/unreadable/malformed report or model, symlinks, an
+                unwritable registry (exit 2).
+            CheckFailedError: the report did not pass, is unsigned or mis-signed while a key is
+                set, or the model's files differ from those the gate evaluated (exit 1).
+                Nothing is written in either case.
         """
         report_dir = Path(report_dir)
         report = read_report(report_dir)
+        source = f"gate report {report_dir / REPORT_FILE}"
+        key = signing.signing_key(environ)
+        if key is not None:
+            signing.verify(report, key, source)
+        problems = _structural_problems(report)
+        if problems:
+            raise CheckFailedError(
+                f"refusing to promote: the {source} does not describe a passing candidate ({'; '.join(problems)}); "
+                "only a passing candidate can be promoted"
+            )
+        verify_report(report, source)
         candidate = report["candidate"]
-        model = Path(model_path) if model_path is not None else Path(str(candidate.get("path", "")))
-        if not model.is_file():
-            raise InvalidInputError(f"model {model} does not exist; pass the candidate the gate evaluated")
-        outcome = report.get("outcome")
-        if outcome != "passed" or report.get("exit_code") != 0:
-            failed = [c.get("name") for c in report.get("checks", []) if c.get("outcome") != "passed" and c.get("outcome") != "skipped"]
-            raise CheckFailedError(
-                f"refusing to promote {model}: the gate report in {report_dir} says '{outcome}'"
-                + (f" (checks not passed: {', '.join(map(str, failed))})" if failed else "")
-                + "; only a passing candidate can be promoted"
-            )
-        expected = str(candidate.get("sha256", ""))
-        actual = file_sha256(model)
+        expected = check_manifest(candidate.get("files"), f"{source} (candidate.files)")
+        if candidate.get("sha256") != expected[MODEL_FILE]:
+            raise CheckFailedError(f"refusing to promote: {source} records two different sha256 for the model")
+        recorded = candidate.get("path")
+        if model_path is None and not isinstance(recorded, str):
+            raise InvalidInputError(f"{source} records no candidate path; pass --model")
+        model = Path(model_path) if model_path is not None else Path(str(recorded))
+        actual = model_manifest(model)
         if actual != expected:
+            changed = sorted(k for k in set(actual) | set(expected) if actual.get(k) != expected.get(k))
             raise CheckFailedError(
-                f"refusing to promote {model}: its sha256 {actual[:12]}… differs from the {expected[:12]}… the gate "
-                "evaluated; the file changed since the gate ran, so gate it again"
+                f"refusing to promote {model}: {', '.join(changed)} differ{'s' if len(changed) == 1 else ''} from the "
+                "files the gate evaluated (sha256 manifest in the report); the model changed since the gate ran, or "
+                "it is another model: gate it again"
             )
+        profile_src = report_dir / PROFILE_FILE
+        if profile_src.is_symlink():
+            raise InvalidInputError(f"{profile_src} is a symbolic link; the gate writes profile.json as a regular file")
+        if profile_src.exists():
+            from fusionguard.profile import ReferenceProfile
+
+            profile = ReferenceProfile.read(profile_src)
+            if profile.model_sha256 != expected[MODEL_FILE]:
+                raise CheckFailedError(f"refusing to promote: {profile_src} describes another model than the report")
+
         with self._locked():
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+            os.chmod(tmp, DIR_MODE)
             try:
-                shutil.copyfile(model, tmp / MODEL_FILE)
-                copied = file_sha256(tmp / MODEL_FILE)
-                if copied != expected:
-                    raise CheckFailedError(
-                        f"refusing to promote {model}: the copy in the registry hashes to {copied[:12]}…, not "
-                        f"{expected[:12]}…; the file changed during the copy, so gate it again"
-                    )
-                shutil.copyfile(report_dir / REPORT_FILE, tmp / REPORT_FILE)
-                if (report_dir / PROFILE_FILE).is_file():
-                    shutil.copyfile(report_dir / PROFILE_FILE, tmp / PROFILE_FILE)
+                for name, sha in expected.items():
+                    src = model if name == MODEL_FILE else model.parent / name
+                    copied = copy_hashed(src, tmp / name)
+                    if copied != sha:
+                        raise CheckFailedError(
+                            f"refusing to promote {model}: the copy of {name} hashes to {copied[:12]}…, not "
+                            f"{sha[:12]}…; the file changed during the copy, so gate it again"
+                        )
+                for folder in {parent for name in expected for parent in PurePosixPath(name).parents} - {PurePosixPath(".")}:
+                    os.chmod(tmp / folder, DIR_MODE)  # mkdir honoured the umask; the serving uid must enter
+                report_sha = copy_hashed(report_dir / REPORT_FILE, tmp / REPORT_FILE)
+                if jsonio.loads((tmp / REPORT_FILE).read_bytes(), source) != report:
+                    raise CheckFailedError(f"refusing to promote: {source} changed while it was being promoted")
+                if profile_src.exists():
+                    copy_hashed(profile_src, tmp / PROFILE_FILE)
                 version = self._next_id()
                 meta = {
                     "version": version,
-                    "sha256": expected,
+                    "sha256": expected[MODEL_FILE],
+                    "files": expected,
+                    "report_sha256": report_sha,
+                    "signed": key is not None,
                     "promoted_at": _now(),
                     "source": str(model.resolve()),
-                    "variant": str(candidate.get("variant", "unknown")),
+                    "variant": str(candidate.get("variant") or "unknown"),
                     "report_dir": str(report_dir.resolve()),
                 }
                 (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-                for f in tmp.iterdir():
-                    _fsync_path(f)
+                os.chmod(tmp / META_FILE, FILE_MODE)
+                _fsync_path(tmp / META_FILE)
                 _fsync_path(tmp)
                 os.rename(tmp, self.versions_dir / version)
                 _fsync_path(self.versions_dir)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            previous = self._current_id()
+            previous = self._current_id(strict=False)
             self._set_current(version)
-            self._log({"action": "promote", "version": version, "previous": previous, "sha256": expected, "at": meta["promoted_at"]})
+            self._log({"action": "promote", "version": version, "previous": previous, "sha256": expected[MODEL_FILE], "at": meta["promoted_at"]})
         logger.info("promoted %s as %s in %s", model, version, self.root)
         return self._read_version(version, version)
 
     def rollback(self, version: str | None = None) -> VersionInfo:
-        """Make an earlier version current.
+        """Make an earlier version current, after verifying its files.
 
         Args:
             version: the version to make current; None picks the newest version older than the
-                current one.
+                current one. With an explicit version a damaged `current` is repaired.
         Raises:
-            InvalidInputError: no such version, or nothing older to roll back to (exit 2).
+            InvalidInputError: no such version, nothing older, or the target is damaged (exit 2).
         """
         with self._locked():
-            current = self._current_id()
+            current = self._current_id(strict=version is None)
             if version is None:
                 if current is None:
                     raise InvalidInputError(f"registry {self.root} has no current version; nothing to roll back")
-                older = [v.version for v in self.versions() if int(v.version[1:]) < int(current[1:])]
+                older = [v for v in self._ids() if int(v[1:]) < int(current[1:])]
                 if not older:
                     raise InvalidInputError(
                         f"registry {self.root}: {current} is the oldest version; nothing older to roll back to"
                     )
                 version = older[-1]
-            target = self.get(version)
+            target = self.verify(self.get(version))
             self._set_current(target.version)
             self._log({"action": "rollback", "version": target.version, "previous": current, "sha256": target.sha256, "at": _now()})
         logger.info("rolled %s back to %s", self.root, version)

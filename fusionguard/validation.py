@@ -38,7 +38,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from fusionguard.contract import ModelContract
-from fusionguard.dataset import DEFAULT_BATCH_ROWS, ID_COLUMNS, open_parquet
+from fusionguard.dataset import DEFAULT_BATCH_ROWS, ID_COLUMNS, open_parquet, read_batches
 from fusionguard.errors import DataValidationError, InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -95,13 +95,13 @@ def _row_stats(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return lengths, nonfinite
 
 
-def _scan(pf, scalar_cols: list[str], list_cols: list[str], batch_rows: int) -> pd.DataFrame:
+def _scan(pf, path: Path, scalar_cols: list[str], list_cols: list[str], batch_rows: int) -> pd.DataFrame:
     """One streaming pass: id/label columns as they are, list columns reduced to per-row stats."""
     parts: list[pd.DataFrame] = []
     n_rows = pf.metadata.num_rows
     # The bar shows on a terminal for large files only (disable=None: off when not a TTY).
     bar = tqdm(total=n_rows, unit="rows", desc="validating", disable=None if n_rows >= _PROGRESS_ROWS else True)
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=scalar_cols + list_cols):
+    for batch in read_batches(pf, path, batch_size=batch_rows, columns=scalar_cols + list_cols):
         bar.update(batch.num_rows)
         frame = {c: batch.column(c).to_pandas() for c in scalar_cols}
         for c in list_cols:
@@ -207,7 +207,10 @@ def validate_dataset(
         counts["bad_type:label"] = 1
 
     scalar_cols = [c for c in ID_COLUMNS if c in types and (c != "label" or label_usable)]
-    rows = _scan(pf, scalar_cols, list_cols, batch_rows)
+    try:
+        rows = _scan(pf, path, scalar_cols, list_cols, batch_rows)
+    except InvalidInputError as err:  # a corrupt data page under a valid footer
+        return ValidationReport(label, (str(err),), 0, 0, {"unreadable": 1})
     n_rows = int(pf.metadata.num_rows)
     if n_rows == 0:
         problems.append("the dataset has no rows; write at least one query with two candidates")

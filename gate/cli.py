@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from fusionguard.cli import LazyGroup
-from fusionguard.errors import FusionGuardError
+from fusionguard.errors import FusionGuardError, InvalidInputError
 from fusionguard.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -98,14 +98,21 @@ def _append_summary(path: Path, text: str) -> None:
 @click.option("--report", "report_dir", required=True, type=_EXISTING, help="The gate's report directory.")
 @click.option("--registry", "registry_dir", required=True, type=_EXISTING, help="Registry directory (created if missing).")
 @click.option("--model", type=_EXISTING, default=None, help="Model file; defaults to the candidate path in the report.")
-def promote(report_dir, registry_dir, model) -> None:  # noqa: ANN001
+@click.option("--policy", type=_EXISTING, default=None, help="Require the report to have been made under this policy TOML.")
+def promote(report_dir, registry_dir, model, policy) -> None:  # noqa: ANN001
     """Promote a model whose gate report passed into a registry and make it current.
 
-    Refuses (exit 1) when the report did not pass or the model changed since the gate ran.
+    The report is re-validated against the policy it records (every check passed, every number
+    on the passing side of its threshold); the model and its external-data files must hash to
+    the report's manifest. With FUSIONGUARD_SIGNING_KEY set, the report must carry the gate's
+    signature made with that key (docs/gate.md). Refuses with exit 1 when the evidence does not
+    show a pass, exit 2 on unusable input.
 
     Example: fusionguard promote --report report/ --registry /srv/models/ranker
     """
-    info = Registry(registry_dir).promote(model, report_dir)
+    from gate.promotion import promote as promote_model
+
+    info = promote_model(report_dir, registry_dir, model, policy)
     click.echo(f"promoted {info.source} as {info.version} (sha256 {info.sha256[:12]}) in {registry_dir}; it is current")
 
 
@@ -138,15 +145,13 @@ def list_versions(registry_dir) -> None:  # noqa: ANN001
 @_REGISTRY_OPTION
 @click.argument("version", required=False)
 def show(registry_dir, version) -> None:  # noqa: ANN001
-    """Show one version (default: the current one) as JSON.
+    """Show one version (default: the current one) as JSON, after verifying its files' sha256.
 
     Example: fusionguard registry show --registry /srv/models/ranker v0002
     """
-    reg = Registry(registry_dir)
-    info = reg.get(version) if version else reg.current()
+    info = Registry(registry_dir).verified(version)  # re-hashes the files against meta.json
     if info is None:
-        click.echo(f"registry {registry_dir} has no current version", err=True)
-        raise SystemExit(1)
+        raise InvalidInputError(f"registry {registry_dir} has no current version; promote one with `fusionguard promote`")
     click.echo(json.dumps(info.to_dict(), indent=2))
 
 

@@ -128,7 +128,7 @@ def evaluate(
         if missing:
             raise InvalidInputError(f"model {s.path} declares no {missing} inputs; eval measures fusion models only")
     base = Scorer(baseline, device=dev, threads=threads) if baseline else None
-    ensure_valid(data, [s.contract for s in scorers] + ([base.contract] if base else []), max_label=policy.data.max_label)
+    ensure_valid(data, [s.contract for s in scorers] + ([base.contract] if base else []), max_label=policy.label_limit)
     batch = load_dataset(data, scorers[0].contract)
     for other in [*scorers[1:], *([base] if base else [])]:  # inputs the first model does not read
         missing = [n for n in other.contract.input_names if n not in batch.feeds]

@@ -18,6 +18,7 @@ Example `gate.toml`::
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -27,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from fusionguard.errors import ConfigError, InvalidInputError
+from fusionguard.metrics import MAX_EXPONENTIAL_LABEL
 
 STRATEGIES = ("zero", "mean", "permute")
+MAX_RESAMPLES = 1_000_000  # the resample matrix is (n_resamples, n_queries): 1e6 x 1e4 queries is ~80 GB already
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,13 @@ class Policy:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def label_limit(self) -> int | None:
+        """The largest label the eval set may hold: data.max_label, capped for exponential gain."""
+        if self.metric.gain != "exponential":
+            return self.data.max_label
+        return min(self.data.max_label if self.data.max_label is not None else MAX_EXPONENTIAL_LABEL, MAX_EXPONENTIAL_LABEL)
+
 
 # ----- validation rules beyond types (field path -> (predicate, what is allowed)) ---------------
 
@@ -129,7 +139,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.max_label": (lambda x: x >= 0, "an integer >= 0"),
     "metric.k": (lambda x: x >= 1, "an integer >= 1"),
     "metric.gain": (lambda x: x in ("linear", "exponential"), "'linear' or 'exponential'"),
-    "bootstrap.n_resamples": (lambda x: x >= 100, "an integer >= 100"),
+    "bootstrap.n_resamples": (lambda x: 100 <= x <= MAX_RESAMPLES, f"an integer in [100, {MAX_RESAMPLES:,}]"),
     "bootstrap.confidence": (lambda x: 0.5 <= x < 1.0, "a number in [0.5, 1)"),
     "bootstrap.method": (lambda x: x in ("percentile", "bca"), "'percentile' or 'bca'"),
     "ablation.strategy": (lambda x: x in STRATEGIES, f"one of {list(STRATEGIES)}"),
@@ -139,18 +149,18 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "shapley.strategy": (lambda x: x in STRATEGIES, f"one of {list(STRATEGIES)}"),
     "shapley.min_visual_share": (_unit, "a number in [0, 1]"),
     "integrity.max_correlation": (lambda x: -1.0 < x <= 1.0, "a number in (-1, 1]"),
-    "quality.margin": (lambda x: x >= 0.0, "a number >= 0 (absolute NDCG)"),
+    "quality.margin": (lambda x: 0.0 <= x < 1.0, "a number in [0, 1) (absolute NDCG; 1 or more disables the check)"),
     "attention.min_visual_mass": (_unit, "a number in [0, 1]"),
     "attention.min_entropy": (_unit, "a number in [0, 1]"),
     "attention.max_entropy": (_unit, "a number in [0, 1]"),
     "scoring.device": (lambda x: x in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'"),
     "scoring.batch_rows": (lambda x: x >= 1, "an integer >= 1"),
-    "scoring.threads": (lambda x: x >= 1, "an integer >= 1"),
+    "scoring.threads": (lambda x: 1 <= x <= 1024, "an integer in [1, 1024]"),
 }
 
 
 def _type_name(tp: Any) -> str:
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    names = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}
     args = [a for a in typing.get_args(tp) if a is not type(None)] if _is_optional(tp) else [tp]
     return " or ".join(names.get(a, str(a)) for a in args)
 
@@ -168,8 +178,8 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
         return isinstance(value, bool), value
     if base is int:
         return isinstance(value, int) and not isinstance(value, bool), value
-    if base is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if base is float:  # TOML allows inf and nan; no threshold may be either (inf would disable a check)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         return ok, float(value) if ok else value
     if base is str:
         return isinstance(value, str), value
@@ -221,6 +231,12 @@ def policy_from_dict(data: Mapping[str, Any], source: str = "<policy>") -> Polic
     a = policy.attention
     if a.min_entropy is not None and a.max_entropy is not None and a.min_entropy > a.max_entropy:
         problems.append(f"'attention.min_entropy' ({a.min_entropy}) is above 'attention.max_entropy' ({a.max_entropy})")
+    m, d = policy.metric, policy.data
+    if m.gain == "exponential" and d.max_label is not None and d.max_label > MAX_EXPONENTIAL_LABEL:
+        problems.append(
+            f"'data.max_label' ({d.max_label}) is above {MAX_EXPONENTIAL_LABEL}, the largest label exponential gain "
+            "(2^rel - 1) handles; use linear gain or labels <= 30"
+        )
     if problems:
         raise ConfigError(source, problems)
     return policy

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
+import shutil
+import tempfile
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from importlib import metadata
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fusionguard import __version__, metrics
+from fusionguard import __version__, metrics, signing
 from fusionguard.errors import FusionGuardError, InvalidInputError
 from fusionguard.profile import build_profile, feature_summaries
 
@@ -199,16 +202,61 @@ def _query_of_row(groups: metrics.QueryGroups) -> np.ndarray:
     return out
 
 
+# Every file the gate writes into --out; report.json is moved in last, so its presence means the
+# run finished. (Plot names repeat gate.plots' constants: importing that module loads matplotlib.)
+_STAGE_PREFIX = ".fusionguard-gate-"
+ARTEFACTS = ("report.md", "junit.xml", "profile.json", "ndcg_difference.png", "contributions.png", "report.json")
+
+
+def clear_artefacts(out: Path, keep: Path | None = None) -> None:
+    """Remove the files an earlier gate run left in `out`, so an early stop leaves none behind.
+
+    Raises:
+        InvalidInputError: one cannot be removed (a directory in its place, no permission).
+    """
+    for stage in out.glob(f"{_STAGE_PREFIX}*"):  # left by a run that was killed mid-write
+        if stage != keep:
+            shutil.rmtree(stage, ignore_errors=True)
+    for name in ARTEFACTS:
+        path = out / name
+        try:
+            if path.is_symlink() or path.exists():
+                path.unlink()
+        except OSError as err:
+            raise InvalidInputError(
+                f"cannot remove {path} left by an earlier run ({err}); clear the report directory or pick another --out"
+            ) from None
+
+
 def write_reports(result: GateResult, out: Path) -> Path:
-    """Write every report file into `out` (created) and return it.
+    """Write every report file into a temporary directory inside `out`, then move them in.
+
+    Nothing from an earlier run survives: its artefacts are removed before the new ones are
+    moved in, report.json last. With `FUSIONGUARD_SIGNING_KEY` set, report.json is signed
+    (fusionguard.signing).
 
     Raises:
         InvalidInputError: `out` cannot be created or written.
     """
     try:
         out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=_STAGE_PREFIX, dir=out))
     except OSError as err:
         raise InvalidInputError(f"cannot create the report directory {out} ({err}); pick a writable --out") from None
+    try:
+        _write_all(result, stage)
+        clear_artefacts(out, keep=stage)
+        for name in ARTEFACTS:
+            if (stage / name).exists():
+                os.replace(stage / name, out / name)
+    except OSError as err:
+        raise InvalidInputError(f"cannot write the reports into {out} ({err}); pick a writable --out") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out
+
+
+def _write_all(result: GateResult, out: Path) -> None:
     profile_note = None
     if result.measures is not None and result.candidate.sha256 and result.groups is not None:
         try:
@@ -228,14 +276,15 @@ def write_reports(result: GateResult, out: Path) -> Path:
             logger.warning("reference profile not written: %s", err)
     else:
         profile_note = "not written: the candidate was not scored"
-    stale = out / "profile.json"
-    if profile_note is not None and stale.exists():
-        stale.unlink()  # never leave a profile from an earlier run next to this report
     report = report_dict(result, profile_note)
+    key = signing.signing_key()
+    if key:
+        report = signing.sign(report, key)
+    elif key is not None:
+        logger.warning("%s is set but empty: report.json is not signed", signing.KEY_ENV)
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     from gate.plots import write_plots  # matplotlib is slow to import; only here
 
     plots = write_plots(result, out)  # first, so that report.md links exactly the plots written
     (out / "report.md").write_text(markdown(report, [p.name for p in plots]), encoding="utf-8")
     (out / "junit.xml").write_text(junit(report), encoding="utf-8")
-    return out

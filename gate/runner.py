@@ -27,7 +27,7 @@ from fusionguard.errors import (
     FusionGuardError,
     InvalidInputError,
 )
-from fusionguard.registry import file_sha256
+from fusionguard.registry import MODEL_FILE, file_sha256, model_manifest
 from fusionguard.scorer import Scorer
 
 from gate import checks
@@ -49,9 +49,13 @@ class ModelInfo:
     variant: str | None = None
     provider: str | None = None
     contract: dict[str, Any] | None = None
+    files: dict[str, str] | None = None  # sha256 of model.onnx and each external-data file (promote checks it)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "sha256": self.sha256, "variant": self.variant, "provider": self.provider, "contract": self.contract}
+        return {
+            "path": self.path, "sha256": self.sha256, "files": self.files, "variant": self.variant,
+            "provider": self.provider, "contract": self.contract,
+        }
 
 
 @dataclass
@@ -102,6 +106,12 @@ def _load_scorer(path: Path, sidecar: str | Path | None, policy: Policy, info: M
     info.variant = scorer.contract.variant
     info.provider = scorer.provider
     info.contract = scorer.contract.to_dict()
+    try:
+        info.files = model_manifest(path.resolve())
+    except InvalidInputError as err:  # still gated; `promote` refuses a report without a manifest
+        logger.warning("%s model %s: no file manifest recorded, so it cannot be promoted: %s", role, path, err)
+    if info.files is not None and info.files[MODEL_FILE] != info.sha256:
+        raise InvalidInputError(f"{role} model {path} changed while it was being loaded; run the gate again")
     return scorer
 
 
@@ -132,9 +142,12 @@ def run_gate(
         ConfigError / InvalidInputError: the policy is invalid, or no baseline was given while the
             policy requires one (nothing is written then).
     """
-    if out is not None and (Path(out) / "report.json").is_file():
-        # Fail closed: a report left by an earlier run must never be promotable after this one stops early.
-        (Path(out) / "report.json").unlink()
+    if out is not None and Path(out).is_dir():
+        # Fail closed: nothing an earlier run left in --out may pass for this run's result if it
+        # stops early; the new reports are moved in only when it finishes (gate.report).
+        from gate.report import clear_artefacts
+
+        clear_artefacts(Path(out))
     policy = policy if isinstance(policy, Policy) else load_policy(policy)
     candidate, data = Path(candidate), Path(data)
     if baseline is None and policy.baseline.required:
@@ -205,7 +218,7 @@ def _data_check(data: Path, contracts: list, policy: Policy, info: dict[str, Any
     if not data.is_file():
         return errored("data", f"eval set {data} does not exist; check --data", EXIT_INVALID)
     info["sha256"] = dataset_sha256(data)
-    report = validate_dataset(data, contracts, max_label=policy.data.max_label)
+    report = validate_dataset(data, contracts, max_label=policy.label_limit)
     info.update({"n_rows": report.n_rows, "n_queries": report.n_queries})
     if not report.ok:
         problems = list(report.problems)

@@ -161,7 +161,7 @@ class ModelService:
         if self.config.model is not None:
             return self.config.model, None, self.config.profile
         registry = Registry(self.config.registry)
-        info = registry.current()
+        info = registry.verified()  # the files must still hash to meta.json's manifest
         if info is None:
             return None
         return info.model_path, info.version, self.config.profile or info.profile_path
@@ -172,6 +172,8 @@ class ModelService:
             return None
         path, version, profile_path = resolved
         scorer = Scorer(path, device=self.config.device, threads=self.config.threads)
+        if version is not None and scorer.sha256 != Registry(self.config.registry).get(version).sha256:
+            raise InvalidInputError(f"registry version {version}: {path} changed while it was being loaded; not served")
         profile = ReferenceProfile.read(profile_path) if profile_path is not None else None
         if profile is not None and profile.shapley_strategy != self.config.shapley_strategy:
             raise InvalidInputError(

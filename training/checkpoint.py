@@ -16,6 +16,8 @@ leaves a half-written model.pt behind.
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from typing import Any
 
 import torch
 
-from fusionguard import __version__
+from fusionguard import __version__, jsonio
 from fusionguard.errors import InvalidInputError
 from training.config import TrainConfig
 from training.models import InputDims, Ranker, build_model
@@ -88,22 +90,23 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         raise InvalidInputError(
             f"{directory} is not a training checkpoint: missing {missing}; point at the --out directory of `fusionguard train`"
         )
-    try:
-        config_data = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
-        meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise InvalidInputError(f"checkpoint JSON in {directory} is corrupt ({err}); retrain or restore it") from None
+    documents = {}
+    for name in (CONFIG_FILE, META_FILE):
+        try:
+            text = (directory / name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise InvalidInputError(f"checkpoint file {directory / name} is unreadable ({err}); retrain or restore it") from None
+        documents[name] = jsonio.loads(text, f"checkpoint file {directory / name}")
+        if not isinstance(documents[name], dict):
+            raise InvalidInputError(f"checkpoint file {directory / name} must hold a JSON object; retrain or restore it")
+    config_data, meta = documents[CONFIG_FILE], documents[META_FILE]
     config = TrainConfig.from_dict(config_data, source=str(directory / CONFIG_FILE))
-    dims_data = meta.get("input_dims") or {}
-    try:
-        dims = InputDims(int(dims_data["d"]), int(dims_data["lt"]), int(dims_data["lv"]))
-    except (KeyError, TypeError, ValueError):
-        raise InvalidInputError(f"{directory / META_FILE} lacks input_dims {{d, lt, lv}}; it was not written by save_checkpoint") from None
+    dims = _input_dims(meta.get("input_dims"), directory / META_FILE)  # checked before anything is allocated
     model = build_model(meta.get("variant", config.variant), dims, config.model)
+    state = _load_weights(directory / MODEL_FILE)
     try:
-        state = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except (RuntimeError, OSError, EOFError) as err:
+    except (RuntimeError, TypeError, ValueError, AttributeError) as err:
         raise InvalidInputError(f"cannot load {directory / MODEL_FILE} into a {model.variant} model: {err}") from None
     model.to(device).eval()
     return Checkpoint(model=model, config=config, meta=meta)
@@ -124,4 +127,40 @@ def load_resume_state(directory: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     # RNG states are uint8 tensors and Python ints/lists: all allowed by weights_only loading.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return _load_weights(path)
+
+
+# Largest sizes a checkpoint's meta.json may claim: a (d x d) layer at the bound is 1 GiB of float32,
+# so a tampered meta.json cannot make `build_model` allocate gigabytes before anything is checked.
+MAX_DIM = 16_384
+MAX_TOKENS = 4_096
+
+
+def _input_dims(value: Any, source: Path) -> InputDims:
+    """input_dims {d, lt, lv} from meta.json: positive integers within bounds."""
+    bounds = {"d": MAX_DIM, "lt": MAX_TOKENS, "lv": MAX_TOKENS}
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"{source} lacks input_dims {{d, lt, lv}}; it was not written by save_checkpoint")
+    problems = [
+        f"input_dims.{k} must be an integer in [1, {limit:,}], got {value.get(k)!r}"
+        for k, limit in bounds.items()
+        if not isinstance(value.get(k), int) or isinstance(value.get(k), bool) or not 1 <= value[k] <= limit
+    ]
+    if problems:
+        raise InvalidInputError(f"{source}: {'; '.join(problems)}; retrain or restore the checkpoint")
+    return InputDims(value["d"], value["lt"], value["lv"])
+
+
+def _load_weights(path: Path) -> Any:
+    """torch.load with weights_only=True; anything it refuses (a pickle that would run code, a
+    damaged archive) is an InvalidInputError whose message gives no unsafe workaround."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InvalidInputError(
+            f"refusing to load {path}: it is not a plain tensor checkpoint (it holds Python objects that loading "
+            "would have to construct or run). Only checkpoints written by `fusionguard train` are loaded; retrain "
+            "or restore the file from a trusted source"
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+        raise InvalidInputError(f"cannot read {path} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); retrain or restore it") from None

@@ -98,3 +98,13 @@ def test_summary_properties(values):
     assert min(s.sample) >= values.min() and max(s.sample) <= values.max()
     shuffled = Summary.of(np.random.default_rng(0).permutation(values))
     assert shuffled.quantiles == s.quantiles and shuffled.counts == s.counts
+
+
+def test_a_symlinked_profile_is_refused(tmp_path):
+    from fusionguard.errors import InvalidInputError
+
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0\n")
+    (tmp_path / "profile.json").symlink_to(secret)
+    with pytest.raises(InvalidInputError, match="symbolic link"):
+        ReferenceProfile.read(tmp_path / "profile.json")

@@ -87,19 +87,24 @@ def _stop(proc: subprocess.Popen) -> None:
 
 # ----- models, registry and traffic -----------------------------------------------------------
 
-def _fake_gate_report(report_dir: Path, model: Path, variant: str, profile_json: str) -> Path:
-    """Stand-in for a passing `fusionguard gate` run, so `Registry.promote` accepts the model.
+def _promote(registry, model: Path, report_dir: Path, variant: str, profile_json: str):  # noqa: ANN001, ANN202
+    """Promote `model` on a stand-in for a passing `fusionguard gate` run.
 
     The point of this test is a collapsed model that reached production anyway; the gate's own
-    tests cover the gate.
+    tests cover the gate (and `promote`'s re-validation of its report, which is bypassed here).
+    The healthy model's reference profile is installed next to every version, so drift compares
+    the collapsed model against it.
     """
-    from fusionguard.registry import file_sha256
+    from fusionguard.registry import model_manifest
 
     report_dir.mkdir(parents=True)
-    report = {"outcome": "passed", "exit_code": 0, "candidate": {"path": str(model), "sha256": file_sha256(model), "variant": variant}}
+    files = model_manifest(model)
+    candidate = {"path": str(model), "sha256": files["model.onnx"], "files": files, "variant": variant}
+    report = {"outcome": "passed", "exit_code": 0, "candidate": candidate, "checks": [{"name": "stand-in", "outcome": "passed"}]}
     (report_dir / "report.json").write_text(json.dumps(report))
-    (report_dir / "profile.json").write_text(profile_json)
-    return report_dir
+    info = registry.promote(model, report_dir, verify_report=lambda report, source: None, environ={})
+    (info.path / "profile.json").write_text(profile_json)
+    return info
 
 
 def _profile_json(model: Path, data) -> str:  # noqa: ANN001 - a toymodels Batch
@@ -190,7 +195,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     profile = _profile_json(fusion, data)  # the healthy model's reference, kept for both versions
 
     registry = Registry(tmp / "registry")
-    registry.promote(fusion, _fake_gate_report(tmp / "gate-fusion", fusion, "toy-fusion", profile))
+    _promote(registry, fusion, tmp / "gate-fusion", "toy-fusion", profile)
 
     monitor_port, prom_port = _free_port(), _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -248,7 +253,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             # drift windows' worth of requests, then the same queries with visual tokens x 2.
             phase("in_distribution", 2 * DRIFT_WINDOW)
             phase("shifted", DRIFT_WINDOW // 2, _visual_scaled_x2)
-            registry.promote(blind, _fake_gate_report(tmp / "gate-blind", blind, "toy-visual-blind", profile))
+            _promote(registry, blind, tmp / "gate-blind", "toy-visual-blind", profile)
             reloaded = httpx.post(f"{base}/v2/repository/models/{MODEL_NAME}/load", timeout=60)
             assert reloaded.status_code == 200, reloaded.text
             assert reloaded.json()["version"] == "v0002"

@@ -33,7 +33,7 @@ def test_values_are_read(tmp_path):
         ("[integrity]\nmax_corelation = 0.9\n", "did you mean 'max_correlation'"),
         ("[integrty]\nmax_correlation = 0.9\n", "unknown section 'integrty'"),
         ("[ablation]\nstrategy = 'shuffle'\n", "'ablation.strategy' must be one of"),
-        ("[ablation]\nmin_visual_drop = 'high'\n", "'ablation.min_visual_drop' must be a number"),
+        ("[ablation]\nmin_visual_drop = 'high'\n", "'ablation.min_visual_drop' must be a finite number"),
         ("[bootstrap]\nn_resamples = 10.5\n", "'bootstrap.n_resamples' must be an integer"),
         ("[baseline]\nrequired = 1\n", "'baseline.required' must be true or false"),
         ("[integrity]\nmax_correlation = 1.5\n", "'integrity.max_correlation' must be a number in (-1, 1]"),

@@ -99,3 +99,78 @@ def test_late_fusion_trains_through_the_trainer_and_reloads(tmp_path, tiny_bench
     torch.testing.assert_close(model(q, t, v)[0], reloaded(q, t, v)[0])
     s_text, s_visual = model.unimodal(q, t, v)
     torch.testing.assert_close(model(q, t, v)[0], s_text + s_visual)  # the score is the sum of the heads
+
+
+class _Evil:
+    """Unpickling this would run a shell command; weights_only loading must refuse it."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+def _saved(tmp_path):
+    config = tiny_config("baseline")
+    save_checkpoint(tmp_path, build_model("baseline", DIMS, config.model), config, {"data_sha256": "abc", "data_dir": "bench"})
+    return tmp_path
+
+
+def test_a_malicious_pickle_is_refused_cleanly_through_the_cli(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from fusionguard.cli import cli
+    from fusionguard.errors import InvalidInputError
+
+    ckpt = _saved(tmp_path / "ckpt")
+    torch.save({"weights": _Evil()}, ckpt / "model.pt")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidInputError, match="refusing to load") as err:
+        load_checkpoint(ckpt)
+    assert "weights_only" not in str(err.value)
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 2, result.output
+    assert "refusing to load" in result.output and "weights_only" not in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize(
+    ("dims", "needle"),
+    [
+        ({"d": 50_000_000, "lt": 2, "lv": 3}, "input_dims.d must be an integer in [1, 16,384]"),
+        ({"d": -8, "lt": 2, "lv": 3}, "input_dims.d"),
+        ({"d": 8, "lt": 2.5, "lv": 3}, "input_dims.lt"),
+        ({"d": 8, "lt": 2, "lv": "3"}, "input_dims.lv"),
+        ([8, 2, 3], "lacks input_dims"),
+    ],
+)
+def test_meta_sizes_are_checked_before_anything_is_allocated(tmp_path, dims, needle):
+    from fusionguard.errors import InvalidInputError
+
+    ckpt = _saved(tmp_path)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta["input_dims"] = dims
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(InvalidInputError, match=needle.replace("[", r"\[")):
+        load_checkpoint(ckpt)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "[" * 50_000 + "]" * 50_000, "\xff"])
+def test_meta_that_is_not_an_object_is_invalid_input(tmp_path, text):
+    from fusionguard.errors import InvalidInputError
+
+    ckpt = _saved(tmp_path)
+    (ckpt / "meta.json").write_text(text, encoding="latin-1")
+    with pytest.raises(InvalidInputError):
+        load_checkpoint(ckpt)
+
+
+def test_export_out_under_a_regular_file_exits_2(tmp_path):
+    from click.testing import CliRunner
+
+    from fusionguard.cli import cli
+
+    ckpt = _saved(tmp_path / "ckpt")
+    (tmp_path / "afile").write_text("x")
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "afile" / "m.onnx")])
+    assert result.exit_code == 2 and "is a file, not a directory" in result.output, result.output
