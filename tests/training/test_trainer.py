@@ -19,8 +19,9 @@ from .conftest import TINY_SYNTH, tiny_config
     # The adversarial, OGM-GE and modality-dropout runs perturb the task gradient on purpose; on a
     # 12-query benchmark four epochs are not enough for them to lower the task loss reliably, so
     # for them this is a smoke test of the loop and its logged quantities.
-    [("baseline", True), ("v1", True), ("mbl", True), ("combined", True),
-     ("late-fusion", True), ("adversarial", False), ("ogm-ge", False), ("modality-dropout", False)],
+    [("baseline", True), ("v1", True), ("mbl", True), ("combined", True), ("late-fusion", True),
+     ("separate-softmax", True), ("unimodal-heads", True), ("adversarial", False), ("ogm-ge", False),
+     ("modality-dropout", False), ("opm", False), ("agm", False), ("pmr", False), ("mmpareto", False)],
 )
 def test_tiny_training_run(tmp_path, tiny_bench, variant, must_lower):
     result = train(tiny_config(variant, max_epochs=4, patience=10), tiny_bench, tmp_path, progress=False)
@@ -35,8 +36,10 @@ def test_tiny_training_run(tmp_path, tiny_bench, variant, must_lower):
     if variant == "late-fusion":  # no attention: the attention columns are logged as null
         assert log[0]["val_visual_attention_mass"] is None and log[0]["val_attention_entropy"] is None
         assert result.test["visual_drop"] is not None
-    if variant == "ogm-ge":
-        assert {"rho_text", "coef_text", "coef_visual"} <= set(log[0])
+    own_keys = {"ogm-ge": {"rho_text", "coef_text", "coef_visual", "ogm_active"}, "agm": {"coef_text", "agm_loss_visual"},
+                "pmr": {"pce_visual", "weight_visual"}, "mmpareto": {"pareto_cos_visual"}, "opm": {"opm_q_text"},
+                "adversarial": {"adversary_mse"}}
+    assert own_keys.get(variant, set()) <= set(log[0])
     if variant != "v1":
         assert log[0]["grad_norm_visual"] >= 0 and log[0]["grad_ratio_visual_text"] >= 0
     assert (tmp_path / "model.pt").is_file() and (tmp_path / "result.json").is_file()
