@@ -125,3 +125,32 @@ def test_unknown_cli_variant_is_listed_with_the_other_problems(tmp_path):
     assert result.exit_code == 2
     for needle in ("unknown variant 'bogus'", "device = 'tpu'", "does not exist", "3 problems"):
         assert needle in result.output, result.output
+
+
+@pytest.mark.parametrize("variant", ["agm", "pmr"])
+def test_stateful_variants_resume_where_they_stopped(tmp_path, tiny_bench, variant):
+    # AGM's running means and PMR's prototypes live in resume.pt: a run cut after 2 epochs and
+    # resumed follows the uninterrupted run exactly
+    import torch
+
+    from training.checkpoint import RESUME_FILE
+
+    config = tiny_config(variant, max_epochs=4, patience=10)
+    full = train(config, tiny_bench, tmp_path / "full", progress=False)
+    cut = tmp_path / "cut"
+    train(tiny_config(variant, max_epochs=2, patience=10), tiny_bench, cut, progress=False)
+    state = torch.load(cut / RESUME_FILE, weights_only=True)
+    assert state["mitigation_state"]
+    state["config_sha256"], state["finished"] = config.sha256(), False
+    torch.save(state, cut / RESUME_FILE)
+    resumed = train(config, tiny_bench, cut, progress=False)
+    assert [h["val_ndcg"] for h in resumed.history] == [h["val_ndcg"] for h in full.history[2:]]
+
+
+def test_train_cli_runs_a_new_variant(tmp_path, tiny_bench):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text('device = "cpu"\n[model]\nd_model = 16\nn_heads = 4\n[optim]\nmax_epochs = 1\n')
+    result = CliRunner().invoke(cli, ["train", "--variant", "mmpareto", "--data", str(tiny_bench), "--out", str(tmp_path / "o"),
+                                      "--config", str(cfg), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("mmpareto:")
