@@ -115,9 +115,9 @@ def adversarial_residual_loss(visual_share: Tensor, text_prediction: Tensor, gro
     the earlier construction, which standardised both sides (L = 2(1 − corr), maximised by
     anti-correlation) on the fused *score*, i.e. pushed the ranking away from what text predicts.
     Sources: gradient reversal, Ganin & Lempitsky, "Unsupervised Domain Adaptation by
-    Backpropagation" (ICML 2015), Sec. 3 (the gradient reversal layer R_λ); adversarial removal of
+    Backpropagation" (ICML 2015), the gradient reversal layer R_λ; adversarial removal of
     an attribute from a representation with a GRL adversary, Elazar & Goldberg, "Adversarial
-    Removal of Demographic Attributes from Text Data" (EMNLP 2018), Sec. 3 (their caveat applies:
+    Removal of Demographic Attributes from Text Data" (EMNLP 2018) (their caveat applies:
     a fresh adversary may still recover some of what the trained one could not). Predicting one
     modality's part from the other and removing it is this project's adaptation to fusion.
     """
@@ -132,8 +132,8 @@ def ogm_coefficients(score_text: float, score_visual: float, alpha: float) -> di
     else: k_t = 1 − tanh(α·relu(ρ_t)), k_v = 1.
     Text takes the released code's first (audio) role, so a tie (ρ = 1) dampens text, as there.
     Source: Peng et al., "Balanced Multimodal Learning via On-the-fly Gradient Modulation"
-    (CVPR 2022): discrepancy ratio Eq. 9, coefficient Eq. 10 (so labelled in the released main.py);
-    GeWu-Lab/OGM-GE_CVPR2022 main.py `train_epoch`. s_m is `listwise_confidence` of the split
+    (CVPR 2022): coefficient Eq. 10 (the released main.py's comment names it so), the discrepancy
+    ratio the equation before it (Eq. 9); GeWu-Lab/OGM-GE_CVPR2022 main.py `train_epoch`. s_m is `listwise_confidence` of the split
     head's unimodal scores (see `training.trainer._ogm_ge` for the ranking deviations).
     """
     rho_v = score_visual / max(score_text, 1e-12)
@@ -211,8 +211,8 @@ def agm_coefficients(loss_text: float, loss_visual: float, mean_text: float, mea
     c_m = exp(α · min(r̄_m − r_m, 10)).
     A modality whose relative loss improved faster than its history says (r_m > r̄_m) is slowed
     (c_m < 1), the other sped up. Source: Li et al., "Boosting Multi-modal Model Performance with
-    Adaptive Gradient Modulation" (ICCV 2023), Sec. 3 (mono-modal response from Shapley values,
-    modulation coefficient); lihong2303/AGM_ICCV2023 run/CREMAD_main.py `train` (ratio_a,
+    Adaptive Gradient Modulation" (ICCV 2023), mono-modal responses from Shapley values and the
+    modulation coefficient; lihong2303/AGM_ICCV2023 run/CREMAD_main.py `train` (ratio_a,
     optimal_ratio_a, coeff_a) and model/CREMAD_net.py (the backward hooks that scale the
     mono-modal responses' gradients). The paper's equation numbers could not be checked here (no
     copy of the paper was reachable); the formulas are the released code's.
@@ -238,7 +238,8 @@ def prototypical_ce(features: Tensor, prototypes: Tensor, labels: Tensor) -> Ten
     """PMR's prototypical cross-entropy: mean_i −log softmax_g(−‖h_i − c_g‖)_{y_i}.
 
     Source: Fan et al., "PMR: Prototypical Modal Rebalance for Multimodal Learning" (CVPR 2023),
-    Sec. 3.2 (PCE: softmax over negative Euclidean distances to the class prototypes);
+    the prototypical cross-entropy (PCE: softmax over negative Euclidean distances to the class
+    prototypes; the paper's equation numbers could not be checked here);
     fanyunfeng-bit/Modal-Imbalance-PMR main_Prototype_grad.py (`EU_dist`, `criterion(audio_sim, label)`;
     no temperature in that released path). Here the classes are the relevance grades.
     """
@@ -299,7 +300,8 @@ def mmpareto_combine(g_mm: list[Tensor], g_uni: list[Tensor], g_total: list[Tens
     g_new = 2·w_mm·g_mm + 2·w_uni·g_uni, and with r = ‖g_total‖ / ‖g_new‖ (g_total: the gradient of
     L_mm + L_text + L_visual on that tensor) the final gradient is γ·r·g_new if r > 1, else γ·g_new.
     Source: Wei & Hu, "MMPareto: Boosting Multimodal Learning with Innocent Unimodal Assistance"
-    (ICML 2024), Sec. 4 (direction: Pareto weights only under conflict; magnitude: enhanced);
+    (ICML 2024), the MMPareto integration (direction: Pareto weights only under conflict;
+    magnitude: enhanced);
     GeWu-Lab/MMPareto_ICML2024 code/MMPareto.py `train_epoch` (cos > 0 -> 0.5/0.5,
     `find_min_norm_element` otherwise, `2*k0*g_mm + 2*k1*g_u`, `diff = three_norm / new_norm`,
     gamma = 1.5). The paper's equation numbers could not be checked here; the formulas are the

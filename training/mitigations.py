@@ -274,7 +274,7 @@ def _unimodal_losses(model, q, t, v, label, group, n_groups):
 def _step_unimodal_heads(model, config, q, t, v, label, group, n_groups, epoch, state, gen):
     """unimodal-heads: L = L_fused + L_text + L_visual with a separate head per modality (the
     aux heads on the per-modality attention), equal weights — MMPareto's "uniform baseline"
-    (GeWu-Lab/MMPareto_ICML2024 code/uniform_baseline.py; Wei & Hu, ICML 2024, Sec. 3) and the
+    (GeWu-Lab/MMPareto_ICML2024 code/uniform_baseline.py; Wei & Hu, ICML 2024) and the
     unimodal-head setting of Wang et al., "What Makes Training Multi-Modal Classification Networks
     Hard?" (CVPR 2020) without their blending weights. Only the fused head is exported."""
     l_mm, l_t, l_v = _unimodal_losses(model, q, t, v, label, group, n_groups)
