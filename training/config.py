@@ -21,6 +21,7 @@ from training.variants import VARIANTS
 
 DEVICES = ("auto", "cpu", "cuda")
 MASKS = ("zero", "permute")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 3e-3  # AdamW learning rate
-    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    optimizer: str = "adamw"  # "adamw" (the recipe) or "sgd" (momentum 0.9: the released OGM-GE, AGM, PMR, MMPareto code)
+    lr: float = 3e-3  # learning rate
+    weight_decay: float = 0.01  # AdamW: decoupled weight decay; SGD: L2 weight decay
     max_epochs: int = 40
     patience: int = 4  # early stopping: epochs without a better val NDCG@10 before stopping
     min_delta: float = 5e-3  # an epoch counts as better only if val NDCG@10 rises by more than this
@@ -167,6 +169,8 @@ def config_problems(config: TrainConfig) -> list[str]:
     if m.depth < 1:
         p.append(f"model.depth = {m.depth} must be >= 1 (the plan uses 2, 4 or 6)")
     o = config.optim
+    if o.optimizer not in OPTIMIZERS:
+        p.append(f"optim.optimizer = '{o.optimizer}' must be one of {list(OPTIMIZERS)}")
     if o.lr <= 0:
         p.append(f"optim.lr = {o.lr} must be > 0")
     for name in ("weight_decay", "min_delta", "grad_clip"):

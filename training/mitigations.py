@@ -144,7 +144,9 @@ def _step_ogm(model, config, q, t, v, label, group, n_groups, epoch, state, gen)
     the text modality's input but also forms the query state that attends to visual keys, so
     damping text slows that part of the visual path too; the recipe's global gradient clipping
     (every variant's) runs after the modulation, the released code has none; modulation per step
-    on the batch's queries, as released per batch.
+    on the batch's queries, as released per batch. The released code trains with SGD (momentum
+    0.9); under the recipe's AdamW a k that stays roughly constant is largely normalised away by
+    Adam's running RMS — `optim.optimizer = "sgd"` runs it as released (`trainer.make_optimizer`).
     """
     cross = _cross(model, "ogm-ge")
     mit = config.mitigation

@@ -1,6 +1,6 @@
 """The trainer: one loop, read top to bottom.
 
-    validate config + data (every problem at once) -> load splits -> build model, AdamW
+    validate config + data (every problem at once) -> load splits -> build model, optimizer
     -> (resume if OUT/resume.pt exists) -> per epoch: train steps (variant's loss and gradient
     treatment, training.mitigations) -> diagnostics on val -> JSONL log line -> best checkpoint / early stopping
     -> reload the best checkpoint, evaluate on test, write OUT/result.json.
@@ -77,6 +77,17 @@ def validate_run(config: TrainConfig, data_dir: str | Path, source: str = "confi
         raise ConfigError(source, problems)
 
 
+def make_optimizer(model: Ranker, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (the recipe) or SGD with momentum 0.9 (the optimizer of the released OGM-GE, AGM, PMR
+    and MMPareto code). Gradient-scaling methods need the distinction: Adam divides each update by
+    a running RMS of the gradient (β2 = 0.999, a horizon of ~1,000 steps), so a coefficient k that
+    stays roughly constant is largely normalised away, while SGD's step is proportional to k."""
+    o = config.optim
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+
+
 def _batches(split: Split, batch_queries: int, gen: torch.Generator):
     """Yield (row index, group index within the batch, n_groups) for shuffled query batches."""
     order = torch.randperm(split.n_queries, generator=gen)
@@ -105,7 +116,7 @@ def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: 
     train_split = load_split(data_dir / "train.parquet", dims, with_visual).to(device)
     val_split = load_split(data_dir / "val.parquet", dims, with_visual).to(device)
     model = build_model(config.variant, dims, config.model).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    opt = make_optimizer(model, config)
     meta = {"data_dir": str(data_dir), "data_sha256": dataset_sha256(data_dir / "train.parquet"), "seed": config.seed}
     k = config.diagnostics.ndcg_k
 

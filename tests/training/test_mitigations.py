@@ -282,3 +282,16 @@ def test_aliases_resolve_and_the_cli_lists_every_name():
     result = CliRunner().invoke(cli, ["train", "--help"])
     for name in ("agm", "pmr", "mmpareto", "opm", "unimodal-heads", "separate-softmax", "progressive"):
         assert name in result.output
+
+
+def test_sgd_optimizer_option_for_the_released_recipes(tmp_path, tiny_bench):
+    from dataclasses import replace
+
+    from training.trainer import make_optimizer, train
+
+    assert any("optim.optimizer" in p for p in config_problems(replace(TrainConfig(), optim=replace(TrainConfig().optim, optimizer="adam"))))
+    config = tiny_config("ogm-ge", max_epochs=1)
+    config = replace(config, optim=replace(config.optim, optimizer="sgd"))
+    opt = make_optimizer(build_model("ogm-ge", DIMS, CFG), config)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
+    assert train(config, tiny_bench, tmp_path, progress=False).epochs_run == 1
