@@ -27,6 +27,7 @@ import numpy as np
 from fusionguard.metrics import spearman_per_query
 from training.checkpoint import load_checkpoint
 from training.config import VARIANTS, TrainConfig, read_toml, with_variant
+from training.variants import REGISTRY
 from training.data import load_split, read_dims
 from training.diagnostics import score_split
 from training.synth import SynthConfig, write_benchmark
@@ -145,7 +146,7 @@ def markdown(report: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=list(REGISTRY), choices=VARIANTS)  # every variant once; aliases accepted
     parser.add_argument("--work", type=Path, default=Path("/tmp/fusionguard-bench-training"))
     parser.add_argument("--jobs", type=int, default=1, help="Runs trained in parallel processes (1 thread each).")
     parser.add_argument("--results", type=Path, default=RESULTS, help="Where to write the JSON results.")

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from fusionguard.errors import ConfigError
-from training.config import VARIANTS, load_config, read_toml
+from training.config import load_config, read_toml
+from training.variants import VARIANTS
 
 
 @click.command()

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from fusionguard.errors import ConfigError
+from training.variants import VARIANTS
 
-VARIANTS = ("v1", "baseline", "mbl", "progressive", "adversarial", "combined", "ogm-ge", "modality-dropout", "late-fusion")
 DEVICES = ("auto", "cpu", "cuda")
 MASKS = ("zero", "permute")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 3e-3  # AdamW learning rate
-    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    optimizer: str = "adamw"  # "adamw" (the recipe) or "sgd" (momentum 0.9: the released OGM-GE, AGM, PMR, MMPareto code)
+    lr: float = 3e-3  # learning rate
+    weight_decay: float = 0.01  # AdamW: decoupled weight decay; SGD: L2 weight decay
     max_epochs: int = 40
     patience: int = 4  # early stopping: epochs without a better val NDCG@10 before stopping
     min_delta: float = 5e-3  # an epoch counts as better only if val NDCG@10 rises by more than this
@@ -46,11 +48,23 @@ class MitigationConfig:
     lambda_visual: float = 0.1  # MBL: weight of -log(visual attention mass)
     lambda_text: float = 0.1  # MBL: weight of -log(text attention mass); with lambda_visual it sets the balance point
     lambda_aux: float = 0.5  # MBL: weight of each unimodal auxiliary head's listwise loss
-    lambda_adv: float = 0.1  # adversarial: weight of the text-predictability adversary's loss
+    lambda_adv: float = 0.1  # adversarial: weight of the adversary's loss (visual-share prediction from text)
     grl_scale: float = 1.0  # adversarial: gradient reversal factor (the backward pass multiplies by -grl_scale)
-    ogm_alpha: float = 0.5  # OGM-GE: alpha in the coefficient 1 - tanh(alpha * rho)
-    ogm_noise: float = 1.0  # OGM-GE: GE noise std as a multiple of the dampened gradient's own std; 0 disables
+    ogm_alpha: float = 0.5  # OGM-GE: alpha in k = 1 - tanh(alpha * rho) (released README: 0.1 VGGSound, 0.8 CREMA-D)
+    ogm_noise: float = 1.0  # OGM-GE: GE noise std in units of the unmodulated gradient's std (released code: 1); 0 = OGM
+    ogm_modulation_starts: int = 0  # OGM-GE: first epoch (0-based, inclusive) that modulates (released: 0)
+    ogm_modulation_ends: int = 20  # OGM-GE: last modulated epoch, inclusive (released: 50 of 100 epochs; 20 of 40 here)
     modality_dropout: float = 0.3  # modality dropout: per-query probability of dropping each modality's tokens
+    opm_q_base: float = 0.5  # OPM: base drop probability q_base of the dominant modality (released default 0.5)
+    opm_lambda: float = 0.5  # OPM: lambda in q = q_base * (1 + lambda * tanh(relu(rho - 1))) (released 0.5)
+    opm_p_exe: float = 0.7  # OPM: probability that a batch applies the drop at all (released 0.7)
+    opm_warmup_epochs: int = 5  # OPM: no drop while epoch <= this (released: epoch <= 5)
+    agm_alpha: float = 1.0  # AGM: alpha in the coefficient exp(alpha * min(ratio_bar - ratio, 10)) (released 1.0)
+    agm_modulation_ends: int = 40  # AGM: last modulated epoch, inclusive (released 20 with 10 epochs: the whole run)
+    pmr_alpha: float = 1.0  # PMR: weight of the weak modality's prototypical cross-entropy (released 1.0)
+    pmr_momentum: float = 0.2  # PMR: prototype momentum, c = (1 - m) * c_epoch + m * c_old (released 0.2)
+    pmr_modulation_ends: int = 27  # PMR: last modulated epoch, inclusive (released 100 of 150 epochs; 27 of 40 here)
+    mmpareto_gamma: float = 1.5  # MMPareto: magnitude factor gamma on the combined encoder gradient (released 1.5)
 
 
 @dataclass(frozen=True)
@@ -61,7 +75,7 @@ class DiagnosticsConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    variant: str = "baseline"  # one of VARIANTS
+    variant: str = "baseline"  # one of VARIANTS (training.variants: registry names and their aliases)
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA when present
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -155,6 +169,8 @@ def config_problems(config: TrainConfig) -> list[str]:
     if m.depth < 1:
         p.append(f"model.depth = {m.depth} must be >= 1 (the plan uses 2, 4 or 6)")
     o = config.optim
+    if o.optimizer not in OPTIMIZERS:
+        p.append(f"optim.optimizer = '{o.optimizer}' must be one of {list(OPTIMIZERS)}")
     if o.lr <= 0:
         p.append(f"optim.lr = {o.lr} must be > 0")
     for name in ("weight_decay", "min_delta", "grad_clip"):
@@ -164,11 +180,17 @@ def config_problems(config: TrainConfig) -> list[str]:
         if getattr(o, name) < 1:
             p.append(f"optim.{name} = {getattr(o, name)} must be >= 1")
     mi = config.mitigation
-    for name in ("lambda_visual", "lambda_text", "lambda_aux", "lambda_adv", "grl_scale", "ogm_alpha", "ogm_noise"):
+    for name in ("lambda_visual", "lambda_text", "lambda_aux", "lambda_adv", "grl_scale", "ogm_alpha", "ogm_noise", "opm_lambda",
+                 "agm_alpha", "pmr_alpha", "mmpareto_gamma", "ogm_modulation_starts", "opm_warmup_epochs"):
         if getattr(mi, name) < 0:
             p.append(f"mitigation.{name} = {getattr(mi, name)} must be >= 0 (a negative weight rewards the opposite)")
     if not 0 <= mi.modality_dropout < 0.5:
         p.append(f"mitigation.modality_dropout = {mi.modality_dropout} must be in [0, 0.5) (it is drawn per modality)")
+    if mi.ogm_modulation_ends < mi.ogm_modulation_starts:
+        p.append(f"mitigation.ogm_modulation_ends = {mi.ogm_modulation_ends} must be >= ogm_modulation_starts = {mi.ogm_modulation_starts}")
+    for name in ("opm_q_base", "opm_p_exe", "pmr_momentum"):
+        if not 0 <= getattr(mi, name) <= 1:
+            p.append(f"mitigation.{name} = {getattr(mi, name)} must be in [0, 1] (it is a probability or a momentum)")
     d = config.diagnostics
     if d.mask not in MASKS:
         p.append(f"diagnostics.mask = '{d.mask}' must be one of {list(MASKS)}")

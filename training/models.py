@@ -1,4 +1,4 @@
-"""The rankers: V1 (text-only), the V2 cross-attention baseline, and progressive fusion.
+"""The rankers: V1 (text-only), the V2 cross-attention baseline, and the two-stream models.
 
 Every model scores one (query, candidate) row at a time:
 
@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from fusionguard.contract import TensorSpec
 from fusionguard.errors import InvalidInputError
 from training.config import ModelConfig
+from training.variants import VARIANTS
+from training.variants import spec as variant_spec
 
 
 @dataclass(frozen=True)
@@ -114,14 +116,32 @@ class Ranker(nn.Module):
         return out.score, out.attention
 
 
+@dataclass
+class SplitParts:
+    """The cross-attention model's fused representation split by modality (training only).
+
+    The attention output is linear in the values, so with the joint softmax weights a,
+    o = W_o·(Σ_{k∈text} a_k v_k + Σ_{k∈visual} a_k v_k) + b_o splits exactly into
+    text = W_o·Σ_{k∈text} a_k v_k + b_o/2 and visual = W_o·Σ_{k∈visual} a_k v_k + b_o/2 with
+    text + visual = o; the bias is shared half/half as in OGM-GE's released code (fc_out.bias / 2).
+    """
+
+    qp: Tensor  # (N, dm) query tower output (the text modality's query, context for both shares)
+    text: Tensor  # (N, dm) text keys' share of the attention output
+    visual: Tensor  # (N, dm) visual keys' share of the attention output
+    attention: Tensor  # (N, H, K) joint softmax over text and visual keys
+
+
 class CrossAttentionRanker(Ranker):
     """V2 baseline (and, with `has_visual=False`, V1): the query attends over all tokens at once.
 
     q = Wq·φ(query); each modality's tokens get their own key/value projections; H heads attend
     over the K = Lt + Lv keys with one softmax; the score head reads [φ(query), o, φ(query)⊙o].
+    `adversary=True` adds the adversarial variant's text-only adversary (its own encoder; it never
+    runs in `forward`, so it never reaches an export).
     """
 
-    def __init__(self, dims: InputDims, cfg: ModelConfig, has_visual: bool = True) -> None:
+    def __init__(self, dims: InputDims, cfg: ModelConfig, has_visual: bool = True, adversary: bool = False) -> None:
         super().__init__(dims, cfg)
         self.has_visual = has_visual
         self.variant = "baseline" if has_visual else "v1"
@@ -138,10 +158,21 @@ class CrossAttentionRanker(Ranker):
         # training-only unimodal auxiliary heads (never called by forward)
         self.aux_text = _mlp(3 * dm, dm)
         self.aux_visual = _mlp(3 * dm, dm) if has_visual else None
+        self.adversary = TextAdversary(dims.d, dm) if adversary else None
         self._h = h
 
     def modality_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """Per-modality key/value projections: what the logged per-modality gradient norms measure."""
         groups = {"text": [*self.k_text.parameters(), *self.v_text.parameters()]}
+        if self.has_visual:
+            groups["visual"] = [*self.k_visual.parameters(), *self.v_visual.parameters()]
+        return groups
+
+    def encoder_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """Every parameter that reads only one modality's inputs: text = query tower (query_in, wq)
+        + text K/V (the contract's text modality is query + text_tokens); visual = visual K/V.
+        The fusion part (wo, score head) and the training-only heads belong to neither."""
+        groups = {"text": [*self.query_in.parameters(), *self.wq.parameters(), *self.k_text.parameters(), *self.v_text.parameters()]}
         if self.has_visual:
             groups["visual"] = [*self.k_visual.parameters(), *self.v_visual.parameters()]
         return groups
@@ -149,15 +180,36 @@ class CrossAttentionRanker(Ranker):
     def _read(self, head: nn.Module, qp: Tensor, o: Tensor) -> Tensor:
         return head(torch.cat([qp, o, qp * o], dim=-1)).squeeze(-1)
 
-    def train_outputs(self, query, text_tokens, visual_tokens=None, aux=True) -> TrainOutputs:
+    def head_score(self, qp: Tensor, o: Tensor) -> Tensor:
+        """The fused model's own score head on a (N, dm) attention output (or a share of it) -> (N,)."""
+        return self._read(self.head, qp, o)
+
+    def split(self, query: Tensor, text_tokens: Tensor, visual_tokens: Tensor) -> SplitParts:
+        """The attention output split into its text and visual shares (see SplitParts)."""
+        qp, q, k, v = self._qkv(query, text_tokens, self._check_visual(visual_tokens))
+        _, attn = _attend(q, k, v)
+        lt = self.dims.lt
+        share_t = (attn[..., :lt].unsqueeze(2) @ v[:, :lt].permute(0, 2, 1, 3)).squeeze(2)  # (N, H, dh)
+        share_v = (attn[..., lt:].unsqueeze(2) @ v[:, lt:].permute(0, 2, 1, 3)).squeeze(2)
+        half_bias = self.wo.bias / 2
+        text = nn.functional.linear(share_t.flatten(1), self.wo.weight) + half_bias  # (N, dm)
+        visual = nn.functional.linear(share_v.flatten(1), self.wo.weight) + half_bias
+        return SplitParts(qp, text, visual, attn)
+
+    def _qkv(self, query, text_tokens, visual_tokens):
         qp = self.query_in(query)  # (N, dm)
         q = self.wq(qp).unflatten(-1, (self._h, -1))  # (N, H, dh)
         k = self.k_text(text_tokens).unflatten(-1, (self._h, -1))  # (N, Lt, H, dh)
         v = self.v_text(text_tokens).unflatten(-1, (self._h, -1))
         if self.has_visual:
-            visual_tokens = self._check_visual(visual_tokens)
             k = torch.cat([k, self.k_visual(visual_tokens).unflatten(-1, (self._h, -1))], dim=1)  # (N, K, H, dh)
             v = torch.cat([v, self.v_visual(visual_tokens).unflatten(-1, (self._h, -1))], dim=1)
+        return qp, q, k, v
+
+    def train_outputs(self, query, text_tokens, visual_tokens=None, aux=True) -> TrainOutputs:
+        if self.has_visual:
+            visual_tokens = self._check_visual(visual_tokens)
+        qp, q, k, v = self._qkv(query, text_tokens, visual_tokens)
         o, attn = _attend(q, k, v)
         o = self.wo(o.flatten(1))  # (N, dm)
         fused = torch.cat([qp, o, qp * o], dim=-1)
@@ -172,6 +224,20 @@ class CrossAttentionRanker(Ranker):
                 o_v, _ = _attend(q, k, v, ~text_keys)
                 visual_score = self._read(self.aux_visual, qp, self.wo(o_v.flatten(1)))
         return TrainOutputs(score, attn, fused, text_score, visual_score)
+
+
+class TextAdversary(nn.Module):
+    """The adversarial variant's adversary: its own text encoder (no parameter shared with the
+    ranker) reads only the query and the text tokens and predicts a (N, dm) vector:
+    A(query, text) = MLP([query, mean_j text_j, query ⊙ mean_j text_j])."""
+
+    def __init__(self, d: int, dm: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3 * d, dm), nn.GELU(), nn.Linear(dm, dm), nn.GELU(), nn.Linear(dm, dm))
+
+    def forward(self, query: Tensor, text_tokens: Tensor) -> Tensor:
+        t = text_tokens.mean(dim=1)  # (N, D)
+        return self.net(torch.cat([query, t, query * t], dim=-1))  # (N, dm)
 
 
 class _StreamAttention(nn.Module):
@@ -191,44 +257,56 @@ class _StreamAttention(nn.Module):
 
 
 class ProgressiveLayer(nn.Module):
-    """One exchange step: each stream attends over its own tokens, then the streams swap
-    information through a linear bridge; residual (skip) connections keep each stream's own path."""
+    """One exchange step: each stream attends over its own tokens (its own softmax), then the
+    streams swap information through a linear bridge; residual (skip) connections keep each
+    stream's own path. `bridges=False` (the separate-softmax control) leaves the bridges out, so
+    the streams meet only in the final gate."""
 
-    def __init__(self, dm: int, h: int) -> None:
+    def __init__(self, dm: int, h: int, bridges: bool = True) -> None:
         super().__init__()
         self.attn_text = _StreamAttention(dm, h)
         self.attn_visual = _StreamAttention(dm, h)
-        self.bridge_to_text = nn.Linear(dm, dm)  # visual state -> text stream
-        self.bridge_to_visual = nn.Linear(dm, dm)  # text state -> visual stream
+        self.bridge_to_text = nn.Linear(dm, dm) if bridges else None  # visual state -> text stream
+        self.bridge_to_visual = nn.Linear(dm, dm) if bridges else None  # text state -> visual stream
         self.norm_text = nn.LayerNorm(dm)
         self.norm_visual = nn.LayerNorm(dm)
 
     def forward(self, h_t: Tensor, h_v: Tensor, x_t: Tensor, x_v: Tensor):
         a_t, w_t = self.attn_text(h_t, x_t)
         a_v, w_v = self.attn_visual(h_v, x_v)
+        if self.bridge_to_text is None or self.bridge_to_visual is None:
+            return self.norm_text(h_t + a_t), self.norm_visual(h_v + a_v), w_t, w_v
         new_t = self.norm_text(h_t + a_t + self.bridge_to_text(h_v))
         new_v = self.norm_visual(h_v + a_v + self.bridge_to_visual(h_t))
         return new_t, new_v, w_t, w_v
 
 
 class ProgressiveFusionRanker(Ranker):
-    """Progressive fusion: a text stream and a visual stream, `depth` exchange layers, then a
-    per-head modality gate g (softmax over {text, visual}) that mixes the two streams.
+    """Two-stream model (variants `bridged-two-stream`, alias `progressive`; `separate-softmax`
+    with `bridges=False`): a text stream and a visual stream, `depth` layers in which each stream
+    attends over its own tokens with its own softmax (and, with bridges, exchanges state through
+    linear bridges), then a per-head modality gate g (softmax over {text, visual}) mixes the streams.
+
+    This is not Shankar et al.'s progressive fusion ("Progressive Fusion for Multimodal
+    Integration", 2022: backward connections that feed the fused representation back into the
+    unimodal encoders); it is this project's two-stream construction. Its visual keys never compete
+    with text keys in one softmax; `separate-softmax` keeps that property and drops the bridges, so
+    comparing the two tells the bridges' effect apart from the separate softmax's.
 
     Reported attention over the K keys is the last layer's per-stream attention weighted by the
     gate, cat(g_t·a_t, g_v·a_v), so it sums to 1 over K and its visual mass is the gate's share.
     """
 
-    variant = "progressive"
+    variant = "bridged-two-stream"
 
-    def __init__(self, dims: InputDims, cfg: ModelConfig) -> None:
+    def __init__(self, dims: InputDims, cfg: ModelConfig, bridges: bool = True) -> None:
         super().__init__(dims, cfg)
         dm, h = cfg.d_model, cfg.n_heads
         self._h = h
         self.query_in = nn.Sequential(nn.Linear(dims.d, dm), nn.GELU(), nn.Linear(dm, dm))
         self.enc_text = nn.Linear(dims.d, dm)
         self.enc_visual = nn.Linear(dims.d, dm)
-        self.layers = nn.ModuleList(ProgressiveLayer(dm, h) for _ in range(cfg.depth))
+        self.layers = nn.ModuleList(ProgressiveLayer(dm, h, bridges) for _ in range(cfg.depth))
         self.gate = nn.Linear(2 * (dm // h), 2)  # per head: [text part, visual part] -> 2 logits
         self.head = _mlp(3 * dm, dm)
         self.aux_text = _mlp(2 * dm, dm)
@@ -238,6 +316,9 @@ class ProgressiveFusionRanker(Ranker):
         text = [*self.enc_text.parameters()] + [p for layer in self.layers for p in layer.attn_text.parameters()]
         visual = [*self.enc_visual.parameters()] + [p for layer in self.layers for p in layer.attn_visual.parameters()]
         return {"text": text, "visual": visual}
+
+    def encoder_parameters(self) -> dict[str, list[nn.Parameter]]:
+        return self.modality_parameters()
 
     def train_outputs(self, query, text_tokens, visual_tokens=None, aux=True) -> TrainOutputs:
         visual_tokens = self._check_visual(visual_tokens)
@@ -261,36 +342,23 @@ class ProgressiveFusionRanker(Ranker):
         return TrainOutputs(score, attn, fused, text_score, visual_score)
 
 
-# Which architecture each variant trains. The mitigations change the loss or the gradients, not
-# the architecture, except progressive/combined.
-ARCHITECTURE = {
-    "v1": "text-only",
-    "baseline": "cross-attention",
-    "mbl": "cross-attention",
-    "adversarial": "cross-attention",
-    "ogm-ge": "cross-attention",
-    "modality-dropout": "cross-attention",
-    "progressive": "progressive",
-    "combined": "progressive",
-    "late-fusion": "late-fusion",  # training.late_fusion.LateFusionRanker, plain listwise loss
-}
-
-
 def build_model(variant: str, dims: InputDims, cfg: ModelConfig) -> Ranker:
-    """The untrained model for `variant` (see ARCHITECTURE); `variant` is recorded on the model."""
-    arch = ARCHITECTURE.get(variant)
-    if arch is None:
-        raise InvalidInputError(f"unknown variant '{variant}'; choose one of {sorted(ARCHITECTURE)}")
+    """The untrained model for `variant` (its architecture comes from training.variants; an alias
+    builds its target's model); `variant`, as given, is recorded on the model."""
+    entry = variant_spec(variant)
+    if entry is None:
+        raise InvalidInputError(f"unknown variant '{variant}'; choose one of {list(VARIANTS)}")
+    arch = entry.architecture
     if arch == "text-only":
         model: Ranker = CrossAttentionRanker(dims, cfg, has_visual=False)
     elif arch == "cross-attention":
-        model = CrossAttentionRanker(dims, cfg, has_visual=True)
+        model = CrossAttentionRanker(dims, cfg, has_visual=True, adversary=entry.name == "adversarial")
     elif arch == "late-fusion":
         # imported here, not at the top: training.late_fusion imports this module
         from training.late_fusion import LateFusionRanker
 
         model = LateFusionRanker(dims, cfg)
     else:
-        model = ProgressiveFusionRanker(dims, cfg)
+        model = ProgressiveFusionRanker(dims, cfg, bridges=entry.bridges)
     model.variant = variant
     return model

@@ -1,8 +1,8 @@
 """The trainer: one loop, read top to bottom.
 
-    validate config + data (every problem at once) -> load splits -> build model, AdamW
+    validate config + data (every problem at once) -> load splits -> build model, optimizer
     -> (resume if OUT/resume.pt exists) -> per epoch: train steps (variant's loss and gradient
-    treatment) -> diagnostics on val -> JSONL log line -> best checkpoint / early stopping
+    treatment, training.mitigations) -> diagnostics on val -> JSONL log line -> best checkpoint / early stopping
     -> reload the best checkpoint, evaluate on test, write OUT/result.json.
 
 Determinism: every epoch's shuffling, dropout plans and OGM-GE noise come from generators seeded
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from fusionguard.dataset import dataset_sha256
 from fusionguard.errors import ConfigError
-from training import losses
+from training import mitigations
 from training.checkpoint import load_checkpoint, load_resume_state, save_checkpoint, save_resume_state
 from training.config import TrainConfig, config_problems
 from training.data import Split, data_problems, load_split, read_dims
@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 
 LOG_FILE = "train_log.jsonl"
 RESULT_FILE = "result.json"
-AUX_VARIANTS = ("mbl", "combined", "adversarial")
 
 
 @dataclass
@@ -78,6 +77,17 @@ def validate_run(config: TrainConfig, data_dir: str | Path, source: str = "confi
         raise ConfigError(source, problems)
 
 
+def make_optimizer(model: Ranker, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (the recipe) or SGD with momentum 0.9 (the optimizer of the released OGM-GE, AGM, PMR
+    and MMPareto code). Gradient-scaling methods need the distinction: Adam divides each update by
+    a running RMS of the gradient (β2 = 0.999, a horizon of ~1,000 steps), so a coefficient k that
+    stays roughly constant is largely normalised away, while SGD's step is proportional to k."""
+    o = config.optim
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+
+
 def _batches(split: Split, batch_queries: int, gen: torch.Generator):
     """Yield (row index, group index within the batch, n_groups) for shuffled query batches."""
     order = torch.randperm(split.n_queries, generator=gen)
@@ -88,47 +98,6 @@ def _batches(split: Split, batch_queries: int, gen: torch.Generator):
         rows = torch.cat([torch.arange(int(starts[q]), int(starts[q] + sizes[q])) for q in qs])
         group = torch.repeat_interleave(torch.arange(len(qs)), sizes[qs])
         yield rows, group, len(qs)
-
-
-def _step_loss(model: Ranker, config: TrainConfig, q, t, v, label, group, n_groups, gen) -> tuple[torch.Tensor, dict[str, float]]:
-    """The variant's training loss for one batch, and its own logged quantities."""
-    variant, mit = config.variant, config.mitigation
-    extra: dict[str, float] = {}
-    if variant == "modality-dropout":
-        plan = losses.modality_dropout_plan(n_groups, mit.modality_dropout, gen, q.device)
-        t, v = losses.apply_dropout(t, v, plan, group)
-        extra = {"dropped_text": float(plan.text.float().mean()), "dropped_visual": float(plan.visual.float().mean())}
-    out = model.train_outputs(q, t, v, aux=variant in AUX_VARIANTS)
-    task = losses.listwise_softmax_ce(out.score, label, group, n_groups)
-    loss = task
-    if variant in ("mbl", "combined"):
-        pen_v = losses.modality_attention_penalty(out.attention, model.attention_keys["visual"])
-        pen_t = losses.modality_attention_penalty(out.attention, model.attention_keys["text"])
-        aux = losses.listwise_softmax_ce(out.text_score, label, group, n_groups) + losses.listwise_softmax_ce(
-            out.visual_score, label, group, n_groups
-        )
-        loss = task + mit.lambda_visual * pen_v + mit.lambda_text * pen_t + mit.lambda_aux * aux
-        extra.update(visual_penalty=float(pen_v.detach()), text_penalty=float(pen_t.detach()), aux_loss=float(aux.detach()))
-    elif variant == "adversarial":
-        adv = losses.adversarial_loss(out.score, out.text_score, group, n_groups, mit.grl_scale)
-        loss = task + mit.lambda_adv * adv
-        extra["adversary_mse"] = float(adv.detach())
-    extra["task_loss"] = float(task.detach())
-    return loss, extra
-
-
-def _ogm_ge(model: Ranker, config: TrainConfig, q, t, v, label, group, n_groups, gen) -> dict[str, float]:
-    """OGM-GE: unimodal performance from masked passes, then dampen the dominant modality."""
-    with torch.no_grad():
-        s_text = model(q, t, torch.zeros_like(v))[0]  # visual masked: the text modality alone
-        s_visual = model(q, torch.zeros_like(t), v)[0]  # text tokens masked (query kept)
-    perf_t = losses.listwise_confidence(s_text, label, group, n_groups)
-    perf_v = losses.listwise_confidence(s_visual, label, group, n_groups)
-    coefs = losses.ogm_coefficients(perf_t, perf_v, config.mitigation.ogm_alpha)
-    params = model.modality_parameters()
-    losses.modulate_gradients(params["text"], coefs["coef_text"], config.mitigation.ogm_noise, gen)
-    losses.modulate_gradients(params["visual"], coefs["coef_visual"], config.mitigation.ogm_noise, gen)
-    return coefs
 
 
 def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: bool = True, resume: bool = True) -> TrainResult:
@@ -147,17 +116,19 @@ def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: 
     train_split = load_split(data_dir / "train.parquet", dims, with_visual).to(device)
     val_split = load_split(data_dir / "val.parquet", dims, with_visual).to(device)
     model = build_model(config.variant, dims, config.model).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    opt = make_optimizer(model, config)
     meta = {"data_dir": str(data_dir), "data_sha256": dataset_sha256(data_dir / "train.parquet"), "seed": config.seed}
     k = config.diagnostics.ndcg_k
 
     start_epoch, best, best_epoch, bad_epochs = 0, -1.0, -1, 0
+    mit_state: dict[str, Any] = {}  # the variant's own running state (AGM means, PMR prototypes), resumed with the run
     state = load_resume_state(out) if resume else None
     if state is not None and state.get("config_sha256") == config.sha256():
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, best, best_epoch, bad_epochs = state["epoch"] + 1, state["best"], state["best_epoch"], state["bad_epochs"]
+        mit_state = dict(state.get("mitigation_state", {}))
         if state.get("finished", False):  # the run already ended (early stop or max_epochs): only re-test
             start_epoch = config.optim.max_epochs
         logger.info("resuming %s at epoch %d (best val NDCG@%d %.4f)", config.variant, start_epoch, k, best)
@@ -176,11 +147,12 @@ def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: 
         gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         sums: dict[str, float] = {}
         n_steps = 0
+        mitigations.epoch_start(model, config, train_split, epoch, mit_state)
         for rows, group, n_groups in _batches(train_split, config.optim.batch_queries, gen):
             rows_d, group = rows.to(device), group.to(device)
             q, t, label = train_split.query[rows_d], train_split.text_tokens[rows_d], train_split.label[rows_d]
             v = train_split.visual_tokens[rows_d] if with_visual else None
-            loss, extra = _step_loss(model, config, q, t, v, label, group, n_groups, gen)
+            loss, extra, after_backward = mitigations.step_loss(model, config, q, t, v, label, group, n_groups, epoch, mit_state, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             norms = modality_grad_norms(model)
@@ -188,8 +160,7 @@ def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: 
             if with_visual:
                 extra["grad_norm_visual"] = norms["visual"]
                 extra["grad_ratio_visual_text"] = norms["visual"] / max(norms["text"], 1e-12)
-            if config.variant == "ogm-ge":
-                extra.update(_ogm_ge(model, config, q, t, v, label, group, n_groups, gen))
+            extra.update(after_backward())  # OGM-GE, MMPareto: gradients rewritten after the norms are logged
             if config.optim.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
             opt.step()
@@ -219,7 +190,8 @@ def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: 
         finished = bad_epochs >= config.optim.patience or epoch + 1 >= config.optim.max_epochs
         save_resume_state(out, {"config_sha256": config.sha256(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
                                 "bad_epochs": bad_epochs, "finished": finished, "model": model.state_dict(),
-                                "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state()})
+                                "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                                "mitigation_state": mit_state})
         if finished:
             break
 

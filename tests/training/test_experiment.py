@@ -184,3 +184,15 @@ def test_two_run_grid_end_to_end_with_mlflow(tmp_path):
         assert run.data.params["optim.max_epochs"] == "2"
         assert len(client.get_metric_history(run.info.run_id, "val_ndcg")) == 2
         assert [a.path for a in client.list_artifacts(run.info.run_id, "model")][0].endswith(".onnx")
+
+
+def test_balancing_grid_has_a_row_for_every_registered_variant():
+    from pathlib import Path
+
+    from training.variants import REGISTRY
+
+    grid = load_grid(Path(__file__).resolve().parents[2] / "training" / "configs" / "balancing.toml", "small")
+    assert set(grid.variants) == set(REGISTRY)
+    specs = expand(grid)
+    assert {s.variant for s in specs} == set(REGISTRY)
+    assert len({run_key(s, "d") for s in specs}) == len(specs)  # every row is its own run

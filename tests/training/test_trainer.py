@@ -19,8 +19,9 @@ from .conftest import TINY_SYNTH, tiny_config
     # The adversarial, OGM-GE and modality-dropout runs perturb the task gradient on purpose; on a
     # 12-query benchmark four epochs are not enough for them to lower the task loss reliably, so
     # for them this is a smoke test of the loop and its logged quantities.
-    [("baseline", True), ("v1", True), ("mbl", True), ("combined", True),
-     ("late-fusion", True), ("adversarial", False), ("ogm-ge", False), ("modality-dropout", False)],
+    [("baseline", True), ("v1", True), ("mbl", True), ("combined", True), ("late-fusion", True),
+     ("separate-softmax", True), ("unimodal-heads", True), ("adversarial", False), ("ogm-ge", False),
+     ("modality-dropout", False), ("opm", False), ("agm", False), ("pmr", False), ("mmpareto", False)],
 )
 def test_tiny_training_run(tmp_path, tiny_bench, variant, must_lower):
     result = train(tiny_config(variant, max_epochs=4, patience=10), tiny_bench, tmp_path, progress=False)
@@ -35,8 +36,10 @@ def test_tiny_training_run(tmp_path, tiny_bench, variant, must_lower):
     if variant == "late-fusion":  # no attention: the attention columns are logged as null
         assert log[0]["val_visual_attention_mass"] is None and log[0]["val_attention_entropy"] is None
         assert result.test["visual_drop"] is not None
-    if variant == "ogm-ge":
-        assert {"rho_text", "coef_text", "coef_visual"} <= set(log[0])
+    own_keys = {"ogm-ge": {"rho_text", "coef_text", "coef_visual", "ogm_active"}, "agm": {"coef_text", "agm_loss_visual"},
+                "pmr": {"pce_visual", "weight_visual"}, "mmpareto": {"pareto_cos_visual"}, "opm": {"opm_q_text"},
+                "adversarial": {"adversary_mse"}}
+    assert own_keys.get(variant, set()) <= set(log[0])
     if variant != "v1":
         assert log[0]["grad_norm_visual"] >= 0 and log[0]["grad_ratio_visual_text"] >= 0
     assert (tmp_path / "model.pt").is_file() and (tmp_path / "result.json").is_file()
@@ -122,3 +125,32 @@ def test_unknown_cli_variant_is_listed_with_the_other_problems(tmp_path):
     assert result.exit_code == 2
     for needle in ("unknown variant 'bogus'", "device = 'tpu'", "does not exist", "3 problems"):
         assert needle in result.output, result.output
+
+
+@pytest.mark.parametrize("variant", ["agm", "pmr"])
+def test_stateful_variants_resume_where_they_stopped(tmp_path, tiny_bench, variant):
+    # AGM's running means and PMR's prototypes live in resume.pt: a run cut after 2 epochs and
+    # resumed follows the uninterrupted run exactly
+    import torch
+
+    from training.checkpoint import RESUME_FILE
+
+    config = tiny_config(variant, max_epochs=4, patience=10)
+    full = train(config, tiny_bench, tmp_path / "full", progress=False)
+    cut = tmp_path / "cut"
+    train(tiny_config(variant, max_epochs=2, patience=10), tiny_bench, cut, progress=False)
+    state = torch.load(cut / RESUME_FILE, weights_only=True)
+    assert state["mitigation_state"]
+    state["config_sha256"], state["finished"] = config.sha256(), False
+    torch.save(state, cut / RESUME_FILE)
+    resumed = train(config, tiny_bench, cut, progress=False)
+    assert [h["val_ndcg"] for h in resumed.history] == [h["val_ndcg"] for h in full.history[2:]]
+
+
+def test_train_cli_runs_a_new_variant(tmp_path, tiny_bench):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text('device = "cpu"\n[model]\nd_model = 16\nn_heads = 4\n[optim]\nmax_epochs = 1\n')
+    result = CliRunner().invoke(cli, ["train", "--variant", "mmpareto", "--data", str(tiny_bench), "--out", str(tmp_path / "o"),
+                                      "--config", str(cfg), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("mmpareto:")
