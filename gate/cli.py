@@ -12,23 +12,24 @@ from pathlib import Path
 
 import click
 
-from fusionguard.cli import LazyGroup
+from fusionguard.cli import LazyGroup, envvar, progress_option
 from fusionguard.registry import Registry
 
 logger = logging.getLogger(__name__)
 
-_EXISTING = click.Path(path_type=Path)
+_EXISTING = click.Path(path_type=Path)  # a path the command reads or creates
+_FILE = click.Path(path_type=Path, exists=True, dir_okay=False)  # an input file: checked before any work
 
 
 @click.command("gate")
-@click.option("--candidate", required=True, type=_EXISTING, help="Candidate ONNX model.")
-@click.option("--baseline", type=_EXISTING, default=None, help="Baseline (V1) ONNX model; required unless the policy sets baseline.required = false.")
-@click.option("--data", "data", required=True, type=_EXISTING, help="Eval set (Parquet).")
-@click.option("--policy", type=_EXISTING, default=None, help="Policy TOML (defaults: docs/gate.md).")
-@click.option("--candidate-contract", type=_EXISTING, default=None, help="Sidecar JSON contract for the candidate.")
-@click.option("--baseline-contract", type=_EXISTING, default=None, help="Sidecar JSON contract for the baseline.")
+@click.option("--candidate", required=True, type=_FILE, help="Candidate ONNX model.")
+@click.option("--baseline", type=_FILE, default=None, help="Baseline (V1) ONNX model; required unless the policy sets baseline.required = false.")
+@click.option("--data", "data", required=True, type=_FILE, help="Eval set (Parquet).")
+@click.option("--policy", type=_FILE, default=None, help="Policy TOML (defaults: docs/gate.md).")
+@click.option("--candidate-contract", type=_FILE, default=None, help="Sidecar JSON contract for the candidate.")
+@click.option("--baseline-contract", type=_FILE, default=None, help="Sidecar JSON contract for the baseline.")
 @click.option("--out", required=True, type=_EXISTING, help="Report directory (report.json, report.md, junit.xml, plots, profile.json).")
-@click.option("--progress/--no-progress", default=False, help="Show progress bars while scoring.")
+@progress_option
 def gate(candidate, baseline, data, policy, candidate_contract, baseline_contract, out, progress) -> None:  # noqa: ANN001
     """Release gate: block collapsed or V1-in-disguise candidates before promotion.
 
@@ -56,7 +57,7 @@ def gate(candidate, baseline, data, policy, candidate_contract, baseline_contrac
 
 @click.command("promote")
 @click.option("--report", "report_dir", required=True, type=_EXISTING, help="The gate's report directory.")
-@click.option("--registry", "registry_dir", required=True, type=_EXISTING, help="Registry directory (created if missing).")
+@click.option("--registry", "registry_dir", required=True, type=_EXISTING, help="Registry directory (created if missing).", **envvar("registry"))
 @click.option("--model", type=_EXISTING, default=None, help="Model file; defaults to the candidate path in the report.")
 def promote(report_dir, registry_dir, model) -> None:  # noqa: ANN001
     """Promote a model whose gate report passed into a registry and make it current.
@@ -77,7 +78,7 @@ def registry() -> None:
     """
 
 
-_REGISTRY_OPTION = click.option("--registry", "registry_dir", required=True, type=_EXISTING, help="Registry directory.")
+_REGISTRY_OPTION = click.option("--registry", "registry_dir", required=True, type=_EXISTING, help="Registry directory.", **envvar("registry"))
 
 
 @registry.command("list")
@@ -123,13 +124,13 @@ def rollback(registry_dir, version) -> None:  # noqa: ANN001
 
 
 @click.command("eval")
-@click.option("--models", required=True, multiple=True, type=_EXISTING, help="Fusion models; repeat or list them. The first is the reference of the p-values.")
-@click.argument("more_models", nargs=-1, type=_EXISTING)
-@click.option("--baseline", type=_EXISTING, default=None, help="Text-only V1 for the Spearman column.")
-@click.option("--data", "data", required=True, type=_EXISTING, help="Eval set (Parquet).")
-@click.option("--policy", type=_EXISTING, default=None, help="Policy TOML (k, masking, resamples, seed).")
+@click.option("--models", required=True, multiple=True, type=_FILE, help="Fusion models; repeat or list them. The first is the reference of the p-values.")
+@click.argument("more_models", nargs=-1, type=_FILE)
+@click.option("--baseline", type=_FILE, default=None, help="Text-only V1 for the Spearman column.")
+@click.option("--data", "data", required=True, type=_FILE, help="Eval set (Parquet).")
+@click.option("--policy", type=_FILE, default=None, help="Policy TOML (k, masking, resamples, seed).")
 @click.option("--out", required=True, type=_EXISTING, help="Output directory (table.csv/.md/.tex, per_query.csv).")
-@click.option("--progress/--no-progress", default=False, help="Show progress bars while scoring.")
+@progress_option
 def eval_command(models, more_models, baseline, data, policy, out, progress) -> None:  # noqa: ANN001
     """Offline evaluation table of several models, with CIs, Holm-corrected p-values and effect sizes.
 
