@@ -57,15 +57,27 @@ def gate(candidate, baseline, data, policy, candidate_contract, baseline_contrac
 
 @click.command("promote")
 @click.option("--report", "report_dir", required=True, type=_EXISTING, help="The gate's report directory.")
-@click.option("--registry", "registry_dir", required=True, type=_EXISTING, help="Registry directory (created if missing).", **envvar("registry"))
+@click.option("--registry", "registry_dir", required=True, type=_EXISTING, help="Registry directory (created if missing), or mlflow://NAME for an MLflow Model Registry.", **envvar("registry"))
 @click.option("--model", type=_EXISTING, default=None, help="Model file; defaults to the candidate path in the report.")
-def promote(report_dir, registry_dir, model) -> None:  # noqa: ANN001
+@click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True, help="MLflow tracking server of an mlflow://NAME registry.")
+@click.option("--alias", default="champion", show_default=True, help="MLflow alias moved to the new version when the gate passed.")
+def promote(report_dir, registry_dir, model, mlflow_uri, alias) -> None:  # noqa: ANN001
     """Promote a model whose gate report passed into a registry and make it current.
 
-    Refuses (exit 1) when the report did not pass or the model changed since the gate ran.
+    Refuses (exit 1) when the report did not pass or the model changed since the gate ran. With
+    --registry mlflow://NAME the exact gated file becomes a new version of NAME in MLflow's Model
+    Registry with the gate report attached; the alias moves only when the gate passed (docs/gate.md).
 
     Example: fusionguard promote --report report/ --registry /srv/models/ranker
     """
+    from gate.mlflow_registry import mlflow_target
+
+    if (name := mlflow_target(registry_dir)) is not None:
+        from gate.mlflow_registry import promote_to_mlflow
+
+        result = promote_to_mlflow(name, report_dir, model, tracking_uri=mlflow_uri, alias=alias)
+        click.echo(result.summary())
+        raise SystemExit(result.exit_code)
     info = Registry(registry_dir).promote(model, report_dir)
     click.echo(f"promoted {info.source} as {info.version} (sha256 {info.sha256[:12]}) in {registry_dir}; it is current")
 
