@@ -101,9 +101,15 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def junit(report: dict[str, Any]) -> str:
-    """junit.xml: one testcase per check; failed -> <failure>, error -> <error>, skipped -> <skipped>."""
+def junit(report: dict[str, Any], timings: dict[str, float] | None = None) -> str:
+    """junit.xml: one testcase per check; failed -> <failure>, error -> <error>, skipped -> <skipped>.
+
+    `timings` (GateResult.timings) gives the `time` attributes in seconds: a testcase's is its
+    check's own time, the suite's the whole gate's (scoring and the shared bootstrap count there
+    only). Timings live here and not in report.json, which stays identical between runs.
+    """
     cs = report["checks"]
+    timings = timings or {}
     suite = ET.Element(
         "testsuite",
         name="fusionguard.gate",
@@ -111,9 +117,17 @@ def junit(report: dict[str, Any]) -> str:
         failures=str(sum(c["outcome"] == "failed" for c in cs)),
         errors=str(sum(c["outcome"] == "error" for c in cs)),
         skipped=str(sum(c["outcome"] == "skipped" for c in cs)),
+        time=f"{timings.get('total_checks', 0.0):.4f}",
+        timestamp=str(report.get("created_at", "")),
     )
+    stages = {k: v for k, v in timings.items() if not k.startswith("check.") and k != "total_checks"}
+    if stages:  # where the suite's time went: loading, validation, scoring, the shared bootstrap
+        properties = ET.SubElement(suite, "properties")
+        for stage, seconds in stages.items():
+            ET.SubElement(properties, "property", name=f"time.{stage}", value=f"{seconds:.4f}")
     for c in cs:
-        case = ET.SubElement(suite, "testcase", classname="fusionguard.gate", name=c["name"])
+        case = ET.SubElement(suite, "testcase", classname="fusionguard.gate", name=c["name"],
+                             time=f"{timings.get('check.' + c['name'], 0.0):.4f}")
         text = "\n".join(c["reasons"]) or c["summary"]
         if c["outcome"] == "failed":
             ET.SubElement(case, "failure", message=c["summary"]).text = text
@@ -161,7 +175,7 @@ def write_reports(result: GateResult, out: Path) -> Path:
     report = report_dict(result, profile_note)
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     (out / "report.md").write_text(markdown(report), encoding="utf-8")
-    (out / "junit.xml").write_text(junit(report), encoding="utf-8")
+    (out / "junit.xml").write_text(junit(report, result.timings), encoding="utf-8")
     from gate.plots import write_plots  # matplotlib is slow to import; only here
 
     write_plots(result, out)
