@@ -60,6 +60,16 @@ def test_the_serving_install_lacks_the_gate_stack_and_torch(serving_venv):
     assert present == set(), f"the serving install pulled in {sorted(present)}"
     for module in ("onnxruntime", "prometheus_client", "starlette", "uvicorn"):
         assert _run(serving_venv, "python", "-c", f"import {module}").returncode == 0, module
+    # drift (PSI and the KS p-value) runs without scipy
+    drift = (
+        "import numpy as np; from fusionguard.profile import build_profile; from monitor.drift import DriftTracker\n"
+        "rng = np.random.default_rng(0); t = DriftTracker(build_profile('0' * 64, rng.uniform(0, 1, 500), {}), min_values=10)\n"
+        "t.add({'visual_share': rng.uniform(0.5, 1, 200)}); [r] = t.results(); print(r.psi, r.pvalue)"
+    )
+    out = _run(serving_venv, "python", "-c", drift)
+    assert out.returncode == 0, out.stderr
+    psi, pvalue = map(float, out.stdout.split())
+    assert psi > 0.25 and 0.0 <= pvalue < 0.01
 
 
 def test_monitor_serve_help_works_and_gate_names_its_extra(serving_venv, tmp_path):
@@ -105,3 +115,22 @@ def test_the_serving_install_serves_a_model(serving_venv, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+_PROBE = """
+import sys
+from fusionguard.cli import main
+from monitor.server import build  # the serving path itself, as `monitor serve` runs it
+try:
+    main(["monitor", "serve", "--help"])
+except SystemExit:
+    pass
+print(sorted(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+def test_the_serving_path_imports_nothing_of_the_gate_stack_in_the_dev_environment():
+    """The quick twin of the fresh-venv test: in the full environment, serving imports none of them."""
+    out = subprocess.run([sys.executable, "-c", _PROBE.format(heavy=HEAVY)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
