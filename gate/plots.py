@@ -6,6 +6,8 @@ line and the decision statistic (the CI bound the rule compares) as a marked, la
 
 - ndcg_difference.png: per-query NDCG@k differences (candidate - baseline) with the mean's CI; the
   quality rule compares the CI's *lower* bound with -margin.
+- integrity.png: mean per-query Spearman and global Pearson between candidate and baseline scores
+  with their CIs; the integrity rule compares each CI's *upper* bound with max_correlation.
 - contributions.png: the per-candidate visual Shapley share, and the mean relative NDCG drop when
   each modality is masked with its CI; the visual-ablation rule compares the visual drop's *upper*
   bound with min_visual_drop. Each bar carries its value as text and a marker, so a collapsed
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 
 NDCG_DIFF_PNG = "ndcg_difference.png"
 CONTRIBUTION_PNG = "contributions.png"
+INTEGRITY_PNG = "integrity.png"
 DPI = 100  # 640 x 420 and 960 x 420 pixels: legible in a pull-request comment
 AXES_BOTTOM, AXES_HEIGHT = 0.3, 0.58  # fixed margins: the legend sits under the x label, clear of the data
 VERDICT = {"passed": "PASSED", "blocked": "BLOCKED", "invalid": "INVALID INPUT", "unevaluated": "COULD NOT EVALUATE"}
@@ -123,6 +126,28 @@ def _ndcg_difference(diff: np.ndarray, k: int, margin: float, ci: Any, check: Ch
     return fig
 
 
+def _integrity(cis: Mapping[str, Any], limit: float, check: CheckResult | None, title: Title | None) -> Figure:
+    fig = _figure(6.4, 3.2, title)
+    ax = fig.add_axes((0.24, 0.4, 0.72, 0.42))
+    names = list(cis)
+    color = OUTCOME_COLOR.get(check.outcome if check else "", NEUTRAL)
+    for y, name in enumerate(names):
+        ci = cis[name]
+        ax.errorbar([ci.estimate], [y], xerr=[[ci.estimate - ci.low], [ci.high - ci.estimate]], fmt="o", color="black",
+                    capsize=5, lw=1.5, label=f"{name.split()[0]} {ci.estimate:.3f}, CI [{ci.low:.3f}, {ci.high:.3f}]")
+        ax.plot([ci.high], [y], marker="D", ms=9, color=color, zorder=5, ls="none",
+                label="decision: CI upper bounds" if y == 0 else None)
+    ax.axvline(limit, color="#c62828", ls="--", lw=1.3, label=f"threshold: max correlation {limit:g}")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    low = min(0.0, *(cis[n].low for n in names))
+    ax.set_xlim(low - 0.05, 1.02)
+    ax.set_xlabel("correlation of candidate and baseline scores")
+    ax.set_title(f"integrity: not the baseline in disguise{_check_label(check)}", fontsize=9, loc="left")
+    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(-0.3, -0.27), ncol=2)
+    return fig
+
+
 def _contributions(share: np.ndarray, drops: Mapping[str, Any], min_drop: float, min_share: float | None, k: int,
                    share_ci: Any, check: CheckResult | None, title: Title | None) -> Figure:
     fig = _figure(9.6, 4.2, title)
@@ -178,12 +203,16 @@ def build_figures(m: ModelMeasures | None, baseline_ndcg: np.ndarray | None, pol
     """
     checks = checks or {}
     k = policy.metric.k
-    figures: dict[str, Figure | None] = {NDCG_DIFF_PNG: None, CONTRIBUTION_PNG: None}
+    figures: dict[str, Figure | None] = {NDCG_DIFF_PNG: None, INTEGRITY_PNG: None, CONTRIBUTION_PNG: None}
     if m is not None and baseline_ndcg is not None:
         diff = m.ndcg - baseline_ndcg
         quality = checks.get("quality")
         figures[NDCG_DIFF_PNG] = _ndcg_difference(diff[np.isfinite(diff)], k, policy.quality.margin,
                                                   _interval(quality, "difference"), quality, title)
+    integrity = checks.get("integrity")
+    correlations = {"Spearman\n(per-query mean)": _interval(integrity, "spearman_mean"), "Pearson\n(all rows)": _interval(integrity, "pearson")}
+    if all(ci is not None for ci in correlations.values()):
+        figures[INTEGRITY_PNG] = _integrity(correlations, integrity.thresholds["max_correlation"], integrity, title)
     if m is not None:
         ablation = checks.get("visual_ablation")
         share = m.visual_share[np.isfinite(m.visual_share)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from matplotlib.collections import LineCollection
 
-from gate.plots import CONTRIBUTION_PNG, NDCG_DIFF_PNG, build_figures, result_title
+from gate.plots import CONTRIBUTION_PNG, INTEGRITY_PNG, NDCG_DIFF_PNG, build_figures, result_title
 from gate.runner import run_gate
 
 
@@ -89,6 +89,26 @@ def test_the_collapsed_visual_bar_is_visible(runs):
     assert abs(visual.estimate) < 1e-6  # the blind model's visual drop is a flat line...
     assert any(line.get_marker() == "_" and np.allclose(line.get_xdata(), [0]) and line.get_markersize() >= 20 for line in ax.lines)
     assert ax.texts[0].get_text() in {"0.0000", f"{visual.estimate + 0.0:.1e}"}  # ...but marked and labelled
+
+
+@pytest.mark.parametrize("name", ["fusion", "blind"])
+def test_the_integrity_plot_marks_both_upper_bounds_against_the_maximum(runs, name):
+    result, out = runs[name]
+    assert (out / INTEGRITY_PNG).stat().st_size > 0
+    ax = _figures(result)[INTEGRITY_PNG].axes[0]
+    integrity = _check(result, "integrity")
+    assert _vline(ax, integrity.thresholds["max_correlation"])
+    for y, key in enumerate(("spearman_mean", "pearson")):
+        assert _marker_at(ax, integrity.numbers[key].high, y)
+
+
+def test_no_baseline_no_baseline_plots(toys, tmp_path):
+    policy = tmp_path / "p.toml"
+    policy.write_text(toys.policy.read_text() + "\n[baseline]\nrequired = false\n")
+    result = run_gate(toys.fusion, toys.data, tmp_path / "r", policy=policy)
+    figures = _figures(result)
+    assert figures[NDCG_DIFF_PNG] is None and figures[INTEGRITY_PNG] is None and figures[CONTRIBUTION_PNG] is not None
+    assert not (tmp_path / "r" / INTEGRITY_PNG).exists()
 
 
 @pytest.mark.parametrize("name", ["fusion", "blind"])
