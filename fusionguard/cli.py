@@ -37,6 +37,8 @@ _EXTRAS = {
 _EXTRA_HINT = {pkg: f"pip install 'fusionguard[{extra},cpu]'" for extra, pkgs in _EXTRAS.items() for pkg in pkgs}
 _EXTRA_HINT["onnxruntime"] = "pip install 'fusionguard[cpu]' or 'fusionguard[gpu]'"
 _EXTRA_HINT["torch"] = _EXTRA_HINT["onnxscript"] = "pip install 'fusionguard[train,cpu]' (or `make install`)"
+# The serving image installs only fusionguard, gate and monitor (Dockerfile): training commands are absent.
+_EXTRA_HINT["training"] = _EXTRA_HINT["export"] = "install fusionguard from a full checkout with the train extra: pip install '.[train,cpu]'"
 
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from fusionguard import toymodels
+from fusionguard.registry import file_sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("great_expectations", "pandas", "pyarrow", "matplotlib", "scipy", "torch", "tqdm", "mlflow")
@@ -82,6 +83,18 @@ def test_monitor_serve_help_works_and_gate_names_its_extra(serving_venv, tmp_pat
     gate = _run(serving_venv, "fusionguard", "gate", "--candidate", str(model), "--data", str(data), "--out", str(tmp_path / "r"))
     assert gate.returncode == 2, gate.stdout + gate.stderr
     assert "fusionguard[gate,cpu]" in gate.stderr and "Traceback" not in gate.stderr
+    # ops commands of the image need only the core: list and roll back the registry
+    listing = _run(serving_venv, "fusionguard", "registry", "list", "--registry", str(tmp_path / "reg"))
+    assert listing.returncode == 0 and "holds no versions" in listing.stdout, listing.stderr
+    # commands the image does not carry say what to install, without a traceback
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "report.json").write_text(json.dumps(
+        {"outcome": "passed", "exit_code": 0, "candidate": {"path": str(model), "sha256": file_sha256(model)}}))
+    promote = ["promote", "--report", str(report), "--registry", "mlflow://ranker", "--mlflow-uri", "http://127.0.0.1:9"]
+    for command, needle in ((["train", "--help"], "'training'"), (promote, "fusionguard[tracking]")):
+        out = _run(serving_venv, "fusionguard", *command)
+        assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, (command, out.stderr)
 
 
 def _free_port() -> int:
@@ -121,10 +134,12 @@ _PROBE = """
 import sys
 from fusionguard.cli import main
 from monitor.server import build  # the serving path itself, as `monitor serve` runs it
-try:
-    main(["monitor", "serve", "--help"])
-except SystemExit:
-    pass
+import gate.cli  # promote and registry
+for argv in (["monitor", "serve", "--help"], ["registry", "list", "--help"], ["promote", "--help"]):
+    try:
+        main(argv)
+    except SystemExit:
+        pass
 print(sorted(m for m in {heavy!r} if m in sys.modules))
 """
 
