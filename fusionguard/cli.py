@@ -41,7 +41,6 @@ _EXTRA_HINT["torch"] = _EXTRA_HINT["onnxscript"] = "pip install 'fusionguard[tra
 _EXTRA_HINT["training"] = _EXTRA_HINT["export"] = "install fusionguard from a full checkout with the train extra: pip install '.[train,cpu]'"
 
 
-
 def envvar(option: str) -> dict:
     """click keyword arguments that let FUSIONGUARD_<OPTION> set an option a deployment sets
     (registry, device, host, port), shown in --help: `click.option(..., **envvar("port"))`."""
