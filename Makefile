@@ -5,9 +5,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # ONNX Runtime flavour: cpu (default) or gpu. Never both in one environment.
 ORT    ?= cpu
-EXTRAS ?= $(ORT),train,dev
+EXTRAS ?= $(ORT),serve,gate,train,tracking,dev
 
-.PHONY: all venv install tools demo test test-all bench clean
+.PHONY: all venv install tools demo test test-all bench lock clean
 
 all: install
 
@@ -39,6 +39,12 @@ test: install tools
 
 test-all: install tools
 	$(PY) -m pytest -q -m "slow or not slow"
+
+# The serving image's constraints file (Dockerfile): every package ".[serve,gpu]" installs, pinned
+# to what pip resolves for the image's CPython 3.12 on x86_64 (a dry run: nothing is installed).
+# Rerun after changing the base, serve or gpu dependencies and commit requirements/serve-gpu.txt.
+lock: $(PY)
+	$(PY) scripts/lock.py
 
 bench: install
 	$(PY) -m benchmarks

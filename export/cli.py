@@ -14,7 +14,7 @@ from export.pipeline import QUANTIZE_CHOICES, ExportConfig, export_checkpoint
     "--checkpoint",
     "checkpoint",
     required=True,
-    type=click.Path(path_type=Path, file_okay=False),
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
     help="Training checkpoint directory (model.pt, config.json, meta.json).",
 )
 @click.option("--out", required=True, type=click.Path(path_type=Path, dir_okay=False), help="ONNX file to write.")

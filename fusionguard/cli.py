@@ -3,6 +3,7 @@ import torch (the gate and the monitor run on ONNX Runtime alone)."""
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import sys
@@ -25,13 +26,53 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "experiment": ("training.experiment_cli:experiment", "Run the paper's experiment grid and report."),
 }
 
-# Which optional extra a subcommand needs when its import fails.
-_EXTRA_HINT = {
-    "torch": "pip install 'fusionguard[train]' (or `make install`)",
-    "onnxscript": "pip install 'fusionguard[train]' (or `make install`)",
-    "onnxruntime": "pip install 'fusionguard[cpu]' or 'fusionguard[gpu]'",
-    "mlflow": "pip install 'fusionguard[tracking]'",
+# The extra that brings each optional top-level package (pyproject.toml), for the message a
+# command gives when it is missing.
+_EXTRAS = {
+    "serve": ("prometheus_client", "starlette", "uvicorn", "anyio"),
+    "gate": ("pandas", "pyarrow", "scipy", "great_expectations", "matplotlib", "tqdm"),
+    "train": ("torch", "onnxscript"),
+    "tracking": ("mlflow",),
 }
+_EXTRA_HINT = {pkg: f"pip install 'fusionguard[{extra},cpu]'" for extra, pkgs in _EXTRAS.items() for pkg in pkgs}
+_EXTRA_HINT["onnxruntime"] = "pip install 'fusionguard[cpu]' or 'fusionguard[gpu]'"
+_EXTRA_HINT["torch"] = _EXTRA_HINT["onnxscript"] = "pip install 'fusionguard[train,cpu]' (or `make install`)"
+# The serving image installs only fusionguard, gate and monitor (Dockerfile): training commands are absent.
+_EXTRA_HINT["training"] = _EXTRA_HINT["export"] = "install fusionguard from a full checkout with the train extra: pip install '.[train,cpu]'"
+
+
+def envvar(option: str) -> dict:
+    """click keyword arguments that let FUSIONGUARD_<OPTION> set an option a deployment sets
+    (registry, device, host, port), shown in --help: `click.option(..., **envvar("port"))`."""
+    return {"envvar": f"FUSIONGUARD_{option.upper().replace('-', '_')}", "show_envvar": True}
+
+
+class MissingExtraError(click.ClickException):
+    """A command needs a package of an optional extra that is not installed (exit 2)."""
+
+    exit_code = 2
+
+    def __init__(self, command: str, package: str, hint: str) -> None:
+        super().__init__(f"`{command}` needs the package '{package}', which is not installed: {hint}")
+
+
+def missing_extra(err: ModuleNotFoundError, command: str) -> MissingExtraError | None:
+    """The MissingExtraError for an import of an optional extra's package, else None."""
+    missing = (err.name or "").split(".")[0]
+    hint = _EXTRA_HINT.get(missing)
+    return None if hint is None else MissingExtraError(command, missing, hint)
+
+
+def _resolve_progress(ctx: click.Context, param: click.Parameter, value: bool | None) -> bool:
+    return sys.stderr.isatty() if value is None else value
+
+
+def progress_option(fn):  # noqa: ANN001, ANN201 - click decorator
+    """`--progress/--no-progress`, one convention for every command: on when stderr is a terminal."""
+    return click.option(
+        "--progress/--no-progress", default=None, callback=_resolve_progress,
+        help="Progress bars on stderr [default: on when stderr is a terminal].",
+    )(fn)
 
 
 def run_guarded(ctx: click.Context, fn, *args, **kwargs):
@@ -59,14 +100,23 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in self.lazy:
-            return self._load(name)
+            return self._load(ctx, name)
         return super().get_command(ctx, name)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]):  # noqa: ANN201 - click's tuple
+        name = args[0]
+        if not ctx.resilient_parsing and not name.startswith("-") and self.get_command(ctx, name) is None:
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=3, cutoff=0.6)
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            ctx.fail(f"No such command '{name}'.{hint}")
+        return super().resolve_command(ctx, args)
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        # Help lists lazy commands from their registered one-liners: nothing is imported.
+        # Help lists lazy commands from their registered one-liners: nothing is imported. Each
+        # line is the whole first sentence (click cuts it at 45 characters by default).
         rows = [(name, self.lazy[name][1]) for name in sorted(self.lazy)]
         rows += [
-            (name, cmd.get_short_help_str())
+            (name, cmd.get_short_help_str(limit=200))
             for name, cmd in sorted(self.commands.items())
             if name not in self.lazy and not cmd.hidden
         ]
@@ -74,26 +124,32 @@ class LazyGroup(click.Group):
             with formatter.section("Commands"):
                 formatter.write_dl(sorted(rows))
 
-    def _load(self, name: str) -> click.Command:
+    def _load(self, ctx: click.Context, name: str) -> click.Command:
         target, _ = self.lazy[name]
         module_name, attr = target.split(":")
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
-            missing = (err.name or "").split(".")[0]
-            hint = _EXTRA_HINT.get(missing)
-            if hint is None:
+            missing = missing_extra(err, f"{ctx.command_path} {name}")
+            if missing is None:
                 raise
-            raise click.ClickException(
-                f"`fusionguard {name}` needs the package '{missing}', which is not installed: {hint}"
-            ) from None
+            raise missing from None
         return getattr(module, attr)
 
     def invoke(self, ctx: click.Context):
-        return run_guarded(ctx, super().invoke, ctx)
+        try:
+            return run_guarded(ctx, super().invoke, ctx)
+        except ModuleNotFoundError as err:  # a command imports its extra's packages when it runs
+            missing = missing_extra(err, f"{ctx.command_path} {ctx.invoked_subcommand or ''}".strip())
+            if missing is None:
+                raise
+            raise missing from None
 
 
-@click.group(cls=LazyGroup, lazy=SUBCOMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup, lazy=SUBCOMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, "--version", prog_name="fusionguard")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def cli(verbose: int) -> None:

@@ -22,13 +22,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from fusionguard.contract import ModelContract
 from fusionguard.errors import DataValidationError, InvalidInputError
 
+# pyarrow (the 'gate' extra) is imported inside the functions that read or write Parquet: the
+# serving install scores in-memory feeds through `Batch` and never touches a file.
 if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from fusionguard.validation import ValidationReport
 
 logger = logging.getLogger(__name__)
@@ -68,6 +71,8 @@ class Batch:
 # ----- writing ----------------------------------------------------------------------------------
 
 def _id_array(values: np.ndarray, name: str) -> pa.Array:
+    import pyarrow as pa
+
     values = np.asarray(values)
     if values.dtype.kind in "iu":
         return pa.array(values.astype(np.int64, copy=False), type=pa.int64())
@@ -78,6 +83,8 @@ def _id_array(values: np.ndarray, name: str) -> pa.Array:
 
 def _list_array(values: np.ndarray, name: str, n: int) -> pa.Array:
     """(n, *shape) -> list<float32|int64> with one flattened tensor per row."""
+    import pyarrow as pa
+
     values = np.asarray(values)
     if values.ndim == 0 or values.shape[0] != n:
         raise InvalidInputError(
@@ -122,6 +129,9 @@ def write_dataset(
         InvalidInputError: arrays of different lengths, unusable dtypes, or a name clash. Nothing
             is written then. Content (NaN, duplicate pairs, label range) is left to validation.
     """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     label = np.asarray(label)
     n = int(label.shape[0]) if label.ndim == 1 else -1
     problems: list[str] = []
@@ -168,6 +178,9 @@ def write_dataset(
 
 def open_parquet(path: str | Path) -> pq.ParquetFile:
     """Open a Parquet file, turning a missing or unreadable file into InvalidInputError."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"dataset {path} does not exist; check the path")
@@ -204,6 +217,8 @@ def read_batches(pf: pq.ParquetFile, path: str | Path, **kwargs: Any) -> Iterato
 
 def _as_list(arr: pa.Array) -> pa.Array:
     """Fixed-size lists as plain lists, so offsets exist."""
+    import pyarrow as pa
+
     if pa.types.is_fixed_size_list(arr.type):
         return arr.cast(pa.list_(arr.type.value_type))
     return arr
@@ -211,6 +226,8 @@ def _as_list(arr: pa.Array) -> pa.Array:
 
 def _list_column(arr: pa.Array, name: str, shape: tuple[int, ...] | None, dtype: str | None, path: Path) -> np.ndarray:
     """A list column -> (n, *shape) array via the flat values buffer (no per-row Python)."""
+    import pyarrow as pa
+
     if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type)):
         raise DataValidationError(str(path), [f"column '{name}' has type {arr.type}; model inputs must be list columns"])
     arr = _as_list(arr)
@@ -239,6 +256,8 @@ def _list_column(arr: pa.Array, name: str, shape: tuple[int, ...] | None, dtype:
 
 
 def _id_numpy(arr: pa.Array) -> np.ndarray:
+    import pyarrow as pa
+
     if pa.types.is_integer(arr.type):
         return arr.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=object)
@@ -287,6 +306,8 @@ def iter_batches(
             contract lacks.
         DataValidationError: columns are missing, or rows hold the wrong number of values.
     """
+    import pyarrow as pa
+
     if batch_rows <= 0:
         raise InvalidInputError(f"batch_rows must be positive, got {batch_rows}")
     path = Path(path)

@@ -1,22 +1,32 @@
-"""The release gate, its reports, promotion into the registry and the offline evaluation."""
+"""The release gate, its reports, promotion into the registry and the offline evaluation.
 
-from gate.checks import CheckResult
-from gate.evaluation import EvalResult, EvalRow, evaluate, write_eval
-from gate.measures import ModelMeasures, measure_model
-from gate.policy import Policy, load_policy, policy_from_dict
-from gate.runner import GateResult, run_gate
+The public names load on first use (PEP 562 module `__getattr__`): `promote` and `registry`
+(gate.cli) need only the core, so they run in the serving install, which lacks the gate's data
+stack (pandas, pyarrow, scipy, Great Expectations, matplotlib).
+"""
 
-__all__ = [
-    "CheckResult",
-    "EvalResult",
-    "EvalRow",
-    "GateResult",
-    "ModelMeasures",
-    "Policy",
-    "evaluate",
-    "load_policy",
-    "measure_model",
-    "policy_from_dict",
-    "run_gate",
-    "write_eval",
-]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "CheckResult": "gate.checks",
+    "EvalResult": "gate.evaluation",
+    "EvalRow": "gate.evaluation",
+    "GateResult": "gate.runner",
+    "ModelMeasures": "gate.measures",
+    "Policy": "gate.policy",
+    "evaluate": "gate.evaluation",
+    "load_policy": "gate.policy",
+    "measure_model": "gate.measures",
+    "policy_from_dict": "gate.policy",
+    "run_gate": "gate.runner",
+    "write_eval": "gate.evaluation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'gate' has no attribute {name!r}")

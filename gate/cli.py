@@ -12,24 +12,25 @@ from pathlib import Path
 
 import click
 
-from fusionguard.cli import LazyGroup
+from fusionguard.cli import LazyGroup, envvar, progress_option
 from fusionguard.errors import FusionGuardError, InvalidInputError
 from fusionguard.registry import Registry
 
 logger = logging.getLogger(__name__)
 
-_EXISTING = click.Path(path_type=Path)
+_EXISTING = click.Path(path_type=Path)  # a path the command reads or creates
+_FILE = click.Path(path_type=Path, exists=True, dir_okay=False)  # an input file: checked before any work
 
 
 @click.command("gate")
-@click.option("--candidate", required=True, type=_EXISTING, help="Candidate ONNX model.")
-@click.option("--baseline", type=_EXISTING, default=None, help="Baseline (V1) ONNX model; required unless the policy sets baseline.required = false.")
-@click.option("--data", "data", required=True, type=_EXISTING, help="Eval set (Parquet).")
-@click.option("--policy", type=_EXISTING, default=None, help="Policy TOML (defaults: docs/gate.md).")
-@click.option("--candidate-contract", type=_EXISTING, default=None, help="Sidecar JSON contract for the candidate.")
-@click.option("--baseline-contract", type=_EXISTING, default=None, help="Sidecar JSON contract for the baseline.")
+@click.option("--candidate", required=True, type=_FILE, help="Candidate ONNX model.")
+@click.option("--baseline", type=_FILE, default=None, help="Baseline (V1) ONNX model; required unless the policy sets baseline.required = false.")
+@click.option("--data", "data", required=True, type=_FILE, help="Eval set (Parquet).")
+@click.option("--policy", type=_FILE, default=None, help="Policy TOML (defaults: docs/gate.md).")
+@click.option("--candidate-contract", type=_FILE, default=None, help="Sidecar JSON contract for the candidate.")
+@click.option("--baseline-contract", type=_FILE, default=None, help="Sidecar JSON contract for the baseline.")
 @click.option("--out", required=True, type=_EXISTING, help="Report directory (report.json, report.md, junit.xml, plots, profile.json).")
-@click.option("--progress/--no-progress", default=False, help="Show progress bars while scoring.")
+@progress_option
 @click.option(
     "--summary", type=click.Choice(["plain", "github", "gitlab"]), default="plain", show_default=True,
     help="Where the verdict goes besides the report directory: plain (terminal lines); github (also an "
@@ -96,20 +97,32 @@ def _append_summary(path: Path, text: str) -> None:
 
 @click.command("promote")
 @click.option("--report", "report_dir", required=True, type=_EXISTING, help="The gate's report directory.")
-@click.option("--registry", "registry_dir", required=True, type=_EXISTING, help="Registry directory (created if missing).")
+@click.option("--registry", "registry_dir", required=True, type=_EXISTING, help="Registry directory (created if missing), or mlflow://NAME for an MLflow Model Registry.", **envvar("registry"))
 @click.option("--model", type=_EXISTING, default=None, help="Model file; defaults to the candidate path in the report.")
 @click.option("--policy", type=_EXISTING, default=None, help="Require the report to have been made under this policy TOML.")
-def promote(report_dir, registry_dir, model, policy) -> None:  # noqa: ANN001
+@click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True, help="MLflow tracking server of an mlflow://NAME registry.")
+@click.option("--alias", default="champion", show_default=True, help="MLflow alias moved to the new version when the gate passed.")
+def promote(report_dir, registry_dir, model, policy, mlflow_uri, alias) -> None:  # noqa: ANN001
     """Promote a model whose gate report passed into a registry and make it current.
 
     The report is re-validated against the policy it records (every check passed, every number
     on the passing side of its threshold); the model and its external-data files must hash to
     the report's manifest. With FUSIONGUARD_SIGNING_KEY set, the report must carry the gate's
     signature made with that key (docs/gate.md). Refuses with exit 1 when the evidence does not
-    show a pass, exit 2 on unusable input.
+    show a pass, exit 2 on unusable input. With --registry mlflow://NAME the exact gated file
+    becomes a new version of NAME in MLflow's Model Registry with the gate report attached; the
+    alias moves only when the same evidence shows a pass (docs/gate.md).
 
     Example: fusionguard promote --report report/ --registry /srv/models/ranker
     """
+    from gate.mlflow_registry import mlflow_target
+
+    if (name := mlflow_target(registry_dir)) is not None:
+        from gate.mlflow_registry import promote_to_mlflow
+
+        result = promote_to_mlflow(name, report_dir, model, tracking_uri=mlflow_uri, alias=alias, policy=policy)
+        click.echo(result.summary())
+        raise SystemExit(result.exit_code)
     from gate.promotion import promote as promote_model
 
     info = promote_model(report_dir, registry_dir, model, policy)
@@ -124,7 +137,7 @@ def registry() -> None:
     """
 
 
-_REGISTRY_OPTION = click.option("--registry", "registry_dir", required=True, type=_EXISTING, help="Registry directory.")
+_REGISTRY_OPTION = click.option("--registry", "registry_dir", required=True, type=_EXISTING, help="Registry directory.", **envvar("registry"))
 
 
 @registry.command("list")
@@ -168,13 +181,13 @@ def rollback(registry_dir, version) -> None:  # noqa: ANN001
 
 
 @click.command("eval")
-@click.option("--models", required=True, multiple=True, type=_EXISTING, help="Fusion models; repeat or list them. The first is the reference of the p-values.")
-@click.argument("more_models", nargs=-1, type=_EXISTING)
-@click.option("--baseline", type=_EXISTING, default=None, help="Text-only V1 for the Spearman column.")
-@click.option("--data", "data", required=True, type=_EXISTING, help="Eval set (Parquet).")
-@click.option("--policy", type=_EXISTING, default=None, help="Policy TOML (k, masking, resamples, seed).")
+@click.option("--models", required=True, multiple=True, type=_FILE, help="Fusion models; repeat or list them. The first is the reference of the p-values.")
+@click.argument("more_models", nargs=-1, type=_FILE)
+@click.option("--baseline", type=_FILE, default=None, help="Text-only V1 for the Spearman column.")
+@click.option("--data", "data", required=True, type=_FILE, help="Eval set (Parquet).")
+@click.option("--policy", type=_FILE, default=None, help="Policy TOML (k, masking, resamples, seed).")
 @click.option("--out", required=True, type=_EXISTING, help="Output directory (table.csv/.md/.tex, per_query.csv).")
-@click.option("--progress/--no-progress", default=False, help="Show progress bars while scoring.")
+@progress_option
 def eval_command(models, more_models, baseline, data, policy, out, progress) -> None:  # noqa: ANN001
     """Offline evaluation table of several models, with CIs, Holm-corrected p-values and effect sizes.
 

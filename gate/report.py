@@ -168,9 +168,15 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def junit(report: dict[str, Any]) -> str:
-    """junit.xml: one testcase per check; failed -> <failure>, error -> <error>, skipped -> <skipped>."""
+def junit(report: dict[str, Any], timings: dict[str, float] | None = None) -> str:
+    """junit.xml: one testcase per check; failed -> <failure>, error -> <error>, skipped -> <skipped>.
+
+    `timings` (GateResult.timings) gives the `time` attributes in seconds: a testcase's is its
+    check's own time, the suite's the whole gate's (scoring and the shared bootstrap count there
+    only). Timings live here and not in report.json, which stays identical between runs.
+    """
     cs = report["checks"]
+    timings = timings or {}
     suite = ET.Element(
         "testsuite",
         name="fusionguard.gate",
@@ -178,9 +184,17 @@ def junit(report: dict[str, Any]) -> str:
         failures=str(sum(c["outcome"] == "failed" for c in cs)),
         errors=str(sum(c["outcome"] == "error" for c in cs)),
         skipped=str(sum(c["outcome"] == "skipped" for c in cs)),
+        time=f"{timings.get('total_checks', 0.0):.4f}",
+        timestamp=str(report.get("created_at", "")),
     )
+    stages = {k: v for k, v in timings.items() if not k.startswith("check.") and k != "total_checks"}
+    if stages:  # where the suite's time went: loading, validation, scoring, the shared bootstrap
+        properties = ET.SubElement(suite, "properties")
+        for stage, seconds in stages.items():
+            ET.SubElement(properties, "property", name=f"time.{stage}", value=f"{seconds:.4f}")
     for c in cs:
-        case = ET.SubElement(suite, "testcase", classname="fusionguard.gate", name=c["name"])
+        case = ET.SubElement(suite, "testcase", classname="fusionguard.gate", name=c["name"],
+                             time=f"{timings.get('check.' + c['name'], 0.0):.4f}")
         text = "\n".join(c["reasons"]) or c["summary"]
         if c["outcome"] == "failed":
             ET.SubElement(case, "failure", message=c["summary"]).text = text
@@ -205,7 +219,9 @@ def _query_of_row(groups: metrics.QueryGroups) -> np.ndarray:
 # Every file the gate writes into --out; report.json is moved in last, so its presence means the
 # run finished. (Plot names repeat gate.plots' constants: importing that module loads matplotlib.)
 _STAGE_PREFIX = ".fusionguard-gate-"
-ARTEFACTS = ("report.md", "junit.xml", "profile.json", "ndcg_difference.png", "contributions.png", "report.json")
+ARTEFACTS = (
+    "report.md", "junit.xml", "profile.json", "ndcg_difference.png", "contributions.png", "integrity.png", "report.json",
+)
 
 
 def clear_artefacts(out: Path, keep: Path | None = None) -> None:
@@ -287,4 +303,4 @@ def _write_all(result: GateResult, out: Path) -> None:
 
     plots = write_plots(result, out)  # first, so that report.md links exactly the plots written
     (out / "report.md").write_text(markdown(report, [p.name for p in plots]), encoding="utf-8")
-    (out / "junit.xml").write_text(junit(report), encoding="utf-8")
+    (out / "junit.xml").write_text(junit(report, result.timings), encoding="utf-8")

@@ -70,7 +70,7 @@ class GateResult:
     data: dict[str, Any]
     policy: Policy
     report_dir: Path | None
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage; "check.NAME": a check's own time
     measures: ModelMeasures | None = None  # kept for plots and the profile, not serialised
     baseline_ndcg: np.ndarray | None = None
     groups: metrics.QueryGroups | None = None
@@ -182,6 +182,7 @@ def run_gate(
     results["data"] = _data_check(data, contracts, policy, data_info)
     timings["validate_data"] = time.perf_counter() - t0
     results["contract"] = _contract_check(cand_scorer, base_scorer, load_problems)
+    timings["check.data"], timings["check.contract"] = timings["validate_data"], timings["load_models"]
 
     batch = groups = None
     if results["data"].outcome == checks.PASSED and results["contract"].outcome == checks.PASSED:
@@ -191,6 +192,7 @@ def run_gate(
         except FusionGuardError as err:
             results["data"] = errored("data", str(err), err.exit_code)
         timings["load_data"] = time.perf_counter() - t0
+        timings["check.data"] += timings["load_data"]
 
     if batch is None or groups is None:
         blocker = "data" if results["data"].outcome != checks.PASSED else "contract"
@@ -305,10 +307,13 @@ def _run_measured_checks(
     t0 = time.perf_counter()
 
     def guarded(name: str, fn, *args) -> CheckResult:  # noqa: ANN001
+        started = time.perf_counter()
         try:
             return fn(*args)
         except FusionGuardError as err:
             return errored(name, str(err), EXIT_UNEVALUABLE)
+        finally:  # the check's own time; scoring and the shared CIs count toward the suite's
+            result.timings[f"check.{name}"] = time.perf_counter() - started
 
     base_ndcg = None
     if base_scores is not None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fusionguard.cli import LazyGroup
+from fusionguard.cli import LazyGroup, envvar, progress_option
 from monitor.app import AppConfig
 from monitor.service import ServiceConfig
 from monitor.telemetry import TelemetryConfig
@@ -16,12 +16,12 @@ _path = click.Path(path_type=Path)
 
 def _model_options(fn):  # noqa: ANN001, ANN201 - click decorator stack
     options = [
-        click.option("--registry", type=_path, default=None, help="Serve this registry's current model."),
+        click.option("--registry", type=_path, default=None, help="Serve this registry's current model.", **envvar("registry")),
         click.option("--model", type=_path, default=None, help="Serve this ONNX file (instead of --registry)."),
         click.option("--name", default="ranker", show_default=True, help="Model name in the OIP URLs and metric labels."),
         click.option("--shadow", type=_path, default=None, help="V1 model scoring the same candidates (windowed Spearman)."),
         click.option("--profile", type=_path, default=None, help="Reference profile.json for drift (default: the registry version's)."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, **envvar("device")),
         click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ONNX Runtime decides)."),
     ]
     for option in reversed(options):
@@ -63,8 +63,8 @@ def monitor() -> None:
               help="Concurrent ONNX Runtime calls.")
 @click.option("--telemetry-queue", type=int, default=TelemetryConfig.queue_size, show_default=True,
               help="Telemetry items waiting for the background worker; beyond it they are dropped and counted.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told otherwise).")
-@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told otherwise).", **envvar("host"))
+@click.option("--port", type=int, default=8000, show_default=True, **envvar("port"))
 @click.option("--graceful-timeout", type=float, default=30.0, show_default=True,
               help="Seconds shutdown waits for requests in flight.")
 @click.option("--body-timeout", type=float, default=AppConfig.body_timeout_s, show_default=True,
@@ -120,8 +120,9 @@ def serve(registry, model, name, shadow, profile, device, threads, telemetry_sha
 @click.option("--telemetry-share", type=float, default=1.0, show_default=True,
               help="Share of requests with telemetry (offline, every request by default).")
 @_telemetry_seed
+@progress_option
 def replay(registry, model, name, shadow, profile, device, threads, data, out, pushgateway, job,  # noqa: ANN001
-           telemetry_share, telemetry_seed) -> None:
+           telemetry_share, telemetry_seed, progress) -> None:
     """Score logged traffic through the serving code and write the same metrics.
 
     Each query's rows are one request.
@@ -134,7 +135,7 @@ def replay(registry, model, name, shadow, profile, device, threads, data, out, p
         ReplayConfig(
             data=data,
             service=_service(registry, model, name, shadow, profile, device, threads, telemetry_share, telemetry_seed),
-            out=out, pushgateway=pushgateway, job=job, progress=True,
+            out=out, pushgateway=pushgateway, job=job, progress=progress,
         )
     )
     click.echo(result.summary())

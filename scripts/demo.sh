@@ -19,7 +19,7 @@ fusionguard data validate "$OUT/data/test.parquet"
 
 step "2/7 train V1 (text only), the V2 cross-attention baseline and V2 with '$MITIGATION'"
 for variant in v1 baseline "$MITIGATION"; do
-  fusionguard train --variant "$variant" --data "$OUT/data" --out "$OUT/runs/$variant" --config "$CONFIG" --quiet
+  fusionguard train --variant "$variant" --data "$OUT/data" --out "$OUT/runs/$variant" --config "$CONFIG" --no-progress
 done
 
 step "3/7 export to ONNX with the modality contract (verified against torch)"

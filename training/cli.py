@@ -7,21 +7,25 @@ from pathlib import Path
 
 import click
 
+from fusionguard.cli import envvar, progress_option
 from fusionguard.errors import ConfigError
-from training.config import load_config, read_toml
+from training.config import DEVICES, load_config, read_toml
 from training.variants import VARIANTS
 
 
 @click.command()
-@click.option("--variant", default=None, help=f"Model/mitigation to train, one of {', '.join(VARIANTS)} (overrides the config's).")
+@click.option("--variant", type=click.Choice(VARIANTS), default=None, help="Model/mitigation to train (overrides the config's).")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True, help="Benchmark directory with train/val/test.parquet.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint directory (resumed if it holds resume.pt).")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="TOML file with every hyperparameter.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None, help="TOML file with every hyperparameter.")
 @click.option("--seed", type=int, default=None, help="Random seed (overrides the config's).")
-@click.option("--device", default=None, help="auto, cpu or cuda; auto picks CUDA when present (overrides the config's).")
+@click.option("--device", type=click.Choice(DEVICES), default=None, help="auto picks CUDA when present (overrides the config's).", **envvar("device"))
 @click.option("--fresh", is_flag=True, help="Ignore OUT/resume.pt and start over.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(variant, data_dir, out, config_path, seed, device, fresh, quiet) -> None:
+@progress_option
+@click.option("--quiet", is_flag=True, hidden=True, help="Deprecated alias of --no-progress.")
+@click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
+              help="Log the run to this MLflow tracking server or store (needs the 'tracking' extra); off by default.")
+def train(variant, data_dir, out, config_path, seed, device, fresh, progress, quiet, mlflow_uri) -> None:
     """Train a ranker variant; log per-epoch diagnostics to OUT/train_log.jsonl.
 
     The config is validated whole (with the data directory) before training starts; every problem
@@ -37,8 +41,19 @@ def train(variant, data_dir, out, config_path, seed, device, fresh, quiet) -> No
     except ConfigError as err:  # list the data directory's problems in the same message
         needs_visual = variant != "v1" if variant is not None else True
         raise ConfigError(err.source, err.problems + data_problems(data_dir, needs_visual)) from None
-    result = run_training(config, data_dir, out, progress=not quiet, resume=not fresh)
+    if quiet:
+        click.echo("warning: --quiet is deprecated; use --no-progress", err=True)
+    if mlflow_uri:
+        from training.tracking import require_mlflow
+
+        require_mlflow()  # fail before training when the extra is missing
+    result = run_training(config, data_dir, out, progress=progress and not quiet, resume=not fresh)
     click.echo(result.summary())
+    if mlflow_uri:
+        from training.tracking import log_training_run
+
+        run_id = log_training_run(mlflow_uri, config, out)
+        click.echo(f"logged to MLflow {mlflow_uri} as run {run_id}")
 
 
 @click.command()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fusionguard.cli import LazyGroup
+from fusionguard.cli import LazyGroup, progress_option
 
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
 
@@ -20,14 +20,15 @@ def experiment() -> None:
 
 
 @experiment.command("run")
-@click.option("--config", "config", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Grid TOML (training/configs/paper.toml).")
+@click.option("--config", "config", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Grid TOML (training/configs/paper.toml).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Experiment directory (resumable).")
 @click.option("--scale", type=click.Choice(["small", "full"]), default="small", show_default=True, help="small: this CPU machine; full: a GPU machine.")
-@click.option("--mlflow-uri", default=None, help="MLflow tracking URI (a local path works); off by default. Needs the 'tracking' extra.")
+@click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
+              help="MLflow tracking URI (a local path works); off by default. Needs the 'tracking' extra.")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Flickr8k feature folder for track = 'flickr' (default ../shared/data/flickr8k when present).")
-@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-def run_command(config: Path, out: Path, scale: str, mlflow_uri: str | None, data_root: Path | None, no_progress: bool) -> None:
+@progress_option
+def run_command(config: Path, out: Path, scale: str, mlflow_uri: str | None, data_root: Path | None, progress: bool) -> None:
     """Train (or reuse), export and evaluate every run of the grid, then write the report.
 
     Example: fusionguard experiment run --config training/configs/flickr.toml --out runs/flickr --scale small
@@ -36,7 +37,7 @@ def run_command(config: Path, out: Path, scale: str, mlflow_uri: str | None, dat
 
     if data_root is None and DEFAULT_DATA_ROOT.is_dir():
         data_root = DEFAULT_DATA_ROOT
-    result = run_experiment(config, out, scale=scale, mlflow_uri=mlflow_uri, data_root=data_root, progress=not no_progress)
+    result = run_experiment(config, out, scale=scale, mlflow_uri=mlflow_uri, data_root=data_root, progress=progress)
     click.echo(result.summary())
     raise SystemExit(result.exit_code)
 

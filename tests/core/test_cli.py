@@ -80,9 +80,64 @@ def test_a_missing_extra_names_the_install_command(monkeypatch):
     monkeypatch.setitem(cli_module._EXTRA_HINT, "fusionguard_absent_extra", "pip install 'fusionguard[tracking]'")
     root = LazyGroup(name="root", lazy={"track": ("fusionguard_absent_extra.cli:track", "Track runs.")})
     result = CliRunner().invoke(root, ["track"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "needs the package 'fusionguard_absent_extra'" in result.stderr
     assert "pip install 'fusionguard[tracking]'" in result.stderr
+
+
+@pytest.mark.parametrize("package, extra", [("pandas", "gate"), ("scipy", "gate"), ("matplotlib", "gate"),
+                                             ("great_expectations", "gate"), ("starlette", "serve"), ("mlflow", "tracking")])
+def test_a_command_importing_a_missing_extra_exits_2_naming_the_extra(package, extra):
+    @click.group(cls=LazyGroup)
+    def root() -> None:
+        """A tiny root built inline."""
+
+    @root.command()
+    def work() -> None:
+        raise ModuleNotFoundError(f"No module named '{package}'", name=f"{package}.sub")
+
+    result = CliRunner().invoke(root, ["work"])
+    assert result.exit_code == 2, result.output
+    assert f"`root work` needs the package '{package}'" in result.stderr
+    assert f"fusionguard[{extra},cpu]" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_an_unrelated_missing_module_is_not_hidden():
+    @click.group(cls=LazyGroup)
+    def root() -> None:
+        """A tiny root built inline."""
+
+    @root.command()
+    def work() -> None:
+        raise ModuleNotFoundError("No module named 'not_an_extra'", name="not_an_extra")
+
+    result = CliRunner().invoke(root, ["work"])
+    assert isinstance(result.exception, ModuleNotFoundError)
+
+
+@pytest.mark.parametrize("typo, suggestion", [("gaet", "gate"), ("promot", "promote"), ("experimnet", "experiment")])
+def test_a_mistyped_subcommand_gets_a_suggestion(typo, suggestion):
+    result = CliRunner().invoke(cli, [typo])
+    assert result.exit_code == 2
+    assert f"No such command '{typo}'. Did you mean '{suggestion}'" in result.stderr
+
+
+@pytest.mark.parametrize("group", [[], ["registry"], ["monitor"], ["experiment"], ["data"]])
+def test_group_listings_show_whole_first_sentences(group):
+    result = CliRunner().invoke(cli, [*group, "--help"])
+    assert result.exit_code == 0, result.output
+    listing = result.stdout.split("Commands:")[1]
+    assert "..." not in listing
+    rows: list[str] = []
+    for line in filter(str.strip, listing.splitlines()):
+        if line.startswith("    "):  # a wrapped continuation of the row above
+            rows[-1] += " " + line.strip()
+        else:
+            rows.append(line.strip())
+    assert rows
+    for row in rows:
+        assert row.endswith((".", ")")), row
 
 
 _PROBE = """

@@ -71,20 +71,43 @@ def test_multi_stage_on_a_cuda_cudnn_runtime_base_matching_onnxruntime_gpu() -> 
     assert names[-1] == "runtime" and "build" in names
     for stage in stages:
         base = _base(stage[0][1])
-        assert re.fullmatch(r"nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+", base), base
+        # pinned by digest: a re-pushed tag cannot change the image underneath
+        assert re.fullmatch(r"nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+@sha256:[0-9a-f]{64}", base), base
     # onnxruntime-gpu 1.31 on PyPI is built for CUDA 13 / cuDNN 9: keep the pin and the base together.
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert pyproject["project"]["optional-dependencies"]["gpu"] == ["onnxruntime-gpu==1.31.*"]
 
 
-def test_installs_the_gpu_extra_and_never_torch() -> None:
+def test_installs_the_serve_and_gpu_extras_under_the_lock_and_never_torch() -> None:
     runs = [args for stage in _stages() for keyword, args in stage if keyword == "RUN"]
-    installs = [r for r in runs if "pip install" in r]
-    assert any('".[gpu]"' in r for r in installs), installs
-    text = " ".join(installs)
-    assert "torch" not in text and "train" not in text
-    assert "[cpu" not in text and ",cpu" not in text  # never both ONNX Runtime flavours
-    assert any("find_spec('torch')" in r for r in runs), "the build should fail if torch slipped in"
+    installs = [r for r in runs if "pip install" in r and '".[' in r]
+    assert len(installs) == 1 and '".[serve,gpu]"' in installs[0], installs
+    assert "-c constraints.txt" in installs[0]
+    copies = [args for stage in _stages() for keyword, args in stage if keyword == "COPY"]
+    assert "requirements/serve-gpu.txt ./constraints.txt" in copies
+    extras = set(re.search(r'"\.\[([\w,]+)\]"', installs[0]).group(1).split(","))
+    assert extras == {"serve", "gpu"}  # never train (torch), gate or cpu (both ONNX Runtime flavours)
+    assert "torch" not in installs[0]
+    guard = next(r for r in runs if "find_spec" in r)
+    for module in ("torch", "pandas", "pyarrow", "scipy", "great_expectations", "matplotlib"):
+        assert f"'{module}'" in guard, f"the build should fail if {module} slipped in"
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_the_lock_pins_every_serving_requirement_and_nothing_of_the_gate() -> None:
+    """requirements/serve-gpu.txt (`make lock`) must be regenerated when the serving dependencies change."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extras = project["optional-dependencies"]
+    lines = (ROOT / "requirements" / "serve-gpu.txt").read_text(encoding="utf-8").splitlines()
+    pins = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+    pinned = {_name(n) for n in pins}
+    wanted = {_name(r) for r in [*project["dependencies"], *extras["serve"], *extras["gpu"]]}
+    assert wanted <= pinned, f"run `make lock`: {sorted(wanted - pinned)} are not pinned"
+    assert all(re.fullmatch(r"[\w.+!-]+", v) for v in pins.values())
+    assert not pinned & {_name(r) for r in extras["gate"] + extras["train"]}
 
 
 def test_runtime_stage_user_healthcheck_entrypoint_cmd() -> None:

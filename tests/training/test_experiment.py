@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -144,7 +145,15 @@ def test_mlflow_logging_into_a_local_store(tmp_path):
     assert run.data.params == {"variant": "mbl", "optim.lr": "0.01"}
     assert [m.value for m in client.get_metric_history(run_id, "val_ndcg")] == pytest.approx([0.5, 0.6, 0.7])
     assert run.data.metrics["latency_ms"] == pytest.approx(0.3)
-    assert [a.path for a in client.list_artifacts(run_id, "model")] == ["model/m.onnx"]
+    # the model is an MLflow model (onnx flavor + signature) holding the exact exported file
+    assert {a.path for a in client.list_artifacts(run_id, "model")} >= {"model/MLmodel", "model/model.onnx"}
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", tracking_uri=str(store)))
+    assert (local / "model.onnx").read_bytes() == onnx_path.read_bytes()
+    info = mlflow.models.get_model_info(str(local))
+    assert {"onnx", "python_function"} <= set(info.flavors)
+    signature = info.signature.to_dict()
+    assert [i["name"] for i in json.loads(signature["inputs"])] == ["query", "text_tokens", "visual_tokens"]
+    assert json.loads(signature["outputs"])[0]["name"] == "score"
 
 
 def test_two_run_grid_end_to_end_with_mlflow(tmp_path):
@@ -183,7 +192,7 @@ def test_two_run_grid_end_to_end_with_mlflow(tmp_path):
     for run in runs:
         assert run.data.params["optim.max_epochs"] == "2"
         assert len(client.get_metric_history(run.info.run_id, "val_ndcg")) == 2
-        assert [a.path for a in client.list_artifacts(run.info.run_id, "model")][0].endswith(".onnx")
+        assert "model/model.onnx" in [a.path for a in client.list_artifacts(run.info.run_id, "model")]
 
 
 def test_balancing_grid_has_a_row_for_every_registered_variant():

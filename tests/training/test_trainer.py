@@ -120,11 +120,19 @@ def test_data_problems_are_listed_with_the_config(tmp_path, tiny_bench):
     assert missing.exit_code == 2 and "does not exist" in missing.output
 
 
-def test_unknown_cli_variant_is_listed_with_the_other_problems(tmp_path):
-    result = CliRunner().invoke(cli, ["train", "--variant", "bogus", "--device", "tpu", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+@pytest.mark.parametrize("option, value, a_choice", [("--variant", "bogus", "'mbl'"), ("--device", "tpu", "'cuda'")])
+def test_cli_enumerations_are_choices_checked_before_any_work(tmp_path, option, value, a_choice):
+    """--variant and --device are click Choices: a typo is a usage error (exit 2) naming the choices."""
+    result = CliRunner().invoke(cli, ["train", option, value, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
-    for needle in ("unknown variant 'bogus'", "device = 'tpu'", "does not exist", "3 problems"):
-        assert needle in result.output, result.output
+    assert f"Invalid value for '{option}'" in result.output and a_choice in result.output, result.output
+    assert "mbl" in CliRunner().invoke(cli, ["train", "--help"]).output  # the choices are listed in --help
+
+
+def test_device_comes_from_the_environment(tmp_path):
+    result = CliRunner(env={"FUSIONGUARD_DEVICE": "tpu"}).invoke(
+        cli, ["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "Invalid value for '--device'" in result.output, result.output
 
 
 @pytest.mark.parametrize("variant", ["agm", "pmr"])
@@ -151,6 +159,6 @@ def test_train_cli_runs_a_new_variant(tmp_path, tiny_bench):
     cfg = tmp_path / "tiny.toml"
     cfg.write_text('device = "cpu"\n[model]\nd_model = 16\nn_heads = 4\n[optim]\nmax_epochs = 1\n')
     result = CliRunner().invoke(cli, ["train", "--variant", "mmpareto", "--data", str(tiny_bench), "--out", str(tmp_path / "o"),
-                                      "--config", str(cfg), "--quiet"])
+                                      "--config", str(cfg), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("mmpareto:")
