@@ -115,6 +115,17 @@ def test_promotion_registers_the_exact_model_with_its_report_and_moves_the_alias
     assert newest.tags["fusionguard.gate.outcome"] == "blocked"
     assert client.get_model_version_by_alias(NAME, "champion").version == champion.version
 
+    # A blocked report edited to say "passed" (its failed checks left in place) is not a pass:
+    # the alias moves only when the evidence itself shows one (gate.promotion.report_problems).
+    forged = json.loads((blocked / "report.json").read_text())
+    forged.update(outcome="passed", exit_code=0)
+    (blocked / "report.json").write_text(json.dumps(forged))
+    result = invoke("promote", "--report", blocked, "--registry", f"mlflow://{NAME}", env={"MLFLOW_TRACKING_URI": server})
+    assert result.exit_code == 1 and "no alias was moved" in result.output and "check visual_ablation is 'failed'" in result.output, result.output
+    versions = {v.version: v for v in client.search_model_versions(f"name='{NAME}'")}
+    assert versions[max(versions, key=int)].tags["fusionguard.gate.outcome"] == "unverified"
+    assert client.get_model_version_by_alias(NAME, "champion").version == champion.version
+
 
 def test_a_model_changed_after_the_gate_is_not_registered(server, toys, tmp_path):
     client = mlflow.MlflowClient(tracking_uri=server)
@@ -122,9 +133,9 @@ def test_a_model_changed_after_the_gate_is_not_registered(server, toys, tmp_path
     shutil.copyfile(toys.fusion, candidate)
     report = gated(toys, tmp_path / "ok", candidate)
     before = len(client.search_model_versions("name='tampered'"))
-    candidate.write_bytes(candidate.read_bytes() + b"\0")
+    shutil.copyfile(toys.monotone, candidate)  # another valid model under the gated name
     result = invoke("promote", "--report", report, "--registry", "mlflow://tampered", "--mlflow-uri", server)
-    assert result.exit_code == 1 and "differs from" in result.output, result.output
+    assert result.exit_code == 1 and "differ from those the gate evaluated" in result.output, result.output
     assert len(client.search_model_versions("name='tampered'")) == before == 0
 
 
