@@ -201,6 +201,8 @@ def open_parquet(path: str | Path) -> pq.ParquetFile:
 def read_batches(pf: pq.ParquetFile, path: str | Path, **kwargs: Any) -> Iterator[pa.RecordBatch]:
     """`pf.iter_batches(**kwargs)`, with a corrupt data page (a valid footer over damaged column
     chunks) reported as InvalidInputError instead of pyarrow's OSError/ArrowException."""
+    import pyarrow as pa
+
     batches = pf.iter_batches(**kwargs)
     while True:
         try:

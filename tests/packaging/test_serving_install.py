@@ -64,8 +64,10 @@ def test_the_serving_install_lacks_the_gate_stack_and_torch(serving_venv):
     # drift (PSI and the KS p-value) runs without scipy
     drift = (
         "import numpy as np; from fusionguard.profile import build_profile; from monitor.drift import DriftTracker\n"
-        "rng = np.random.default_rng(0); t = DriftTracker(build_profile('0' * 64, rng.uniform(0, 1, 500), {}), min_values=10)\n"
-        "t.add({'visual_share': rng.uniform(0.5, 1, 200)}); [r] = t.results(); print(r.psi, r.pvalue)"
+        "rng = np.random.default_rng(0)\n"
+        "p = build_profile('0' * 64, rng.uniform(0, 1, 500), {}, requests=np.arange(500), shapley_strategy='zero')\n"
+        "t = DriftTracker(p, window=200)\n"
+        "[t.add({'visual_share': v}) for v in rng.uniform(0.5, 1, 200)]; [r] = t.results(); print(r.psi, r.pvalue)"
     )
     out = _run(serving_venv, "python", "-c", drift)
     assert out.returncode == 0, out.stderr
@@ -92,7 +94,9 @@ def test_monitor_serve_help_works_and_gate_names_its_extra(serving_venv, tmp_pat
     (report / "report.json").write_text(json.dumps(
         {"outcome": "passed", "exit_code": 0, "candidate": {"path": str(model), "sha256": file_sha256(model)}}))
     promote = ["promote", "--report", str(report), "--registry", "mlflow://ranker", "--mlflow-uri", "http://127.0.0.1:9"]
-    for command, needle in ((["train", "--help"], "'training'"), (promote, "fusionguard[tracking]")):
+    # promotion re-validates the report with the gate's policy rules, so MLflow promotion needs the
+    # gate extra as well as tracking; the first missing one is named
+    for command, needle in ((["train", "--help"], "'training'"), (promote, "fusionguard[gate,cpu]")):
         out = _run(serving_venv, "fusionguard", *command)
         assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, (command, out.stderr)
 
