@@ -48,6 +48,7 @@ from starlette.routing import Route
 from fusionguard import __version__
 from fusionguard.errors import FusionGuardError
 from fusionguard.scorer import InvalidFeedsError
+from monitor.batching import BatchingConfig, DynamicBatcher
 from monitor.metrics import UNKNOWN_MODEL, MonitorMetrics, register_runtime_collectors
 from monitor.protocol import (
     ProtocolError,
@@ -76,6 +77,10 @@ class AppConfig:
     body_timeout_s: float = 30.0  # a request body must arrive completely within this; else 408
     max_body_readers: int = 256  # requests receiving their body at once; beyond: 503
     registry_poll_s: float | None = None  # reload from the registry this often (None: only on demand)
+    # A request whose session.run has at most this many rows (masked passes included) runs on the
+    # event loop: for a small batch the hop to a worker thread costs more than the model call.
+    inline_rows: int = 256
+    batching: BatchingConfig = BatchingConfig()  # dynamic batching (off by default; see monitor.batching)
 
 
 def record_scored(m: MonitorMetrics, name: str, scored: Scored) -> None:
@@ -123,6 +128,7 @@ class MonitorApp:
         self._serving = False  # between lifespan start and shutdown
         self._unloaded = False  # unloaded on request: the registry poll leaves it so
         self._limiter: anyio.CapacityLimiter | None = None
+        self._batcher: DynamicBatcher | None = None
         self._publish_model(service.state, None)
         m = "/v2/models/{name}"
         v = "/v2/models/{name}/versions/{version}"
@@ -162,6 +168,10 @@ class MonitorApp:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self._limiter = anyio.CapacityLimiter(self.config.inference_threads)
+        if self.config.batching.enabled:
+            merged = self.metrics.merged_requests.labels(self.service.name)
+            self._batcher = DynamicBatcher(self.config.batching, on_batch=lambda requests, rows: merged.observe(requests))
+            self._batcher.start()
         self.worker.start()
         loop = asyncio.get_running_loop()
         hup = self.config.handle_sighup and threading.current_thread() is threading.main_thread()
@@ -182,6 +192,9 @@ class MonitorApp:
                     await poll
             if hup:
                 loop.remove_signal_handler(signal.SIGHUP)
+            if self._batcher is not None:
+                await self._batcher.stop()
+                self._batcher = None
             self._serving = False
             self._set_ready()
             await anyio.to_thread.run_sync(self.worker.stop)
@@ -465,7 +478,14 @@ class MonitorApp:
             body = decode_content(body, request.headers.get("content-encoding"), self.config.max_body_bytes)
             req = decode_request(body, request.headers)
             telemetry = self.service.sampler()
-            scored = await anyio.to_thread.run_sync(self.service.score, req.inputs, telemetry, limiter=self._limiter)
+            state, masks = self.service.admit(req.inputs, telemetry)  # the one validation
+            rows = next(iter(req.inputs.values())).shape[0] * len(masks)
+            if self._batcher is not None:
+                scored = await self._batcher.score(state, req.inputs, masks)
+            elif rows <= self.config.inline_rows:
+                scored = self.service.run(state, req.inputs, masks)  # no thread hop for a small batch
+            else:
+                scored = await anyio.to_thread.run_sync(self.service.run, state, req.inputs, masks, limiter=self._limiter)
             outputs = scored.response_outputs()
             bad = sorted(k for k, v in outputs.items() if not np.isfinite(v).all())
             if bad:

@@ -66,6 +66,7 @@ MODALITIES = ("text", "visual")
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+_MERGED_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 _UNIT_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))  # 0.05 .. 1.0
 _CORR_BUCKETS = (-0.5, 0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
 
@@ -81,6 +82,7 @@ class MonitorMetrics:
     request_duration: Histogram
     inference_duration: Histogram
     batch_size: Histogram
+    merged_requests: Histogram
     modality_share: Histogram
     attention_mass: Histogram
     attention_entropy: Histogram
@@ -122,6 +124,10 @@ class MonitorMetrics:
             batch_size=Histogram(
                 p + "batch_size", "Candidates (rows) per inference request.",
                 ["model"], buckets=_BATCH_BUCKETS, registry=registry,
+            ),
+            merged_requests=Histogram(
+                p + "merged_requests", "Requests merged into one ONNX Runtime call by dynamic batching.",
+                ["model"], buckets=_MERGED_BUCKETS, registry=registry,
             ),
             modality_share=Histogram(
                 p + "modality_share", "Per-request mean exact Shapley share of each modality (sampled requests).",
@@ -177,7 +183,8 @@ class MonitorMetrics:
             self.errors.labels(model, reason)
         self.requests.labels(UNKNOWN_MODEL, "invalid")
         self.invalid.labels(UNKNOWN_MODEL, "unknown_model")
-        for metric in (self.request_duration, self.inference_duration, self.batch_size, self.telemetry_requests,
+        for metric in (self.request_duration, self.inference_duration, self.batch_size, self.merged_requests,
+                       self.telemetry_requests,
                        self.telemetry_dropped, self.shadow_spearman_per_request):
             metric.labels(model)
         self.model_ready.labels(model)

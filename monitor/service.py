@@ -190,12 +190,15 @@ class ModelService:
             return old
 
     # ----- scoring -------------------------------------------------------------------------
-    def score(self, feeds: dict[str, np.ndarray], telemetry: bool) -> Scored:
-        """Validate `feeds` and score them; with `telemetry`, the four Shapley passes in one call.
+    def admit(self, feeds: dict[str, np.ndarray], telemetry: bool) -> tuple[ModelState, tuple[Mask, ...]]:
+        """Validate `feeds` once, against the served version; (that version, the passes to run).
+
+        The passes are the four Shapley passes for a `telemetry` request on a two-modality
+        model, else the unmasked pass alone. The scorer does not validate again (`run_valid`).
 
         Raises:
+            ModelNotLoadedError: nothing is loaded.
             InvalidFeedsError: the feeds disagree with the contract (reasons per problem).
-            EvaluationError: ONNX Runtime failed.
         """
         state = self._state  # read once: a concurrent reload does not affect this request
         if state is None:
@@ -203,8 +206,25 @@ class ModelService:
         problems = feed_problems(state.scorer.contract, feeds)
         if problems:
             raise InvalidFeedsError(problems)
-        telemetry = telemetry and state.two_modalities
-        masks = TELEMETRY_MASKS if telemetry else FULL_ONLY
+        return state, (TELEMETRY_MASKS if telemetry and state.two_modalities else FULL_ONLY)
+
+    @staticmethod
+    def run(state: ModelState, feeds: dict[str, np.ndarray], masks: tuple[Mask, ...]) -> Scored:
+        """Score admitted feeds: every pass in one `session.run`.
+
+        Raises:
+            EvaluationError: ONNX Runtime failed.
+        """
         start = time.perf_counter()
-        outputs = state.scorer.run(feeds, masks)
-        return Scored(state, feeds, outputs, telemetry, time.perf_counter() - start)
+        outputs = state.scorer.run_valid(feeds, masks)
+        return Scored(state, feeds, outputs, len(masks) > 1, time.perf_counter() - start)
+
+    def score(self, feeds: dict[str, np.ndarray], telemetry: bool) -> Scored:
+        """Validate `feeds` and score them; with `telemetry`, the four Shapley passes in one call.
+
+        Raises:
+            InvalidFeedsError: the feeds disagree with the contract (reasons per problem).
+            EvaluationError: ONNX Runtime failed.
+        """
+        state, masks = self.admit(feeds, telemetry)
+        return self.run(state, feeds, masks)
