@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -115,12 +116,24 @@ class MonitorApp:
         registry: CollectorRegistry,
         config: AppConfig = AppConfig(),
         telemetry: TelemetryConfig = TelemetryConfig(),
+        *,
+        exposition: CollectorRegistry | None = None,
+        supervisor_pid: int | None = None,
     ) -> None:
+        """
+        Args:
+            exposition: what /metrics serves; default `registry`. A worker of `--workers N` passes
+                a registry holding prometheus_client's MultiProcessCollector (every worker's values).
+            supervisor_pid: the process supervising the workers; a load / unload is forwarded to
+                it (SIGHUP / SIGUSR1), which passes it on to every worker (monitor.server).
+        """
         self.service = service
         self.registry = registry
         self.metrics = MonitorMetrics.create(registry)
         self.metrics.init_labels(service.name)
-        register_runtime_collectors(registry)
+        if exposition is None:
+            register_runtime_collectors(registry)  # per process: meaningless summed over workers
+        self._supervisor = supervisor_pid
         self.worker = TelemetryWorker(service.name, self.metrics, service.shadow, telemetry)
         self.config = config
         self._inflight = 0
@@ -146,7 +159,7 @@ class MonitorApp:
             Route("/v2/repository/models/{name}/load", self.load, methods=["POST"]),
             Route("/v2/repository/models/{name}/unload", self.unload, methods=["POST"]),
             # prometheus_client's own app: OpenMetrics when the scraper asks, gzip when accepted.
-            Route("/metrics", _ASGIEndpoint(make_asgi_app(registry=registry)), methods=["GET"]),
+            Route("/metrics", _ASGIEndpoint(make_asgi_app(registry=exposition or registry)), methods=["GET"]),
         ]
         self.app = Starlette(
             routes=routes,
@@ -177,6 +190,8 @@ class MonitorApp:
         hup = self.config.handle_sighup and threading.current_thread() is threading.main_thread()
         if hup:
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload_logged("SIGHUP")))
+            if self._supervisor is not None:  # an unload forwarded by the supervisor
+                loop.add_signal_handler(signal.SIGUSR1, self._unload_here)
         poll = None
         if self.config.registry_poll_s and self.service.config.registry is not None:
             poll = loop.create_task(self._poll(self.config.registry_poll_s))
@@ -192,12 +207,18 @@ class MonitorApp:
                     await poll
             if hup:
                 loop.remove_signal_handler(signal.SIGHUP)
+                if self._supervisor is not None:
+                    loop.remove_signal_handler(signal.SIGUSR1)
             if self._batcher is not None:
                 await self._batcher.stop()
                 self._batcher = None
             self._serving = False
             self._set_ready()
             await anyio.to_thread.run_sync(self.worker.stop)
+            if self._supervisor is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(os.getpid())  # this worker's live gauges leave the merge
 
     def _set_ready(self) -> None:
         ready = self._serving and self.service.state is not None
@@ -206,6 +227,9 @@ class MonitorApp:
     def _publish_model(self, new: ModelState | None, old: ModelState | None) -> None:
         name = self.service.name
         if old is not None:
+            # 0 first: under multiprocess mode a removed series keeps its last value in the file
+            # (the gauge's "livemax" then shows 1 only while some worker still serves it)
+            self.metrics.model_info.labels(name, old.version, old.scorer.sha256, old.scorer.provider).set(0)
             with contextlib.suppress(KeyError):
                 self.metrics.model_info.remove(name, old.version, old.scorer.sha256, old.scorer.provider)
         if new is not None:
@@ -389,6 +413,7 @@ class MonitorApp:
             if state is None:
                 return _error(503, self._not_loaded_message())
             self._unloaded = False
+            self._tell_supervisor(signal.SIGHUP)  # every other worker reloads too
             return JSONResponse({"name": self.service.name, "version": state.version, "changed": changed})
 
         return await self._control(request, handler)
@@ -397,13 +422,23 @@ class MonitorApp:
         async def handler(request: Request, doc: dict) -> Response:
             if request.path_params["name"] != self.service.name:
                 return self._not_found(request)
-            old = self.service.unload()
-            self._unloaded = True
-            self._publish_model(None, old)
-            logger.info("unloaded %s (was %s); not ready until a load", self.service.name, old.version if old else "nothing")
+            old = self._unload_here()
+            self._tell_supervisor(signal.SIGUSR1)  # every other worker unloads too
             return JSONResponse({"name": self.service.name, "unloaded": old.version if old else None})
 
         return await self._control(request, handler)
+
+    def _unload_here(self) -> ModelState | None:
+        old = self.service.unload()
+        self._unloaded = True
+        self._publish_model(None, old)
+        logger.info("unloaded %s (was %s); not ready until a load", self.service.name, old.version if old else "nothing")
+        return old
+
+    def _tell_supervisor(self, sig: signal.Signals) -> None:
+        if self._supervisor is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._supervisor, sig)
 
     # ----- inference -------------------------------------------------------------------------
     async def _read_body(self, request: Request) -> bytes:

@@ -9,6 +9,14 @@ Labels stay low-cardinality: `model` is the served model's name (requests for un
 counted under `model="_unknown"`), `version` the served version, `reason` one of
 `INVALID_REASONS` or `ERROR_REASONS`, `outcome` one of `OUTCOMES`.
 
+With `--workers N` every worker writes its values to prometheus_client's multiprocess files and
+/metrics merges them: counters and histograms sum over the workers; each gauge names how it
+merges (`multiprocess_mode`, "live" = only workers still running): `model_ready` livemin (the
+replica is ready when every worker is), `inflight_requests` livesum, `model_info` livemax (1
+while any worker serves that version), `shadow_spearman` and the drift gauges livemostrecent
+(each worker keeps its own windows; the most recently written one is shown). The process_* and
+python_* collectors describe one process and are left out in that mode.
+
 Every label set that the alert rules and the dashboard read exists from the start at zero
 (`MonitorMetrics.init_labels`), so a rate over a fresh replica is 0, not absent. Gauges whose
 zero would be a lie (drift, windowed shadow correlation) appear only once they are computed.
@@ -151,7 +159,7 @@ class MonitorMetrics:
             ),
             shadow_spearman=Gauge(
                 p + "shadow_spearman", "Windowed mean per-request Spearman correlation of served and shadow scores.",
-                ["model"], registry=registry,
+                ["model"], multiprocess_mode="livemostrecent", registry=registry,
             ),
             shadow_spearman_per_request=Histogram(
                 p + "shadow_spearman_per_request", "Per-request Spearman correlation of served and shadow scores.",
@@ -159,18 +167,24 @@ class MonitorMetrics:
             ),
             drift_psi=Gauge(
                 p + "drift_psi", "Population stability index of a windowed feature against the reference profile.",
-                ["model", "feature"], registry=registry,
+                ["model", "feature"], multiprocess_mode="livemostrecent", registry=registry,
             ),
             drift_pvalue=Gauge(
                 p + "drift_pvalue", "Two-sample Kolmogorov-Smirnov p-value of a windowed feature vs the profile sample.",
-                ["model", "feature"], registry=registry,
+                ["model", "feature"], multiprocess_mode="livemostrecent", registry=registry,
             ),
             model_info=Gauge(
                 p + "model_info", "The served model (value 1).",
-                ["model", "version", "sha256", "provider"], registry=registry,
+                ["model", "version", "sha256", "provider"], multiprocess_mode="livemax", registry=registry,
             ),
-            model_ready=Gauge(p + "model_ready", "1 when the model is loaded and serving.", ["model"], registry=registry),
-            inflight=Gauge(p + "inflight_requests", "Inference requests admitted and not yet answered.", registry=registry),
+            model_ready=Gauge(
+                p + "model_ready", "1 when the model is loaded and serving.",
+                ["model"], multiprocess_mode="livemin", registry=registry,
+            ),
+            inflight=Gauge(
+                p + "inflight_requests", "Inference requests admitted and not yet answered.",
+                multiprocess_mode="livesum", registry=registry,
+            ),
         )
 
     def init_labels(self, model: str) -> None:
