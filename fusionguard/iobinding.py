@@ -30,8 +30,9 @@ logger = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
 
 
-def pinned_memory_info(ort_module: Any = ort) -> Any | None:
+def pinned_memory_info(ort_module: Any = None) -> Any | None:
     """The OrtMemoryInfo of the CUDA provider's host-accessible (pinned) memory, or None."""
+    ort_module = ort_module or ort
     get_devices = getattr(ort_module, "get_ep_devices", None)
     memory_type = getattr(getattr(ort_module, "OrtDeviceMemoryType", None), "HOST_ACCESSIBLE", None)
     if get_devices is None or memory_type is None:
@@ -55,14 +56,14 @@ class CudaIOBinding:
         output_names: Sequence[str],
         device_id: int = 0,
         *,
-        ort_module: Any = ort,
+        ort_module: Any = None,  # onnxruntime (tests pass a fake)
         max_shapes: int = 8,
     ) -> None:
         self._session = session
         self._outputs = list(output_names)
         self._device_id = device_id
-        self._ort = ort_module
-        self._pinned = pinned_memory_info(ort_module)
+        self._ort = ort_module or ort
+        self._pinned = pinned_memory_info(self._ort)
         if self._pinned is None:
             logger.warning("pinned host memory is unavailable in this ONNX Runtime build; CUDA inputs are copied unpinned")
         self._buffers: OrderedDict[tuple, dict[str, Any]] = OrderedDict()  # feed shapes -> staging OrtValues
