@@ -86,11 +86,12 @@ class AppConfig:
 
 def record_scored(m: MonitorMetrics, name: str, scored: Scored) -> None:
     """The request-path metrics of one successfully scored request (server and replay alike)."""
-    m.inference_duration.labels(name).observe(scored.seconds)
-    m.batch_size.labels(name).observe(scored.outputs[0].score.shape[0])
+    hot = m.hot(name)
+    hot.inference_duration.observe(scored.seconds)
+    hot.batch_size.observe(scored.outputs[0].score.shape[0])
     if scored.telemetry:
-        m.telemetry_requests.labels(name).inc()
-    m.requests.labels(name, "ok").inc()
+        hot.telemetry_requests.inc()
+    hot.ok.inc()
 
 
 def _error(status: int, message: str, **extra: object) -> JSONResponse:
@@ -145,7 +146,9 @@ class MonitorApp:
         self._publish_model(service.state, None)
         m = "/v2/models/{name}"
         v = "/v2/models/{name}/versions/{version}"
-        routes = [
+        routes = [  # inference first: starlette matches routes in order and this is the hot path
+            Route(m + "/infer", self.infer, methods=["POST"]),
+            Route(v + "/infer", self.infer, methods=["POST"]),
             Route("/v2/health/live", self.live),
             Route("/v2/health/ready", self.ready),
             Route("/v2", self.server_metadata),
@@ -153,8 +156,6 @@ class MonitorApp:
             Route(v, self.model_metadata),
             Route(m + "/ready", self.model_ready),
             Route(v + "/ready", self.model_ready),
-            Route(m + "/infer", self.infer, methods=["POST"]),
-            Route(v + "/infer", self.infer, methods=["POST"]),
             Route("/v2/repository/index", self.repository_index, methods=["POST"]),
             Route("/v2/repository/models/{name}/load", self.load, methods=["POST"]),
             Route("/v2/repository/models/{name}/unload", self.unload, methods=["POST"]),
@@ -505,7 +506,7 @@ class MonitorApp:
         finally:
             self._inflight -= 1
             m.inflight.dec()
-            m.request_duration.labels(name).observe(time.perf_counter() - start)
+            m.hot(name).request_duration.observe(time.perf_counter() - start)
 
     async def _score(self, request: Request, body: bytes) -> Response:
         m, name = self.metrics, self.service.name

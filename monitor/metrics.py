@@ -24,7 +24,7 @@ zero would be a lie (drift, windowed shadow correlation) appear only once they a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import (
     CollectorRegistry,
@@ -79,6 +79,17 @@ _UNIT_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))  # 0.05 .. 1.0
 _CORR_BUCKETS = (-0.5, 0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0)
 
 
+@dataclass(frozen=True)
+class HotMetrics:
+    """The children every scored request touches, for one model name."""
+
+    ok: Counter
+    request_duration: Histogram
+    inference_duration: Histogram
+    batch_size: Histogram
+    telemetry_requests: Counter
+
+
 @dataclass
 class MonitorMetrics:
     """Every metric the monitor exports. Build with `MonitorMetrics.create(registry)`."""
@@ -103,6 +114,7 @@ class MonitorMetrics:
     model_info: Gauge
     model_ready: Gauge
     inflight: Gauge
+    _hot: dict[str, HotMetrics] = field(default_factory=dict, repr=False)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> MonitorMetrics:
@@ -186,6 +198,20 @@ class MonitorMetrics:
                 multiprocess_mode="livesum", registry=registry,
             ),
         )
+
+    def hot(self, model: str) -> HotMetrics:
+        """The per-request children of `model`, looked up once (`labels()` costs a lock and a
+        dict lookup per call, several times per request)."""
+        cached = self._hot.get(model)
+        if cached is None:
+            cached = self._hot[model] = HotMetrics(
+                ok=self.requests.labels(model, "ok"),
+                request_duration=self.request_duration.labels(model),
+                inference_duration=self.inference_duration.labels(model),
+                batch_size=self.batch_size.labels(model),
+                telemetry_requests=self.telemetry_requests.labels(model),
+            )
+        return cached
 
     def init_labels(self, model: str) -> None:
         """Create every per-model label set at zero (alerts and dashboards see 0, not nothing)."""
