@@ -1,7 +1,8 @@
 """Serving throughput with a C load generator: bare ONNX Runtime, fusionguard, the KServe server.
 
 One run, side by side, on the same request (binary tensors, the layout tritonclient sends) and the
-same cores, driven by ApacheBench (`ab -k`, Debian's apache2-utils, installed by `make tools`):
+same cores, driven by wrk (HTTP/1.1 keep-alive, one load thread, a fixed duration per row,
+microsecond latency histogram; Debian's `wrk`, installed by `make tools`):
 
   stages            per-stage cost of one request in process: decode, validate, run, encode,
                     the thread hop, next to bare `session.run` (median of blocks of calls)
@@ -12,13 +13,12 @@ same cores, driven by ApacheBench (`ab -k`, Debian's apache2-utils, installed by
                     Runtime session, OIP v2 REST), in its own virtual environment under
                     benchmarks/.work (its pins conflict with fusionguard's)
 
-Every server uses one ONNX Runtime intra-op thread. Rows: requests/s, rows/s, ab's p50/p99 (its
-`-e` percentile table, float ms) and, at concurrency 1, server overhead = p50 minus bare
+Every server uses one ONNX Runtime intra-op thread. Rows: requests/s, rows/s, wrk's p50/p99 and, at concurrency 1, server overhead = p50 minus bare
 `session.run`'s median at the request's rows. Each configuration runs `--rounds` times
 interleaved; the best-throughput round is reported and every round is kept in the JSON.
 
 `--soak` instead runs the new path (workers + batching + the default telemetry share) under
-`ab -c 32` for `--soak-seconds`, sampling the RSS of the supervisor and every worker.
+`wrk -c 32` for `--soak-seconds`, sampling the RSS of the supervisor and every worker.
 
 Run:  make tools && nice .venv/bin/python -m benchmarks.serving            (about 5-8 minutes)
       nice .venv/bin/python -m benchmarks.serving --soak                    (--soak-seconds + ~30 s)
@@ -260,29 +260,23 @@ def kserve_server(model: Path, workers: int = 1) -> Server:
     return Server("kserve", cmd, port)
 
 
-def ab(url: str, body_file: Path, header_len: int, n: int, concurrency: int) -> dict:
-    """ApacheBench with keep-alive; requests/s, p50/p99 (float ms) and error counts."""
-    with tempfile.NamedTemporaryFile(suffix=".csv") as pct:
-        cmd = ["ab", "-k", "-q", "-n", str(n), "-c", str(concurrency), "-p", str(body_file),
-               "-T", "application/octet-stream", "-H", f"Inference-Header-Content-Length: {header_len}",
-               "-e", pct.name, url + "/v2/models/ranker/infer"]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        if r.returncode != 0:
-            raise RuntimeError(f"ab failed: {r.stderr[-2000:]}")
-        table = {int(row[0]): float(row[1]) for row in csv.reader(Path(pct.name).read_text().splitlines()[1:])}
-
-    def field(pattern: str) -> float:
-        m = re.search(pattern, r.stdout)
-        return float(m.group(1)) if m else 0.0
-
+def load(url: str, body_file: Path, header_len: int, seconds: float, concurrency: int) -> dict:
+    """wrk (HTTP/1.1 keep-alive, one thread) for `seconds` at `concurrency` connections: requests/s,
+    p50/p99 (wrk's microsecond histogram) and error counts."""
+    cmd = ["wrk", "-t1", "-c", str(concurrency), "-d", f"{seconds:g}s", "--timeout", "30s",
+           "-s", str(ROOT / "wrk_post.lua"), url + "/v2/models/ranker/infer"]
+    env = {**os.environ, "FG_BODY": str(body_file), "FG_HLEN": str(header_len)}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120, env=env)
+    m = re.search(r"^RESULT (.*)$", r.stdout, re.M)
+    if r.returncode != 0 or m is None:
+        raise RuntimeError(f"wrk failed: {r.stdout[-1000:]} {r.stderr[-1000:]}")
+    v = {k: int(x) for k, x in (kv.split("=") for kv in m.group(1).split())}
     return {
-        "requests": int(field(r"Complete requests:\s+(\d+)")),
-        "rps": field(r"Requests per second:\s+([\d.]+)"),
-        "p50_ms": table[50],
-        "p99_ms": table[99],
-        "non_2xx": int(field(r"Non-2xx responses:\s+(\d+)")),
-        "failed": int(field(r"Failed requests:\s+(\d+)")),
-        "failed_length": int(field(r"Length: (\d+)")),
+        "requests": v["requests"],
+        "rps": v["requests"] / (v["duration_us"] / 1e6),
+        "p50_ms": v["p50_us"] / 1e3,
+        "p99_ms": v["p99_us"] / 1e3,
+        "errors": v["socket_errors"] + v["status_errors"],
     }
 
 
@@ -337,10 +331,9 @@ def run(args: argparse.Namespace, model: Path, feeds: dict[str, np.ndarray], wor
         for name, start, concurrencies in configs:
             server = start(model)
             try:
-                ab(server.url, body_file, header_len, 200, 4)  # warm-up
+                load(server.url, body_file, header_len, 1, 4)  # warm-up
                 for conc in concurrencies:
-                    n = args.requests_c1 if conc == 1 else args.requests
-                    res = ab(server.url, body_file, header_len, n, conc)
+                    res = load(server.url, body_file, header_len, args.seconds, conc)
                     res["merged_requests_mean"] = merged_mean(server.url) if server.name == "fusionguard" else None
                     res["round"] = r
                     rounds.setdefault(f"{name} c={conc}", []).append(res)
@@ -395,12 +388,12 @@ def soak(args: argparse.Namespace, model: Path, feeds: dict[str, np.ndarray], wo
     server = fusionguard_server(model, DEFAULT_SHARE, workers=args.workers, batch_rows=args.max_batch_rows,
                                 delay_us=args.max_queue_delay_us)
     try:
-        ab(server.url, body_file, header_len, 2000, args.concurrency)  # warm-up: allocators and caches settle
+        load(server.url, body_file, header_len, 5, args.concurrency)  # warm-up: allocators and caches settle
         rss = [server.rss_mib()]
-        totals = {"requests": 0, "non_2xx": 0, "failed": 0}
+        totals = {"requests": 0, "errors": 0}
         start = time.monotonic()
         while time.monotonic() - start < args.soak_seconds:
-            res = ab(server.url, body_file, header_len, args.soak_step, args.concurrency)
+            res = load(server.url, body_file, header_len, args.soak_step_seconds, args.concurrency)
             for k in totals:
                 totals[k] += res[k]
             rss.append(server.rss_mib())
@@ -424,8 +417,7 @@ def soak(args: argparse.Namespace, model: Path, feeds: dict[str, np.ndarray], wo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=4000, help="timed requests per configuration at --concurrency")
-    parser.add_argument("--requests-c1", type=int, default=2000, help="timed requests at concurrency 1")
+    parser.add_argument("--seconds", type=float, default=5.0, help="timed load per configuration and concurrency")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="N of the multi-worker rows")
     parser.add_argument("--max-batch-rows", type=int, default=1024)
@@ -438,12 +430,12 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--soak", action="store_true")
     parser.add_argument("--soak-seconds", type=float, default=180)
-    parser.add_argument("--soak-step", type=int, default=10_000, help="requests per ab call during the soak")
+    parser.add_argument("--soak-step-seconds", type=float, default=15.0, help="seconds per wrk call (one RSS sample each)")
     parser.add_argument("--rss-bound-mib", type=float, default=64.0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    if shutil.which("ab") is None:
-        raise SystemExit("ab (ApacheBench) is missing: `make tools` installs Debian's apache2-utils")
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: `make tools` installs Debian's wrk")
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -456,15 +448,14 @@ def main() -> None:
             "candidates_per_request": args.candidates, "dim": args.dim, "tokens": args.tokens, "heads": args.heads,
             "request_bytes": len(binary_body(feeds)[0]), "concurrency": args.concurrency, "workers": args.workers,
             "max_batch_rows": args.max_batch_rows, "max_queue_delay_us": args.max_queue_delay_us,
-            "load_generator": subprocess.run(["ab", "-V"], capture_output=True, text=True).stdout.splitlines()[0],
+            "load_generator": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0],
             "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_version()}, onnxruntime {ort.__version__}",
             "loadavg_at_start": os.getloadavg(),
         }
         if args.soak:
             result = {"setup": setup, "soak": soak(args, model, feeds, work)}
             s = result["soak"]
-            print(f"soak: {s['requests']} requests in {s['seconds']:.0f} s ({s['rps']:.0f} req/s), {s['non_2xx']} non-2xx, "
-                  f"{s['failed']} failed; RSS {s['rss_mib_samples'][0]:.0f} -> {s['rss_mib_samples'][-1]:.0f} MiB "
+            print(f"soak: {s['requests']} requests in {s['seconds']:.0f} s ({s['rps']:.0f} req/s), {s['errors']} errors; RSS {s['rss_mib_samples'][0]:.0f} -> {s['rss_mib_samples'][-1]:.0f} MiB "
                   f"(growth {s['rss_growth_mib']:+.1f}, bound {s['rss_bound_mib']:.0f}); shutdown exit {s['shutdown_exit_code']}")
             out = args.out or RESULTS / "serving_soak.json"
         else:
@@ -483,7 +474,7 @@ def _print(result: dict) -> None:
     for name, r in result["rows"].items():
         ovh = f"{r['server_overhead_ms']:7.3f}" if "server_overhead_ms" in r else " " * 7
         print(f"{name:52s} {r['rps']:8.0f} {r['rows_per_s']:9.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} {ovh} "
-              f"{r['non_2xx'] + r['failed'] - r['failed_length']:6d}")
+              f"{r['errors']:6d}")
     print()
     for name, v in result["ratios"].items():
         print(f"{name}: {v:.3f}")
