@@ -15,7 +15,7 @@ microsecond latency histogram; Debian's `wrk`, installed by `make tools`):
 
 Every server uses one ONNX Runtime intra-op thread. Rows: requests/s, rows/s, wrk's p50/p99 and, at concurrency 1, server overhead = p50 minus bare
 `session.run`'s median at the request's rows. Each configuration runs `--rounds` times
-interleaved; the best-throughput round is reported and every round is kept in the JSON.
+interleaved; the median round (by requests/s) is reported and every round is kept in the JSON.
 
 `--soak` instead runs the new path (workers + batching + the default telemetry share) under
 `wrk -c 32` for `--soak-seconds`, sampling the RSS of the supervisor and every worker.
@@ -80,9 +80,11 @@ def _per_call_us(fn, calls: int, block: int = 50) -> dict[str, float]:
     return {"median_us": float(np.median(wall)), "min_us": float(np.min(wall)), "cpu_median_us": float(np.median(cpu))}
 
 
-def _asgi_request(model: Path, feeds: dict[str, np.ndarray], calls: int, share: float) -> dict[str, float]:
-    """The whole app (routing, body, admission, decode, validate, run, encode, metrics) called in
-    process through ASGI, with no socket or HTTP parser: what the server adds above the network."""
+def _asgi_requests(model: Path, feeds: dict[str, np.ndarray], calls: int, shares: list[float]) -> list[dict[str, float]]:
+    """The whole app (routing, body, admission, decode, validate, run, encode, metrics, telemetry
+    worker) called in process through ASGI, with no socket or HTTP parser: what the server adds
+    above the network. One app per telemetry share, measured in alternating blocks of 50 requests
+    so that a change in the machine's load hits every share alike."""
     import uvloop
     from prometheus_client import CollectorRegistry
 
@@ -90,8 +92,8 @@ def _asgi_request(model: Path, feeds: dict[str, np.ndarray], calls: int, share: 
     from monitor.service import ModelService
 
     body, headers = binary_body(feeds)
-    mapp = MonitorApp(ModelService(ServiceConfig(model=model, device="cpu", threads=1, telemetry_share=share)),
-                      CollectorRegistry(), AppConfig(handle_sighup=False))
+    apps = [MonitorApp(ModelService(ServiceConfig(model=model, device="cpu", threads=1, telemetry_share=share)),
+                       CollectorRegistry(), AppConfig(handle_sighup=False)) for share in shares]
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
         "path": "/v2/models/ranker/infer", "raw_path": b"/v2/models/ranker/infer", "query_string": b"",
@@ -101,7 +103,7 @@ def _asgi_request(model: Path, feeds: dict[str, np.ndarray], calls: int, share: 
                     (b"inference-header-content-length", headers["Inference-Header-Content-Length"].encode())],
     }
 
-    async def one() -> None:
+    async def one(app) -> None:  # noqa: ANN001
         messages = [{"type": "http.request", "body": body, "more_body": False}]
         status = []
 
@@ -112,29 +114,36 @@ def _asgi_request(model: Path, feeds: dict[str, np.ndarray], calls: int, share: 
             if message["type"] == "http.response.start":
                 status.append(message["status"])
 
-        await mapp.app(dict(scope), receive, send)
+        await app(dict(scope), receive, send)
         if status != [200]:
             raise RuntimeError(f"in-process request answered {status}")
 
-    async def main() -> dict[str, float]:
-        life_in: asyncio.Queue = asyncio.Queue()
-        life_out: asyncio.Queue = asyncio.Queue()
-        await life_in.put({"type": "lifespan.startup"})
-        task = asyncio.ensure_future(mapp.app({"type": "lifespan", "asgi": {"version": "3.0"}}, life_in.get, life_out.put))
-        await life_out.get()
-        for _ in range(100):
-            await one()
-        wall, cpu = [], []
+    async def main() -> list[dict[str, float]]:
+        lifespans = []
+        for mapp in apps:
+            life_in: asyncio.Queue = asyncio.Queue()
+            life_out: asyncio.Queue = asyncio.Queue()
+            await life_in.put({"type": "lifespan.startup"})
+            task = asyncio.ensure_future(mapp.app({"type": "lifespan", "asgi": {"version": "3.0"}}, life_in.get, life_out.put))
+            await life_out.get()
+            lifespans.append((life_in, life_out, task))
+            for _ in range(100):
+                await one(mapp.app)
+        wall: list[list[float]] = [[] for _ in apps]
+        cpu: list[list[float]] = [[] for _ in apps]
         for _ in range(max(1, calls // 50)):
-            t, c = time.perf_counter(), time.thread_time()
-            for _ in range(50):
-                await one()
-            cpu.append((time.thread_time() - c) / 50 * 1e6)
-            wall.append((time.perf_counter() - t) / 50 * 1e6)
-        await life_in.put({"type": "lifespan.shutdown"})
-        await life_out.get()
-        await task
-        return {"median_us": float(np.median(wall)), "min_us": float(np.min(wall)), "cpu_median_us": float(np.median(cpu))}
+            for i, mapp in enumerate(apps):
+                t, c = time.perf_counter(), time.thread_time()
+                for _ in range(50):
+                    await one(mapp.app)
+                cpu[i].append((time.thread_time() - c) / 50 * 1e6)
+                wall[i].append((time.perf_counter() - t) / 50 * 1e6)
+        for life_in, life_out, task in lifespans:
+            await life_in.put({"type": "lifespan.shutdown"})
+            await life_out.get()
+            await task
+        return [{"median_us": float(np.median(w)), "min_us": float(np.min(w)), "cpu_median_us": float(np.median(c))}
+                for w, c in zip(wall, cpu)]
 
     return uvloop.run(main())
 
@@ -166,7 +175,7 @@ def stages(model: Path, feeds: dict[str, np.ndarray], calls: int) -> dict[str, d
             per.append((time.perf_counter() - t) / 50 * 1e6)
         return {"median_us": float(np.median(per)), "min_us": float(np.min(per)), "cpu_median_us": float("nan")}
 
-    return {
+    out = {
         "decode (binary body -> arrays)": _per_call_us(lambda: decode_request(body, headers), calls),
         "validate (feed_problems)": _per_call_us(lambda: feed_problems(scorer.contract, req.inputs), calls),
         "run (Scorer.run_valid, 1 pass)": _per_call_us(lambda: scorer.run_valid(req.inputs), calls),
@@ -174,9 +183,11 @@ def stages(model: Path, feeds: dict[str, np.ndarray], calls: int) -> dict[str, d
         "bare session.run": _per_call_us(lambda: bare.run(None, req.inputs), calls),
         "encode (binary response)": _per_call_us(lambda: encode_response("ranker", "v", outputs, req), calls),
         "thread hop (anyio.to_thread on uvloop)": hop_us(),
-        "app in process, share=0 (ASGI, no socket)": _asgi_request(model, feeds, calls, 0.0),
-        "app in process, default share": _asgi_request(model, feeds, calls, DEFAULT_SHARE),
     }
+    shares = [0.0, DEFAULT_SHARE, 1.0]
+    for share, t in zip(shares, _asgi_requests(model, feeds, calls * 2, shares)):
+        out[f"app in process, share={share:g} (ASGI, no socket)"] = t
+    return out
 
 
 def bare_rows(model: Path, feeds: dict[str, np.ndarray], multiples: list[int], calls: int) -> dict[str, dict]:
@@ -344,7 +355,7 @@ def run(args: argparse.Namespace, model: Path, feeds: dict[str, np.ndarray], wor
     model_ms = stage["bare session.run"]["median_us"] / 1e3
     table = {}
     for key, runs in rounds.items():
-        best = max(runs, key=lambda x: x["rps"])
+        best = sorted(runs, key=lambda x: x["rps"])[(len(runs) - 1) // 2]  # the median round (lower middle)
         row = {**best, "rows_per_s": best["rps"] * rows_per_request, "rounds_rps": [x["rps"] for x in runs]}
         if key.endswith(" c=1"):
             row["server_overhead_ms"] = best["p50_ms"] - model_ms
@@ -357,6 +368,15 @@ def run(args: argparse.Namespace, model: Path, feeds: dict[str, np.ndarray], wor
             row["rows_per_s_vs_bare_at_merged_size"] = row["rows_per_s"] / nearest["rows_per_s"]
         table[key] = row
     ratios = _ratios(table, args)
+    app0 = stage["app in process, share=0 (ASGI, no socket)"]
+    for share in (DEFAULT_SHARE, 1.0):
+        app = stage[f"app in process, share={share:g} (ASGI, no socket)"]
+        ratios[f"telemetry share={share:g} cost in process, CPU (app cpu_us / share-0 cpu_us - 1)"] = (
+            app["cpu_median_us"] / app0["cpu_median_us"] - 1)
+        ratios[f"telemetry share={share:g} cost in process, wall (median_us / share-0 median_us - 1)"] = (
+            app["median_us"] / app0["median_us"] - 1)
+    ratios["server overhead in process, CPU us (app share=0 minus bare session.run)"] = (
+        app0["cpu_median_us"] - stage["bare session.run"]["cpu_median_us"])
     return {"stages_us": stage, "ort_bare": bare, "rows": table, "ratios": ratios}
 
 
@@ -422,7 +442,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="N of the multi-worker rows")
     parser.add_argument("--max-batch-rows", type=int, default=1024)
     parser.add_argument("--max-queue-delay-us", type=int, default=0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--stage-calls", type=int, default=2000)
     parser.add_argument("--candidates", type=int, default=32, help="rows per request")
     parser.add_argument("--dim", type=int, default=64)

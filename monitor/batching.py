@@ -70,7 +70,7 @@ class DynamicBatcher:
 
     async def stop(self) -> None:
         """Let the queued requests run, then end the scheduler."""
-        while self._pending:
+        while self._pending and self._task is not None and not self._task.done():
             await asyncio.sleep(0.001)
         if self._task is not None:
             self._task.cancel()
