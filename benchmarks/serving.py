@@ -291,14 +291,12 @@ def load(url: str, body_file: Path, header_len: int, seconds: float, concurrency
     }
 
 
-def merged_mean(url: str) -> float | None:
-    """Mean requests per merged ONNX Runtime call, from /metrics (None without batching)."""
+def merged_totals(url: str) -> tuple[float, float]:
+    """(requests merged, merged calls) so far, from /metrics ((0, 0) without batching)."""
     text = httpx.get(url + "/metrics", timeout=10).text
     s = re.search(r'^fusionguard_merged_requests_sum\{model="ranker"\} ([\d.e+]+)', text, re.M)
     c = re.search(r'^fusionguard_merged_requests_count\{model="ranker"\} ([\d.e+]+)', text, re.M)
-    if not s or not c or float(c.group(1)) == 0:
-        return None
-    return float(s.group(1)) / float(c.group(1))
+    return (float(s.group(1)) if s else 0.0), (float(c.group(1)) if c else 0.0)
 
 
 # ----- the run ---------------------------------------------------------------------------------
@@ -344,8 +342,11 @@ def run(args: argparse.Namespace, model: Path, feeds: dict[str, np.ndarray], wor
             try:
                 load(server.url, body_file, header_len, 1, 4)  # warm-up
                 for conc in concurrencies:
+                    before = merged_totals(server.url) if server.name == "fusionguard" else (0.0, 0.0)
                     res = load(server.url, body_file, header_len, args.seconds, conc)
-                    res["merged_requests_mean"] = merged_mean(server.url) if server.name == "fusionguard" else None
+                    after = merged_totals(server.url) if server.name == "fusionguard" else (0.0, 0.0)
+                    calls = after[1] - before[1]  # this run's merged calls only (not the warm-up's)
+                    res["merged_requests_mean"] = (after[0] - before[0]) / calls if calls else None
                     res["round"] = r
                     rounds.setdefault(f"{name} c={conc}", []).append(res)
                     print(f"  {name} c={conc}: {res['rps']:.0f} req/s p50 {res['p50_ms']:.2f} ms "

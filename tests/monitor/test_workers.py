@@ -110,7 +110,9 @@ def test_workers_share_the_port_merge_metrics_and_all_reload(models, toy, tmp_pa
 
         # 4. Unload reaches every worker: not ready anywhere.
         assert httpx.post(url + "/v2/repository/models/ranker/unload", timeout=30).status_code == 200
-        _wait("every worker to unload", lambda: _metrics(url)[("fusionguard_model_ready", (("model", "ranker"),))] == 0)
+        # model_info is livemax: 0 once no worker serves v0001 any more (model_ready, livemin, is 0 at the first)
+        _wait("every worker to unload", lambda: _info(_metrics(url), "v0001") == 0)
+        assert _metrics(url)[("fusionguard_model_ready", (("model", "ranker"),))] == 0
         assert {httpx.get(url + "/v2/health/ready", timeout=5).status_code for _ in range(12)} == {503}
     finally:
         proc.send_signal(signal.SIGTERM)
