@@ -23,11 +23,15 @@ $(STAMP): pyproject.toml | $(PY)
 venv: $(PY)
 install: $(STAMP)
 
-# System tools the tests need: promtool from Debian's prometheus package.
+# System tools the tests and benchmarks need: promtool from Debian's prometheus package, wrk
+# (the C load generator of benchmarks/serving.py).
 tools:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  echo "installing Debian's prometheus (promtool)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v wrk >/dev/null 2>&1 || { \
+	  echo "installing Debian's wrk"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
 
 # The main job end to end on embedded defaults.
 demo: install

@@ -30,6 +30,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from fusionguard.contract import ModelContract, load_contract, validate_contract
 from fusionguard.dataset import Batch, iter_batches, open_parquet
 from fusionguard.errors import EvaluationError, InvalidInputError, ProblemsError
+from fusionguard.iobinding import CudaIOBinding
 
 logger = logging.getLogger(__name__)
 
@@ -342,6 +343,8 @@ class Scorer:
         self._session = _make_session(session_input, source, device, threads)
         self.provider: str = self._session.get_providers()[0]
         self._outputs = [contract.score_output] + ([contract.attention_output] if contract.attention_output else [])
+        # On CUDA: I/O binding with pinned staging buffers (fusionguard.iobinding); on CPU, plain run.
+        self._binding: CudaIOBinding | None = CudaIOBinding(self._session, self._outputs) if self.provider == CUDA else None
         logger.info("scorer for %s on %s (sha256 %s)", source, self.provider, self.sha256[:12])
 
     # ----- one batched call ------------------------------------------------------------------
@@ -370,15 +373,70 @@ class Scorer:
         n = check_feeds(self.contract, feeds)
         masks = list(masks)
         self._check_masks(masks, n, groups, means)
+        return self._run_checked(feeds, masks, n, groups, means)
+
+    def run_valid(self, feeds: Mapping[str, np.ndarray], masks: Sequence[Mask] = (Mask(),)) -> list[Outputs]:
+        """`run` for feeds the caller has already validated with `feed_problems` (the monitor does,
+        to count each problem's reason) and zero/mean-free masks: the feeds are not checked again.
+
+        Raises:
+            EvaluationError: ONNX Runtime failed, or the outputs have the wrong shape.
+        """
+        n = int(next(iter(feeds.values())).shape[0])
+        return self._run_checked(feeds, list(masks), n, None, None)
+
+    def run_many(self, requests: Sequence[tuple[Mapping[str, np.ndarray], Sequence[Mask]]]) -> list[list[Outputs]]:
+        """Several validated requests' passes in ONE session.run (the monitor's dynamic batching).
+
+        Each request's masked copies are written, request after request, into one preallocated
+        array per input; the outputs are split back in the same order. Row i of a request gets
+        the same values as `run_valid(feeds, masks)` would compute when the graph's kernels treat
+        rows independently of the batch size (tests/monitor/test_batching.py checks the served
+        models; see docs/monitor.md for what is guaranteed).
+
+        Args:
+            requests: (feeds, masks) per request; feeds validated, masks zero-strategy or unmasked.
+        Returns:
+            per request, one Outputs per mask.
+        Raises:
+            EvaluationError: ONNX Runtime failed, or the outputs have the wrong shape.
+        """
+        sizes = [int(next(iter(feeds.values())).shape[0]) for feeds, _ in requests]
+        if len(requests) == 1:
+            return [self._run_checked(requests[0][0], list(requests[0][1]), sizes[0], None, None)]
+        total = sum(n * len(masks) for n, (_, masks) in zip(sizes, requests))
+        stacked = {
+            spec.name: np.empty((total, *spec.shape), dtype=requests[0][0][spec.name].dtype)
+            for spec in self.contract.inputs
+        }
+        start = 0
+        for n, (feeds, masks) in zip(sizes, requests):
+            self._fill(stacked, start, feeds, list(masks), n, None, None)
+            start += n * len(masks)
+        score, attention = self._session_run(stacked, total, f"{len(requests)} merged requests")
+        out: list[list[Outputs]] = []
+        start = 0
+        for n, (_, masks) in zip(sizes, requests):
+            passes = []
+            for _ in masks:
+                passes.append(Outputs(score[start:start + n], None if attention is None else attention[start:start + n]))
+                start += n
+            out.append(passes)
+        return out
+
+    def _run_checked(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        masks: list[Mask],
+        n: int,
+        groups: np.ndarray | None,
+        means: Mapping[str, np.ndarray] | None,
+    ) -> list[Outputs]:
         if len(masks) == 1 and masks[0].is_unmasked:
             stacked: Mapping[str, np.ndarray] = feeds
         else:
             stacked = self._stack(feeds, masks, n, groups, means)
-        try:
-            raw = self._session.run(self._outputs, dict(stacked))
-        except _ORT_ERRORS as err:
-            raise EvaluationError(f"ONNX Runtime failed to score {n} rows x {len(masks)} masks: {err}") from None
-        score, attention = self._check_outputs(raw, n * len(masks))
+        score, attention = self._session_run(stacked, n * len(masks), f"{n} rows x {len(masks)} masks")
         return [
             Outputs(
                 score=score[i * n:(i + 1) * n],
@@ -386,6 +444,18 @@ class Scorer:
             )
             for i in range(len(masks))
         ]
+
+    def _session_run(
+        self, feeds: Mapping[str, np.ndarray], rows: int, what: str
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        try:
+            if self._binding is not None:
+                raw = self._binding.run(feeds)
+            else:
+                raw = self._session.run(self._outputs, dict(feeds))
+        except _ORT_ERRORS as err:
+            raise EvaluationError(f"ONNX Runtime failed to score {what}: {err}") from None
+        return self._check_outputs(raw, rows)
 
     def _check_masks(
         self, masks: list[Mask], n: int, groups: np.ndarray | None, means: Mapping[str, np.ndarray] | None
@@ -436,6 +506,20 @@ class Scorer:
             spec.name: np.empty((len(masks) * n, *spec.shape), dtype=feeds[spec.name].dtype)
             for spec in self.contract.inputs
         }
+        self._fill(stacked, 0, feeds, masks, n, groups, means)
+        return stacked
+
+    def _fill(
+        self,
+        stacked: dict[str, np.ndarray],
+        start: int,
+        feeds: Mapping[str, np.ndarray],
+        masks: list[Mask],
+        n: int,
+        groups: np.ndarray | None,
+        means: Mapping[str, np.ndarray] | None,
+    ) -> None:
+        """Write the masked copies of `feeds` into rows [start, start + len(masks) * n) of `stacked`."""
         # Group labels once per batch, shared by every permuted mask and modality.
         order = _GroupOrder(groups) if groups is not None and any(m.strategy == "permute" for m in masks) else None
         for i, mask in enumerate(masks):
@@ -448,7 +532,7 @@ class Scorer:
                 for name in self.contract.modalities[modality]:
                     masked[name] = perm
             for name, x in ((spec.name, feeds[spec.name]) for spec in self.contract.inputs):
-                block = stacked[name][i * n:(i + 1) * n]
+                block = stacked[name][start + i * n:start + (i + 1) * n]
                 if name not in masked:
                     block[...] = x
                 elif mask.strategy == "zero":
@@ -457,7 +541,6 @@ class Scorer:
                     block[...] = np.asarray(means[name], dtype=x.dtype)  # type: ignore[index]
                 else:
                     np.take(x, masked[name], axis=0, out=block)
-        return stacked
 
     def _check_outputs(self, raw: list[np.ndarray], rows: int) -> tuple[np.ndarray, np.ndarray | None]:
         score = np.asarray(raw[0])

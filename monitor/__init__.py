@@ -2,6 +2,7 @@
 contribution telemetry, drift against the gate's reference profile, and Prometheus metrics."""
 
 from monitor.app import AppConfig, MonitorApp, record_scored
+from monitor.batching import BatchingConfig, DynamicBatcher
 from monitor.drift import DriftResult, DriftTracker, psi
 from monitor.metrics import ERROR_REASONS, INVALID_REASONS, OUTCOMES, MonitorMetrics
 from monitor.protocol import InferRequest, ProtocolError, decode_request, encode_response
@@ -14,6 +15,8 @@ __all__ = [
     "AppConfig",
     "MonitorApp",
     "record_scored",
+    "BatchingConfig",
+    "DynamicBatcher",
     "DriftResult",
     "DriftTracker",
     "psi",

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -48,6 +49,7 @@ from starlette.routing import Route
 from fusionguard import __version__
 from fusionguard.errors import FusionGuardError
 from fusionguard.scorer import InvalidFeedsError
+from monitor.batching import BatchingConfig, DynamicBatcher
 from monitor.metrics import UNKNOWN_MODEL, MonitorMetrics, register_runtime_collectors
 from monitor.protocol import (
     ProtocolError,
@@ -76,15 +78,20 @@ class AppConfig:
     body_timeout_s: float = 30.0  # a request body must arrive completely within this; else 408
     max_body_readers: int = 256  # requests receiving their body at once; beyond: 503
     registry_poll_s: float | None = None  # reload from the registry this often (None: only on demand)
+    # A request whose session.run has at most this many rows (masked passes included) runs on the
+    # event loop: for a small batch the hop to a worker thread costs more than the model call.
+    inline_rows: int = 256
+    batching: BatchingConfig = BatchingConfig()  # dynamic batching (off by default; see monitor.batching)
 
 
 def record_scored(m: MonitorMetrics, name: str, scored: Scored) -> None:
     """The request-path metrics of one successfully scored request (server and replay alike)."""
-    m.inference_duration.labels(name).observe(scored.seconds)
-    m.batch_size.labels(name).observe(scored.outputs[0].score.shape[0])
+    hot = m.hot(name)
+    hot.inference_duration.observe(scored.seconds)
+    hot.batch_size.observe(scored.outputs[0].score.shape[0])
     if scored.telemetry:
-        m.telemetry_requests.labels(name).inc()
-    m.requests.labels(name, "ok").inc()
+        hot.telemetry_requests.inc()
+    hot.ok.inc()
 
 
 def _error(status: int, message: str, **extra: object) -> JSONResponse:
@@ -110,12 +117,24 @@ class MonitorApp:
         registry: CollectorRegistry,
         config: AppConfig = AppConfig(),
         telemetry: TelemetryConfig = TelemetryConfig(),
+        *,
+        exposition: CollectorRegistry | None = None,
+        supervisor_pid: int | None = None,
     ) -> None:
+        """
+        Args:
+            exposition: what /metrics serves; default `registry`. A worker of `--workers N` passes
+                a registry holding prometheus_client's MultiProcessCollector (every worker's values).
+            supervisor_pid: the process supervising the workers; a load / unload is forwarded to
+                it (SIGHUP / SIGUSR1), which passes it on to every worker (monitor.server).
+        """
         self.service = service
         self.registry = registry
         self.metrics = MonitorMetrics.create(registry)
         self.metrics.init_labels(service.name)
-        register_runtime_collectors(registry)
+        if exposition is None:
+            register_runtime_collectors(registry)  # per process: meaningless summed over workers
+        self._supervisor = supervisor_pid
         self.worker = TelemetryWorker(service.name, self.metrics, service.shadow, telemetry)
         self.config = config
         self._inflight = 0
@@ -123,10 +142,13 @@ class MonitorApp:
         self._serving = False  # between lifespan start and shutdown
         self._unloaded = False  # unloaded on request: the registry poll leaves it so
         self._limiter: anyio.CapacityLimiter | None = None
+        self._batcher: DynamicBatcher | None = None
         self._publish_model(service.state, None)
         m = "/v2/models/{name}"
         v = "/v2/models/{name}/versions/{version}"
-        routes = [
+        routes = [  # inference first: starlette matches routes in order and this is the hot path
+            Route(m + "/infer", self.infer, methods=["POST"]),
+            Route(v + "/infer", self.infer, methods=["POST"]),
             Route("/v2/health/live", self.live),
             Route("/v2/health/ready", self.ready),
             Route("/v2", self.server_metadata),
@@ -134,13 +156,11 @@ class MonitorApp:
             Route(v, self.model_metadata),
             Route(m + "/ready", self.model_ready),
             Route(v + "/ready", self.model_ready),
-            Route(m + "/infer", self.infer, methods=["POST"]),
-            Route(v + "/infer", self.infer, methods=["POST"]),
             Route("/v2/repository/index", self.repository_index, methods=["POST"]),
             Route("/v2/repository/models/{name}/load", self.load, methods=["POST"]),
             Route("/v2/repository/models/{name}/unload", self.unload, methods=["POST"]),
             # prometheus_client's own app: OpenMetrics when the scraper asks, gzip when accepted.
-            Route("/metrics", _ASGIEndpoint(make_asgi_app(registry=registry)), methods=["GET"]),
+            Route("/metrics", _ASGIEndpoint(make_asgi_app(registry=exposition or registry)), methods=["GET"]),
         ]
         self.app = Starlette(
             routes=routes,
@@ -162,11 +182,18 @@ class MonitorApp:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self._limiter = anyio.CapacityLimiter(self.config.inference_threads)
+        if self.config.batching.enabled:
+            merged = self.metrics.merged_requests.labels(self.service.name)
+            self._batcher = DynamicBatcher(self.config.batching, on_batch=lambda requests, rows: merged.observe(requests),
+                                           make_scored=self.service.scored)
+            self._batcher.start()
         self.worker.start()
         loop = asyncio.get_running_loop()
         hup = self.config.handle_sighup and threading.current_thread() is threading.main_thread()
         if hup:
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload_logged("SIGHUP")))
+            if self._supervisor is not None:  # an unload forwarded by the supervisor
+                loop.add_signal_handler(signal.SIGUSR1, self._unload_here)
         poll = None
         if self.config.registry_poll_s and self.service.config.registry is not None:
             poll = loop.create_task(self._poll(self.config.registry_poll_s))
@@ -182,9 +209,18 @@ class MonitorApp:
                     await poll
             if hup:
                 loop.remove_signal_handler(signal.SIGHUP)
+                if self._supervisor is not None:
+                    loop.remove_signal_handler(signal.SIGUSR1)
+            if self._batcher is not None:
+                await self._batcher.stop()
+                self._batcher = None
             self._serving = False
             self._set_ready()
             await anyio.to_thread.run_sync(self.worker.stop)
+            if self._supervisor is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(os.getpid())  # this worker's live gauges leave the merge
 
     def _set_ready(self) -> None:
         ready = self._serving and self.service.state is not None
@@ -193,6 +229,9 @@ class MonitorApp:
     def _publish_model(self, new: ModelState | None, old: ModelState | None) -> None:
         name = self.service.name
         if old is not None:
+            # 0 first: under multiprocess mode a removed series keeps its last value in the file
+            # (the gauge's "livemax" then shows 1 only while some worker still serves it)
+            self.metrics.model_info.labels(name, old.version, old.scorer.sha256, old.scorer.provider).set(0)
             with contextlib.suppress(KeyError):
                 self.metrics.model_info.remove(name, old.version, old.scorer.sha256, old.scorer.provider)
         if new is not None:
@@ -376,6 +415,7 @@ class MonitorApp:
             if state is None:
                 return _error(503, self._not_loaded_message())
             self._unloaded = False
+            self._tell_supervisor(signal.SIGHUP)  # every other worker reloads too
             return JSONResponse({"name": self.service.name, "version": state.version, "changed": changed})
 
         return await self._control(request, handler)
@@ -384,13 +424,23 @@ class MonitorApp:
         async def handler(request: Request, doc: dict) -> Response:
             if request.path_params["name"] != self.service.name:
                 return self._not_found(request)
-            old = self.service.unload()
-            self._unloaded = True
-            self._publish_model(None, old)
-            logger.info("unloaded %s (was %s); not ready until a load", self.service.name, old.version if old else "nothing")
+            old = self._unload_here()
+            self._tell_supervisor(signal.SIGUSR1)  # every other worker unloads too
             return JSONResponse({"name": self.service.name, "unloaded": old.version if old else None})
 
         return await self._control(request, handler)
+
+    def _unload_here(self) -> ModelState | None:
+        old = self.service.unload()
+        self._unloaded = True
+        self._publish_model(None, old)
+        logger.info("unloaded %s (was %s); not ready until a load", self.service.name, old.version if old else "nothing")
+        return old
+
+    def _tell_supervisor(self, sig: signal.Signals) -> None:
+        if self._supervisor is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._supervisor, sig)
 
     # ----- inference -------------------------------------------------------------------------
     async def _read_body(self, request: Request) -> bytes:
@@ -457,7 +507,7 @@ class MonitorApp:
         finally:
             self._inflight -= 1
             m.inflight.dec()
-            m.request_duration.labels(name).observe(time.perf_counter() - start)
+            m.hot(name).request_duration.observe(time.perf_counter() - start)
 
     async def _score(self, request: Request, body: bytes) -> Response:
         m, name = self.metrics, self.service.name
@@ -465,7 +515,14 @@ class MonitorApp:
             body = decode_content(body, request.headers.get("content-encoding"), self.config.max_body_bytes)
             req = decode_request(body, request.headers)
             telemetry = self.service.sampler()
-            scored = await anyio.to_thread.run_sync(self.service.score, req.inputs, telemetry, limiter=self._limiter)
+            state, masks = self.service.admit(req.inputs, telemetry)  # the one validation
+            rows = next(iter(req.inputs.values())).shape[0] * len(masks)
+            if self._batcher is not None:
+                scored = await self._batcher.score(state, req.inputs, masks)
+            elif rows <= self.config.inline_rows:
+                scored = self.service.run(state, req.inputs, masks)  # no thread hop for a small batch
+            else:
+                scored = await anyio.to_thread.run_sync(self.service.run, state, req.inputs, masks, limiter=self._limiter)
             outputs = scored.response_outputs()
             bad = sorted(k for k, v in outputs.items() if not np.isfinite(v).all())
             if bad:

@@ -8,6 +8,7 @@ import click
 
 from fusionguard.cli import LazyGroup, envvar, progress_option
 from monitor.app import AppConfig
+from monitor.batching import BatchingConfig
 from monitor.service import ServiceConfig
 from monitor.telemetry import TelemetryConfig
 
@@ -61,6 +62,15 @@ def monitor() -> None:
               help="Larger request bodies are answered 413.")
 @click.option("--inference-threads", type=int, default=AppConfig.inference_threads, show_default=True,
               help="Concurrent ONNX Runtime calls.")
+@click.option("--max-batch-rows", type=int, default=BatchingConfig.max_batch_rows, show_default=True,
+              help="Dynamic batching: merge concurrent requests into one ONNX Runtime call of up to this many rows "
+                   "(masked passes included); 0 turns it off.")
+@click.option("--max-queue-delay-us", type=int, default=BatchingConfig.max_queue_delay_us, show_default=True,
+              help="Dynamic batching: microseconds the oldest queued request waits for others to join.")
+@click.option("--inline-rows", type=int, default=AppConfig.inline_rows, show_default=True,
+              help="Without batching, a call of at most this many rows runs on the event loop (no thread hop).")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Processes accepting on the port; /metrics merges them (prometheus_client multiprocess mode).")
 @click.option("--telemetry-queue", type=int, default=TelemetryConfig.queue_size, show_default=True,
               help="Telemetry items waiting for the background worker; beyond it they are dropped and counted.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told otherwise).", **envvar("host"))
@@ -79,12 +89,16 @@ def monitor() -> None:
               help="Log one line per HTTP request (uvicorn's access log, at INFO).")
 def serve(registry, model, name, shadow, profile, device, threads, telemetry_share, telemetry_seed,  # noqa: ANN001
           max_concurrency, max_body_bytes, inference_threads, telemetry_queue, host, port, graceful_timeout,
-          body_timeout, max_body_readers, registry_poll_seconds, log_level, access_log) -> None:
+          body_timeout, max_body_readers, registry_poll_seconds, log_level, access_log, max_batch_rows,
+          max_queue_delay_us, inline_rows, workers) -> None:
     """Serve a model over OIP v2 REST (JSON and binary tensors) with /metrics.
 
     POST /v2/repository/models/NAME/load, SIGHUP or --registry-poll-seconds reload the
     registry's current model. A registry with nothing promoted yet starts not-ready (503 on
     /v2/health/ready) and becomes ready after a promotion plus a reload.
+
+    --workers N runs N processes on the port; SIGHUP, the load endpoint and the poll reach each.
+    --max-batch-rows turns on dynamic batching (docs/monitor.md has the measurements).
 
     Example: fusionguard monitor serve --registry registry/ --registry-poll-seconds 30 --port 8000
     """
@@ -93,7 +107,8 @@ def serve(registry, model, name, shadow, profile, device, threads, telemetry_sha
     _check_positive(max_concurrency=max_concurrency, max_body_bytes=max_body_bytes,
                     inference_threads=inference_threads, telemetry_queue=telemetry_queue,
                     max_body_readers=max_body_readers, body_timeout=body_timeout,
-                    registry_poll_seconds=registry_poll_seconds)
+                    registry_poll_seconds=registry_poll_seconds, workers=workers)
+    _check_non_negative(max_batch_rows=max_batch_rows, max_queue_delay_us=max_queue_delay_us, inline_rows=inline_rows)
     if registry_poll_seconds is not None and registry is None:
         from fusionguard.errors import InvalidInputError
 
@@ -102,9 +117,11 @@ def serve(registry, model, name, shadow, profile, device, threads, telemetry_sha
         service=_service(registry, model, name, shadow, profile, device, threads, telemetry_share, telemetry_seed),
         app=AppConfig(max_concurrency=max_concurrency, max_body_bytes=max_body_bytes, inference_threads=inference_threads,
                       body_timeout_s=body_timeout, max_body_readers=max_body_readers,
-                      registry_poll_s=registry_poll_seconds),
+                      registry_poll_s=registry_poll_seconds, inline_rows=inline_rows,
+                      batching=BatchingConfig(max_batch_rows=max_batch_rows, max_queue_delay_us=max_queue_delay_us)),
         telemetry=TelemetryConfig(queue_size=telemetry_queue),
         host=host, port=port, graceful_timeout_s=graceful_timeout, log_level=log_level, access_log=access_log,
+        workers=workers,
     )
     result = run_server(config)
     click.echo(result.summary())
@@ -151,5 +168,13 @@ def _check_positive(**values: float | None) -> None:
 
     bad = [f"--{k.replace('_', '-')} must be {'>= 1' if isinstance(v, int) else 'a positive number of seconds'}, got {v}"
            for k, v in values.items() if v is not None and bad_value(v)]
+    if bad:
+        raise InvalidInputError("; ".join(bad))
+
+
+def _check_non_negative(**values: int) -> None:
+    from fusionguard.errors import InvalidInputError
+
+    bad = [f"--{k.replace('_', '-')} must be >= 0, got {v}" for k, v in values.items() if v < 0]
     if bad:
         raise InvalidInputError("; ".join(bad))

@@ -142,8 +142,9 @@ def decode_request(body: bytes, headers: Mapping[str, str]) -> InferRequest:
         ProtocolError: malformed JSON or binary layout, unsupported datatype, data/shape mismatch.
     """
     n_json = _header_length(headers, len(body))
-    json_part = body if n_json is None else body[:n_json]
-    binary = memoryview(b"" if n_json is None else body[n_json:])
+    view = memoryview(body)  # slices of a memoryview share the body's bytes (no copy per tensor)
+    json_part = view if n_json is None else view[:n_json]
+    binary = view[len(view):] if n_json is None else view[n_json:]
     try:
         doc = json.loads(bytes(json_part).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:

@@ -32,6 +32,7 @@ from fusionguard.scorer import InvalidFeedsError, Mask, Outputs, Scorer, feed_pr
 logger = logging.getLogger(__name__)
 
 FULL_ONLY = (Mask(),)
+TELEMETRY_MASKS = shapley_passes("zero").masks  # the default strategy's four Shapley passes
 
 
 @dataclass(frozen=True)
@@ -226,12 +227,15 @@ class ModelService:
             return old
 
     # ----- scoring -------------------------------------------------------------------------
-    def score(self, feeds: dict[str, np.ndarray], telemetry: bool) -> Scored:
-        """Validate `feeds` and score them; with `telemetry`, the four Shapley passes in one call.
+    def admit(self, feeds: dict[str, np.ndarray], telemetry: bool) -> tuple[ModelState, tuple[Mask, ...]]:
+        """Validate `feeds` once, against the served version; (that version, the passes to run).
+
+        The passes are the four Shapley passes for a `telemetry` request on a two-modality
+        model, else the unmasked pass alone. The scorer does not validate again (`run_valid`).
 
         Raises:
+            ModelNotLoadedError: nothing is loaded.
             InvalidFeedsError: the feeds disagree with the contract (reasons per problem).
-            EvaluationError: ONNX Runtime failed.
         """
         state = self._state  # read once: a concurrent reload does not affect this request
         if state is None:
@@ -239,10 +243,31 @@ class ModelService:
         problems = feed_problems(state.scorer.contract, feeds)
         if problems:
             raise InvalidFeedsError(problems)
-        telemetry = telemetry and state.two_modalities
-        masks = self.passes.masks if telemetry else FULL_ONLY
+        return state, (self.passes.masks if telemetry and state.two_modalities else FULL_ONLY)
+
+    def run(self, state: ModelState, feeds: dict[str, np.ndarray], masks: tuple[Mask, ...]) -> Scored:
+        """Score admitted feeds: every pass in one `session.run`.
+
+        Raises:
+            EvaluationError: ONNX Runtime failed.
+        """
         start = time.perf_counter()
-        outputs = state.scorer.run(feeds, masks)
-        return Scored(
-            state, feeds, outputs, telemetry, time.perf_counter() - start, masks, self.passes if telemetry else None
-        )
+        outputs = state.scorer.run_valid(feeds, masks)
+        return self.scored(state, feeds, outputs, masks, time.perf_counter() - start)
+
+    def scored(self, state: ModelState, feeds: dict[str, np.ndarray], outputs: list[Outputs],
+               masks: tuple[Mask, ...], seconds: float) -> Scored:
+        """The `Scored` of one request's outputs (also for a merged batch's share of them):
+        `masks` are this service's Shapley passes when the request was sampled for telemetry."""
+        telemetry = len(masks) > 1 and masks == self.passes.masks
+        return Scored(state, feeds, outputs, telemetry, seconds, masks, self.passes if telemetry else None)
+
+    def score(self, feeds: dict[str, np.ndarray], telemetry: bool) -> Scored:
+        """Validate `feeds` and score them; with `telemetry`, the four Shapley passes in one call.
+
+        Raises:
+            InvalidFeedsError: the feeds disagree with the contract (reasons per problem).
+            EvaluationError: ONNX Runtime failed.
+        """
+        state, masks = self.admit(feeds, telemetry)
+        return self.run(state, feeds, masks)

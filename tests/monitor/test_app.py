@@ -273,10 +273,10 @@ def test_reload_swaps_model_and_info(models, toy, tmp_path):
 def test_scoring_failure_is_500_and_counted(models, toy):
     mapp, registry = make_app(model=models["fusion"])
 
-    def broken(feeds, telemetry):
+    def broken(state, feeds, masks):
         raise RuntimeError("session exploded")
 
-    mapp.service.score = broken
+    mapp.service.run = broken
     with TestClient(mapp.app) as c:
         r = c.post("/v2/models/ranker/infer", json=json_body(rows(toy, 0, 2)))
         assert r.status_code == 500 and "session exploded" in r.json()["error"]

@@ -93,18 +93,19 @@ def test_concurrent_clients(live_server, models, toy):
 
 
 def _blocking_score(live, gate: threading.Event, entered: threading.Event):
-    original = live.app.service.score
+    """Scoring blocks until `gate` opens (the app must run it in a worker thread: inline_rows=0)."""
+    original = live.app.service.run
 
-    def score(feeds, telemetry):
+    def run(state, feeds, masks):
         entered.set()
         gate.wait(10)
-        return original(feeds, telemetry)
+        return original(state, feeds, masks)
 
-    live.app.service.score = score
+    live.app.service.run = run
 
 
 def test_full_queue_gets_503_and_shutdown_finishes_in_flight(live_server, models, toy):
-    live = live_server(ServiceConfig(model=models["fusion"], device="cpu"), AppConfig(max_concurrency=1))
+    live = live_server(ServiceConfig(model=models["fusion"], device="cpu"), AppConfig(max_concurrency=1, inline_rows=0))
     gate, entered = threading.Event(), threading.Event()
     _blocking_score(live, gate, entered)
     body = json_body(rows(toy, 0, 4))
