@@ -17,7 +17,7 @@ from fusionguard.errors import EvaluationError
 from fusionguard.scorer import Mask, Scorer
 from monitor.app import AppConfig
 from monitor.batching import BatchingConfig, DynamicBatcher
-from monitor.service import FULL_ONLY, TELEMETRY_MASKS, ModelService, ServiceConfig
+from monitor.service import FULL_ONLY, TELEMETRY_MASKS, ModelService, Sampler, ServiceConfig
 from tests.monitor.conftest import json_body, rows
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,7 @@ def _post_all(url: str, bodies: list[dict], workers: int) -> list[httpx.Response
 
 def test_batched_server_answers_each_request_its_unbatched_scores(live_server, models, toy):
     live = live_server(
-        ServiceConfig(model=models["fusion"], device="cpu", telemetry_share=0.5),
+        ServiceConfig(model=models["fusion"], device="cpu", telemetry_share=0.5, telemetry_seed=7),
         AppConfig(batching=BatchingConfig(max_batch_rows=4096, max_queue_delay_us=50_000)),
     )
     plain = Scorer(models["fusion"], device="cpu", threads=1)
@@ -72,9 +72,10 @@ def test_batched_server_answers_each_request_its_unbatched_scores(live_server, m
     assert m[("fusionguard_merged_requests_sum", key)] == len(feeds)
     assert m[("fusionguard_merged_requests_count", key)] < len(feeds)
     assert m[("fusionguard_batch_size_sum", key)] == sum(len(f["query"]) for f in feeds)
-    # telemetry per request: half of the requests sampled, each with its own share observation
+    # telemetry per request: the seeded sampler's decisions, each with its own share observation
     sampled = m[("fusionguard_telemetry_requests_total", key)]
-    assert sampled == len(feeds) // 2
+    replica = Sampler(0.5, seed=7)
+    assert sampled == sum(replica() for _ in feeds) and 0 < sampled < len(feeds)
     share_count = m[("fusionguard_modality_share_count", (("modality", "visual"), ("model", "ranker"),
                                                           ("version", live.app.service.state.version)))]
     assert share_count == sampled
