@@ -30,6 +30,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from fusionguard.contract import ModelContract, load_contract, validate_contract
 from fusionguard.dataset import Batch, iter_batches, open_parquet
 from fusionguard.errors import EvaluationError, InvalidInputError, ProblemsError
+from fusionguard.streaming import fixed_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -558,9 +559,9 @@ class Scorer:
             for start in range(0, n, batch_rows):
                 yield _slice(data, start, min(start + batch_rows, n))
         elif isinstance(data, (str, Path)):
-            for batch in iter_batches(data, self.contract, batch_rows=batch_rows):
-                if len(batch):
-                    yield batch
+            # Exact chunks across row-group ends: the same batches as for the loaded dataset, so
+            # "permute" shuffles and "mean" sums do not depend on how the file was written.
+            yield from fixed_chunks((b for b in iter_batches(data, self.contract, batch_rows=batch_rows) if len(b)), batch_rows)
         else:
             raise InvalidInputError(
                 f"cannot score a {type(data).__name__}; pass a Parquet dataset path or a fusionguard.dataset.Batch"

@@ -145,8 +145,8 @@ def write_reports(result: GateResult, out: Path) -> Path:
             profile = build_profile(
                 result.candidate.sha256,
                 m.visual_share,
-                feature_summaries(result.feeds or {}),
-                attention_mass=m.attention_mass,
+                result.features if result.features is not None else feature_summaries(result.feeds or {}),
+                attention_mass=m.attention.mass_per_row if m.attention is not None else m.attention_mass,
                 seed=result.policy.seed,
             )
             profile.write(out / "profile.json")
