@@ -143,3 +143,33 @@ def test_streaming_refuses_a_query_split_over_the_file(toys, tmp_path):
     cand = Scorer(toys.fusion, device="cpu")
     with pytest.raises(UnsortedDataError):
         stream_measures(cand, unsorted, read_ids(unsorted), policy)
+
+
+def test_streamed_eval_equals_the_in_memory_measures(toys, ragged, tmp_path):
+    from gate.evaluation import evaluate, write_eval
+
+    policy = load_policy(_policy(tmp_path, "permute"))
+    result = evaluate([toys.fusion, toys.blind], ragged, baseline=toys.v1, policy=policy, workers=2)
+    write_eval(result, tmp_path / "eval")
+    base = Scorer(toys.v1, device="cpu")
+    for model in (toys.fusion, toys.blind):
+        cand, _, batch, groups, ref, _ = _reference(model, toys.v1, ragged, policy)
+        frame = result.per_query[result.per_query["model"] == model.stem]
+        np.testing.assert_array_equal(frame["query_id"].to_numpy(), groups.query_ids.astype(str))
+        for column, expected in (("ndcg", ref.ndcg), ("visual_drop", ref.visual_drop), ("text_drop", ref.text_drop),
+                                 ("visual_share", ref.visual_share_per_query)):
+            np.testing.assert_array_equal(frame[column].to_numpy(), expected, err_msg=column)
+        vectors = checks.attention_vectors(ref, groups)
+        np.testing.assert_array_equal(frame["attention_mass"].to_numpy(), vectors["visual_mass"])
+        base_scores = score_baseline(base, batch, policy)
+        np.testing.assert_array_equal(frame["spearman_vs_baseline"].to_numpy(),
+                                      metrics.spearman_per_query(groups, ref.scores, base_scores))
+
+
+def test_eval_refuses_an_unsorted_eval_set(toys, tmp_path):
+    from gate.evaluation import evaluate
+
+    unsorted = _interleaved(toys.data, tmp_path / "unsorted.parquet")
+    with pytest.raises(UnsortedDataError) as info:
+        evaluate([toys.fusion], unsorted, policy=toys.policy)
+    assert info.value.exit_code == 2
