@@ -15,6 +15,8 @@ import click
 from fusionguard.cli import LazyGroup
 from fusionguard.registry import Registry
 
+from gate.engine import EngineConfig, engine_options
+
 logger = logging.getLogger(__name__)
 
 _EXISTING = click.Path(path_type=Path)
@@ -29,7 +31,8 @@ _EXISTING = click.Path(path_type=Path)
 @click.option("--baseline-contract", type=_EXISTING, default=None, help="Sidecar JSON contract for the baseline.")
 @click.option("--out", required=True, type=_EXISTING, help="Report directory (report.json, report.md, junit.xml, plots, profile.json).")
 @click.option("--progress/--no-progress", default=False, help="Show progress bars while scoring.")
-def gate(candidate, baseline, data, policy, candidate_contract, baseline_contract, out, progress) -> None:  # noqa: ANN001
+@engine_options
+def gate(candidate, baseline, data, policy, candidate_contract, baseline_contract, out, progress, engine, workers, ray_address) -> None:  # noqa: ANN001
     """Release gate: block collapsed or V1-in-disguise candidates before promotion.
 
     Checks, in order: data, contract, visual ablation, integrity vs the baseline, quality
@@ -43,6 +46,7 @@ def gate(candidate, baseline, data, policy, candidate_contract, baseline_contrac
     result = run_gate(
         candidate, data, out, baseline=baseline, policy=policy,
         candidate_contract=candidate_contract, baseline_contract=baseline_contract, progress=progress,
+        engine=EngineConfig(engine, workers, ray_address),
     )
     for check in result.checks:
         click.echo(f"{check.name:<16} {check.outcome:<8} {check.summary}")
@@ -130,14 +134,16 @@ def rollback(registry_dir, version) -> None:  # noqa: ANN001
 @click.option("--policy", type=_EXISTING, default=None, help="Policy TOML (k, masking, resamples, seed).")
 @click.option("--out", required=True, type=_EXISTING, help="Output directory (table.csv/.md/.tex, per_query.csv).")
 @click.option("--progress/--no-progress", default=False, help="Show progress bars while scoring.")
-def eval_command(models, more_models, baseline, data, policy, out, progress) -> None:  # noqa: ANN001
+@engine_options
+def eval_command(models, more_models, baseline, data, policy, out, progress, engine, workers, ray_address) -> None:  # noqa: ANN001
     """Offline evaluation table of several models, with CIs, Holm-corrected p-values and effect sizes.
 
     Example: fusionguard eval --models v2.onnx v2-mitigated.onnx --baseline v1.onnx --data eval.parquet --out table/
     """
     from gate.evaluation import evaluate, markdown_table, write_eval
 
-    result = evaluate([*models, *more_models], data, baseline=baseline, policy=policy, progress=progress)
+    result = evaluate([*models, *more_models], data, baseline=baseline, policy=policy, progress=progress,
+                      engine=EngineConfig(engine, workers, ray_address))
     paths = write_eval(result, out)
     click.echo(markdown_table(result))
     click.echo("wrote " + ", ".join(str(p) for p in paths))

@@ -26,7 +26,8 @@ from fusionguard.streaming import UnsortedDataError, check_grouped
 
 from gate.checks import attention_vectors, fmt
 from gate.measures import ModelMeasures, interval, paired_interval
-from gate.streaming import default_workers, read_ids, stream_baseline, stream_measures
+from gate.engine import EngineConfig
+from gate.streaming import read_ids, stream_baseline, stream_measures
 from gate.policy import Policy, load_policy
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def evaluate(
     baseline: str | Path | None = None,
     policy: Policy | str | Path | None = None,
     progress: bool = False,
-    workers: int | None = None,
+    engine: EngineConfig | None = None,
 ) -> EvalResult:
     """Measure every model on the eval set.
 
@@ -108,8 +109,8 @@ def evaluate(
         data: the eval set (Parquet).
         baseline: optional text-only V1 for the Spearman column.
         policy: gate policy (k, masking, resamples, seed) as a Policy, TOML path or None.
-        workers: batches scored in parallel; None: one per CPU. The eval set is streamed in
-            whole-query batches (gate/streaming.py) and must have each query's rows contiguous.
+        engine: local (default) or Ray (gate/engine.py). The eval set is streamed in whole-query
+            batches (gate/streaming.py) and must have each query's rows contiguous.
     Raises:
         InvalidInputError / ContractError / DataValidationError: bad inputs (exit 2).
         EvaluationError: a model could not be scored (exit 3).
@@ -133,17 +134,16 @@ def evaluate(
         raise UnsortedDataError(data, grouping.first_split, grouping.n_split)
     streamed = read_ids(data)
     groups = streamed.groups
-    workers = default_workers() if workers is None else workers
     evaluable = groups.n_queries - groups.n_excluded
     if evaluable < policy.data.min_queries:
         raise InvalidInputError(
             f"the eval set {data} has {evaluable} evaluable queries; data.min_queries is {policy.data.min_queries}"
         )
-    base_scores = stream_baseline(base, data, streamed, policy, workers=workers) if base is not None else None
+    base_scores = stream_baseline(base, data, streamed, policy, engine=engine) if base is not None else None
     measured: list[ModelMeasures] = []
     for s in scorers:
         logger.info("scoring %s", s.path)
-        measured.append(stream_measures(s, data, streamed, policy, workers=workers, progress=progress)[0])
+        measured.append(stream_measures(s, data, streamed, policy, engine=engine, progress=progress)[0])
     rows = _rows(scorers, measured, groups, base_scores, policy)
     per_query = _per_query(scorers, measured, groups, base_scores)
     return EvalResult(

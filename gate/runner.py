@@ -34,7 +34,8 @@ from fusionguard.streaming import UnsortedDataError, check_grouped
 from gate import checks
 from gate.checks import CheckResult, errored, skipped
 from gate.measures import ModelMeasures
-from gate.streaming import StreamedData, default_workers, read_ids, stream_baseline, stream_measures
+from gate.engine import EngineConfig
+from gate.streaming import StreamedData, read_ids, stream_baseline, stream_measures
 from gate.policy import Policy, load_policy
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def run_gate(
     candidate_contract: str | Path | None = None,
     baseline_contract: str | Path | None = None,
     progress: bool = False,
-    workers: int | None = None,
+    engine: EngineConfig | None = None,
 ) -> GateResult:
     """Run every check on `candidate` and write the reports to `out` (skipped when None).
 
@@ -130,9 +131,9 @@ def run_gate(
         policy: a Policy, a TOML path, or None for the defaults.
         candidate_contract, baseline_contract: sidecar contracts for models without an embedded one.
         progress: show progress bars while scoring.
-        workers: batches scored in parallel (one ONNX Runtime session each); None: one per CPU.
-            The eval set is streamed in whole-query batches (gate/streaming.py), so memory does
-            not grow with its feature columns.
+        engine: local (default; batches scored on one ONNX Runtime session per CPU) or Ray
+            (gate/engine.py). Either way the eval set is streamed in whole-query batches
+            (gate/streaming.py), so memory does not grow with its feature columns.
     Returns:
         GateResult; `exit_code` follows DESIGN.md (0 passed, 1 blocked, 2 invalid input, 3 not evaluable).
     Raises:
@@ -192,8 +193,7 @@ def run_gate(
             results[name] = skipped(name, f"not run: the {blocker} check did not pass")
     else:
         result.groups = streamed.groups
-        workers = default_workers() if workers is None else workers
-        _run_measured_checks(results, cand_scorer, base_scorer, data, streamed, policy, result, progress, workers)  # type: ignore[arg-type]
+        _run_measured_checks(results, cand_scorer, base_scorer, data, streamed, policy, result, progress, engine)  # type: ignore[arg-type]
 
     result.checks = [results[name] for name in checks.CHECK_NAMES]
     result.exit_code = _exit_code(result.checks)
@@ -282,13 +282,13 @@ def _run_measured_checks(
     policy: Policy,
     result: GateResult,
     progress: bool,
-    workers: int,
+    engine: EngineConfig | None,
 ) -> None:
     groups = streamed.groups
     t0 = time.perf_counter()
     try:
-        m, result.features = stream_measures(cand, data, streamed, policy, workers=workers, features=True, progress=progress)
-        base_scores = stream_baseline(base, data, streamed, policy, workers=workers) if base is not None else None
+        m, result.features = stream_measures(cand, data, streamed, policy, engine=engine, features=True, progress=progress)
+        base_scores = stream_baseline(base, data, streamed, policy, engine=engine) if base is not None else None
     except FusionGuardError as err:
         for name in checks.CHECK_NAMES[2:]:
             # Inputs were validated above, so a failure here is the model's: not evaluable (3).

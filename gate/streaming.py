@@ -39,6 +39,7 @@ from fusionguard.profile import feature_summaries
 from fusionguard.scorer import Mask, Scorer
 from fusionguard.streaming import query_batches
 
+from gate.engine import EngineConfig
 from gate.measures import AttentionSummary, ModelMeasures, PassPlan, per_query_mean, plan_passes
 from gate.policy import Policy
 
@@ -141,9 +142,12 @@ def _worker_scorers(scorer: Scorer, workers: int) -> list[Scorer]:
 
 
 def _run_partials(
-    scorer: Scorer, data: Path, masks: list[Mask], plan: PassPlan | None, policy: Policy, workers: int,
+    scorer: Scorer, data: str | Path, masks: list[Mask], plan: PassPlan | None, policy: Policy, engine: EngineConfig,
     features: bool, progress: bool,
 ) -> Iterator[BatchPartial]:
+    """The local engine: whole-query batches from the file, reduced on `engine.workers` threads."""
+    data = Path(data)
+    workers = default_workers() if engine.workers is None else engine.workers
     rows = max(1, policy.scoring.batch_rows // max(len(masks), 1))
     means = scorer.reference_means(data) if any(m.strategy == "mean" and m.modalities for m in masks) else None
     batches = query_batches(data, scorer.contract, rows)
@@ -284,8 +288,18 @@ def assemble(
     return m, {name: np.concatenate(v) for name, v in feats.items()}
 
 
+def _source(engine: EngineConfig | None):  # noqa: ANN202
+    """The partials' producer of an engine, and its worker count."""
+    engine = engine or EngineConfig()
+    if engine.engine == "ray":
+        from gate.engine_ray import ray_partials
+
+        return ray_partials, engine
+    return _run_partials, engine
+
+
 def stream_measures(
-    scorer: Scorer, data: str | Path, streamed: StreamedData, policy: Policy, *, workers: int = 1,
+    scorer: Scorer, data: str | Path, streamed: StreamedData, policy: Policy, *, engine: EngineConfig | None = None,
     features: bool = False, progress: bool = False,
 ) -> tuple[ModelMeasures, dict[str, np.ndarray]]:
     """`measure_model` on a Parquet eval set, streamed. Returns the measures and, with
@@ -297,15 +311,17 @@ def stream_measures(
     """
     plan = plan_passes(policy)
     masks = plan.masks
-    parts = _run_partials(scorer, Path(data), masks, plan, policy, workers, features, progress)
+    source, engine = _source(engine)
+    parts = source(scorer, data, masks, plan, policy, engine, features, progress)
     return assemble(parts, streamed, plan, masks, len(masks), scorer.provider)
 
 
 def stream_baseline(
-    scorer: Scorer, data: str | Path, streamed: StreamedData, policy: Policy, *, workers: int = 1
+    scorer: Scorer, data: str | Path, streamed: StreamedData, policy: Policy, *, engine: EngineConfig | None = None
 ) -> np.ndarray:
     """`score_baseline`, streamed: (N,) unmasked scores in file order (float32)."""
-    parts = _run_partials(scorer, Path(data), [Mask()], None, policy, workers, False, False)
+    source, engine = _source(engine)
+    parts = source(scorer, data, [Mask()], None, policy, engine, False, False)
     scores = np.concatenate([p.score for p in parts])
     if scores.shape[0] != streamed.groups.n_rows:
         raise InvalidInputError(f"streaming read {scores.shape[0]} rows but the dataset has {streamed.groups.n_rows}")

@@ -16,6 +16,7 @@ from fusionguard.scorer import Scorer
 from fusionguard.streaming import UnsortedDataError
 
 from gate import checks
+from gate.engine import EngineConfig
 from gate.measures import measure_model, score_baseline
 from gate.policy import load_policy
 from gate.runner import run_gate
@@ -76,8 +77,8 @@ def test_streamed_measures_equal_the_in_memory_ones(toys, ragged, tmp_path, stra
     policy = load_policy(_policy(tmp_path, strategy))
     cand, base, batch, groups, ref, ref_base = _reference(toys.fusion, toys.v1, ragged, policy)
     streamed = read_ids(ragged)
-    m, features = stream_measures(cand, ragged, streamed, policy, workers=workers, features=True)
-    base_scores = stream_baseline(base, ragged, streamed, policy, workers=workers)
+    m, features = stream_measures(cand, ragged, streamed, policy, engine=EngineConfig(workers=workers), features=True)
+    base_scores = stream_baseline(base, ragged, streamed, policy, engine=EngineConfig(workers=workers))
     np.testing.assert_array_equal(streamed.groups.query_ids, groups.query_ids)
     for name in ("scores", "ndcg", "ndcg_visual_masked", "ndcg_text_masked", "visual_drop", "text_drop",
                  "phi_text", "phi_visual", "visual_share", "visual_share_per_query"):
@@ -107,8 +108,8 @@ def test_streamed_measures_equal_the_in_memory_ones(toys, ragged, tmp_path, stra
 
 def test_gate_report_identical_for_one_and_two_workers(toys, ragged, tmp_path):
     policy = _policy(tmp_path, "permute")
-    one = run_gate(toys.fusion, ragged, tmp_path / "one", baseline=toys.v1, policy=policy, workers=1)
-    two = run_gate(toys.fusion, ragged, tmp_path / "two", baseline=toys.v1, policy=policy, workers=2)
+    one = run_gate(toys.fusion, ragged, tmp_path / "one", baseline=toys.v1, policy=policy, engine=EngineConfig(workers=1))
+    two = run_gate(toys.fusion, ragged, tmp_path / "two", baseline=toys.v1, policy=policy, engine=EngineConfig(workers=2))
     assert one.exit_code == two.exit_code
     r1 = json.loads((tmp_path / "one" / "report.json").read_text())
     r2 = json.loads((tmp_path / "two" / "report.json").read_text())
@@ -149,7 +150,7 @@ def test_streamed_eval_equals_the_in_memory_measures(toys, ragged, tmp_path):
     from gate.evaluation import evaluate, write_eval
 
     policy = load_policy(_policy(tmp_path, "permute"))
-    result = evaluate([toys.fusion, toys.blind], ragged, baseline=toys.v1, policy=policy, workers=2)
+    result = evaluate([toys.fusion, toys.blind], ragged, baseline=toys.v1, policy=policy, engine=EngineConfig(workers=2))
     write_eval(result, tmp_path / "eval")
     base = Scorer(toys.v1, device="cpu")
     for model in (toys.fusion, toys.blind):
