@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 READ_ROWS = 65_536  # rows per Parquet read; the chunks handed out are cut from these
 GROUP_BUCKET_ROWS = 262_144  # rows sorted in memory at a time by `group_queries`
 
-__all__ = ["GroupingReport", "UnsortedDataError", "check_grouped", "fixed_chunks", "group_queries", "query_batches"]
+__all__ = ["GroupingReport", "UnsortedDataError", "check_grouped", "fixed_chunks", "group_queries", "query_batches", "whole_query_batches"]
 
 
 class UnsortedDataError(InvalidInputError):
@@ -117,9 +117,18 @@ def query_batches(
     Raises:
         UnsortedDataError: a query's rows are not contiguous (found while streaming).
     """
+    yield from whole_query_batches(iter_batches(path, contract, batch_rows=read_rows, inputs=inputs), rows, path)
+
+
+def whole_query_batches(batches: Iterator[Batch], rows: int, source: str | Path) -> Iterator[Batch]:
+    """`query_batches` over any stream of batches in file order (e.g. read by Ray Data).
+
+    Raises:
+        UnsortedDataError: a query's rows are not contiguous in the stream.
+    """
     from fusionguard.scorer import _whole_queries
 
-    chunks = fixed_chunks((b for b in iter_batches(path, contract, batch_rows=read_rows, inputs=inputs) if len(b)), rows)
+    chunks = fixed_chunks((b for b in batches if len(b)), rows)
     seen: set = set()
     for batch in _whole_queries(chunks):
         runs = _run_starts(batch.query_id)
@@ -127,7 +136,7 @@ def query_batches(
         fresh = set(ids)
         if len(fresh) != len(ids) or not seen.isdisjoint(fresh):
             dup = next((q for q in ids if q in seen or ids.count(q) > 1), ids[0])
-            raise UnsortedDataError(path, dup, 1)
+            raise UnsortedDataError(source, dup, 1)
         seen |= fresh
         yield batch
 
