@@ -353,14 +353,21 @@ class Scorer:
         *,
         groups: np.ndarray | None = None,
         means: Mapping[str, np.ndarray] | None = None,
+        max_rows: int | None = None,
     ) -> list[Outputs]:
-        """Score `feeds` once per mask with a single session.run.
+        """Score `feeds` once per mask with a single session.run (several with `max_rows`).
 
         Args:
             feeds: input name -> (N, *spec.shape) array in the contract's dtype.
             masks: the passes to run; outputs come back in the same order.
             groups: (N,) query ids; "permute" then shuffles only within a query.
             means: input name -> per-row mean tensor, needed by "mean" masks (`reference_means`).
+            max_rows: the most rows one session.run sees (None: no limit). The masked copies are
+                then built and scored a few masks at a time, which bounds the memory of the
+                stacked inputs and of ONNX Runtime's activations; each mask's copy is the same
+                as in one call, so the outputs equal the single call's wherever the model scores
+                each row independently of the others in its batch (streaming relies on this;
+                tests/gate/test_streaming.py checks it).
         Returns:
             one Outputs per mask, score (N,) float32, attention (N, H, K) or None.
         Raises:
@@ -371,15 +378,35 @@ class Scorer:
         n = check_feeds(self.contract, feeds)
         masks = list(masks)
         self._check_masks(masks, n, groups, means)
+        if max_rows is not None and max_rows < 1:
+            raise InvalidInputError(f"max_rows must be >= 1, got {max_rows}")
+        if max_rows is None or n * len(masks) <= max_rows:
+            return self._run_masks(feeds, masks, n, groups, means, None)
+        per_call = max(1, max_rows // max(n, 1))  # masks per group
+        outputs: list[Outputs] = []
+        for i in range(0, len(masks), per_call):
+            outputs += self._run_masks(feeds, masks[i:i + per_call], n, groups, means, max_rows)
+        return outputs
+
+    def _run_masks(
+        self, feeds: Mapping[str, np.ndarray], masks: list[Mask], n: int, groups: np.ndarray | None,
+        means: Mapping[str, np.ndarray] | None, max_rows: int | None,
+    ) -> list[Outputs]:
         if len(masks) == 1 and masks[0].is_unmasked:
             stacked: Mapping[str, np.ndarray] = feeds
         else:
             stacked = self._stack(feeds, masks, n, groups, means)
+        rows = n * len(masks)
+        step = rows if max_rows is None else max_rows
         try:
-            raw = self._session.run(self._outputs, dict(stacked))
+            parts = [
+                self._session.run(self._outputs, {k: v[i:i + step] for k, v in stacked.items()})
+                for i in range(0, max(rows, 1), step)
+            ]
         except _ORT_ERRORS as err:
             raise EvaluationError(f"ONNX Runtime failed to score {n} rows x {len(masks)} masks: {err}") from None
-        score, attention = self._check_outputs(raw, n * len(masks))
+        raw = parts[0] if len(parts) == 1 else [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+        score, attention = self._check_outputs(raw, rows)
         return [
             Outputs(
                 score=score[i * n:(i + 1) * n],

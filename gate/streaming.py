@@ -45,6 +45,12 @@ from gate.policy import Policy
 
 logger = logging.getLogger(__name__)
 
+# Rows per session.run: the policy's batch_rows decides how batches are cut (and so the permute
+# masks' shuffles); this bounds the stacked masked copies and ONNX Runtime's activations within a
+# batch. Measured on the demo's V2 export: peak RSS 1.77 GB with one 65,536-row session.run per
+# batch, 0.96 GB with 8,192-row batches (benchmarks/streaming.py measures the gate with it).
+RUN_ROWS = 8192
+
 __all__ = [
     "AttentionSummary",
     "BatchPartial",
@@ -94,7 +100,7 @@ def reduce_batch(
     """Score one whole-query batch under `masks` and reduce it (see the module docstring).
 
     `plan` None: a baseline (one unmasked pass, scores only). `means`: for "mean" masks."""
-    outs = scorer.run(batch.feeds, masks, groups=batch.query_id, means=means)
+    outs = scorer.run(batch.feeds, masks, groups=batch.query_id, means=means, max_rows=RUN_ROWS)
     scores = {m: o.score for m, o in zip(masks, outs)}
     feats = feature_summaries(batch.feeds) if features else {}
     if plan is None:
