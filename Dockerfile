@@ -24,8 +24,10 @@ COPY pyproject.toml README.md ./
 COPY fusionguard/ fusionguard/
 COPY gate/ gate/
 COPY monitor/ monitor/
+# EXTRAS=gpu,ray builds the image deploy/ray/rayjob-gate.yaml runs (the gate on a Ray cluster).
+ARG EXTRAS=gpu
 RUN /opt/fusionguard/bin/pip install --upgrade pip \
- && /opt/fusionguard/bin/pip install ".[gpu]"
+ && /opt/fusionguard/bin/pip install ".[${EXTRAS}]"
 # Fail the build if a dependency dragged torch in.
 RUN /opt/fusionguard/bin/python -c "import importlib.util, sys; sys.exit('torch must not be in this image' if importlib.util.find_spec('torch') else 0)"
 
