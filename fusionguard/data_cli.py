@@ -43,6 +43,12 @@ def validate(file: Path, models: tuple[Path, ...], sidecar: Path | None, max_lab
         contracts = [load_contract(model, sidecar) for model in models]
     report = ensure_valid(file, contracts, max_label=max_label)
     click.echo(report.summary())
+    from fusionguard.streaming import check_grouped
+
+    grouping = check_grouped(file)
+    if not grouping.grouped:  # valid, but the gate and eval stream whole queries and will refuse it
+        click.echo(f"note: {grouping.n_split} queries (first {grouping.first_split!r}) have rows spread over the file; "
+                   f"`fusionguard gate` and `fusionguard eval` need them contiguous: fusionguard data group {file} GROUPED.parquet")
 
 
 @data.command("group")

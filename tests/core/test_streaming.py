@@ -93,3 +93,10 @@ def test_cli_group(tmp_path):
     assert result.exit_code == 0, result.output
     assert "12 queries (12 were spread" in result.output
     assert check_grouped(tmp_path / "o.parquet").grouped
+
+
+def test_cli_validate_notes_an_unsorted_file(tmp_path):
+    path, _ = _unsorted(tmp_path)
+    result = CliRunner().invoke(cli, ["data", "validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "12 queries (first 'q0') have rows spread" in result.output and "fusionguard data group" in result.output
