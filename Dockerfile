@@ -24,10 +24,11 @@ COPY pyproject.toml README.md ./
 COPY fusionguard/ fusionguard/
 COPY gate/ gate/
 COPY monitor/ monitor/
-# EXTRAS=gpu,ray builds the image deploy/ray/rayjob-gate.yaml runs (the gate on a Ray cluster).
-ARG EXTRAS=gpu
 RUN /opt/fusionguard/bin/pip install --upgrade pip \
- && /opt/fusionguard/bin/pip install ".[${EXTRAS}]"
+ && /opt/fusionguard/bin/pip install ".[gpu]"
+# WITH_RAY=1 adds the `ray` extra: the image deploy/ray/rayjob-gate.yaml runs (the gate on Ray).
+ARG WITH_RAY=0
+RUN if [ "$WITH_RAY" = 1 ]; then /opt/fusionguard/bin/pip install ".[gpu,ray]"; fi
 # Fail the build if a dependency dragged torch in.
 RUN /opt/fusionguard/bin/python -c "import importlib.util, sys; sys.exit('torch must not be in this image' if importlib.util.find_spec('torch') else 0)"
 

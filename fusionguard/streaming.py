@@ -37,7 +37,7 @@ from fusionguard.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
-READ_ROWS = 65_536  # rows per Parquet read; the chunks handed out are cut from these
+READ_ROWS = 8192  # rows per Parquet read (bounds the decoded columns); the chunks are cut from these
 GROUP_BUCKET_ROWS = 262_144  # rows sorted in memory at a time by `group_queries`
 
 __all__ = ["GroupingReport", "UnsortedDataError", "check_grouped", "fixed_chunks", "group_queries", "query_batches", "whole_query_batches"]

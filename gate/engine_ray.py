@@ -38,7 +38,7 @@ from fusionguard.streaming import READ_ROWS, whole_query_batches
 from gate.engine import EngineConfig
 from gate.measures import PassPlan
 from gate.policy import Policy
-from gate.streaming import BatchPartial, reduce_batch
+from gate.streaming import BatchPartial, chunk_rows, reduce_batch
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def ray_partials(
     ray = connect(engine.ray_address)
     if scorer.path is None:
         raise InvalidInputError("the Ray engine needs a model file")
-    rows = max(1, policy.scoring.batch_rows // max(len(masks), 1))
+    rows = chunk_rows(policy, masks)
     batches = ray_query_batches(data, scorer.contract, rows)
     # Start the read before the actors take the CPUs: Ray Data lists the files in a task that
     # needs one CPU.

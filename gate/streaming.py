@@ -56,6 +56,7 @@ __all__ = [
     "BatchPartial",
     "StreamedData",
     "assemble",
+    "chunk_rows",
     "default_workers",
     "read_ids",
     "reduce_batch",
@@ -123,6 +124,17 @@ def reduce_batch(
     return part
 
 
+def chunk_rows(policy: Policy, masks: list[Mask]) -> int:
+    """Dataset rows per batch: `Scorer.score_dataset`'s batch_rows // masks, which fixes the
+    permute masks' shuffles. A single unmasked pass (a baseline) draws nothing, so its batches
+    are capped at RUN_ROWS rows: its scores do not depend on the batch wherever the model scores
+    rows independently, which the equality tests check."""
+    rows = max(1, policy.scoring.batch_rows // max(len(masks), 1))
+    if len(masks) == 1 and masks[0].is_unmasked:
+        rows = min(rows, RUN_ROWS)
+    return rows
+
+
 def _ordered(fn: Callable[[Batch], BatchPartial], batches: Iterable[Batch], workers: int) -> Iterator[BatchPartial]:
     """map(fn, batches) with `workers` threads and at most 2 x workers batches in flight, in order."""
     if workers <= 1:
@@ -154,7 +166,7 @@ def _run_partials(
     """The local engine: whole-query batches from the file, reduced on `engine.workers` threads."""
     data = Path(data)
     workers = default_workers() if engine.workers is None else engine.workers
-    rows = max(1, policy.scoring.batch_rows // max(len(masks), 1))
+    rows = chunk_rows(policy, masks)
     means = scorer.reference_means(data) if any(m.strategy == "mean" and m.modalities for m in masks) else None
     batches = query_batches(data, scorer.contract, rows)
     scorers = _worker_scorers(scorer, workers)
