@@ -19,7 +19,7 @@ could use (one session with 2 intra-op threads; two single-thread sessions in tw
 the faster one kept. For 1,000,000 rows it is that floor times 10 (forward passes are linear in
 the rows), stated as scaled.
 
-Run:  nice .venv/bin/python -m benchmarks.streaming [--sizes 100000 1000000] [--models demo-out/models]
+Run:  nice .venv/bin/python -m benchmarks.streaming [--sizes 100000 1000000] [--ray-sizes 100000] [--models demo-out/models]
 Writes benchmarks/results/streaming.json.
 """
 
@@ -187,8 +187,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="rows")
     parser.add_argument("--models", type=Path, default=Path("demo-out/models"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/fusionguard-bench-streaming"))
-    parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument("--ray-sizes", type=int, nargs="*", default=None,
+                        help="sizes to run the Ray engine at (default: all; none: no Ray)")
     args = parser.parse_args()
+    args.ray_sizes = args.sizes if args.ray_sizes is None else args.ray_sizes
     if not (args.models / "baseline.onnx").is_file():
         raise SystemExit(f"{args.models}/baseline.onnx is missing: run `make demo` first")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -199,22 +201,22 @@ def main() -> None:
     data_min = make_eval_set(args.work / f"eval_{rows_min}.parquet", rows_min // CANDIDATES)
     result["floor"] = {"rows": rows_min, **floor_seconds(args.models, data_min, rows_min)}
     print(f"floor ({rows_min} rows, 15 passes, 2 cores): {result['floor']}", flush=True)
-    configs = [("local, 1 worker", ["--workers", "1"]), ("local, 2 workers", ["--workers", "2"])]
-    if not args.no_ray:
-        configs.append(("ray (local cluster), 2 actors", ["--engine", "ray", "--workers", "2"]))
-    for rows in args.sizes:
+    configs = {"local, 1 worker": ["--workers", "1"], "local, 2 workers": ["--workers", "2"],
+               "ray (local cluster), 2 actors": ["--engine", "ray", "--workers", "2"]}
+    plan = [(rows, name) for rows in sorted(args.sizes, reverse=True) for name in configs
+            if (name != "local, 1 worker" or rows == rows_min)  # the worker count is chosen on the small set
+            and (not name.startswith("ray") or rows in args.ray_sizes)]
+    for rows, name in plan:
         data = make_eval_set(args.work / f"eval_{rows}.parquet", rows // CANDIDATES)
-        for name, extra in configs:
-            if rows > rows_min and name == "local, 1 worker":
-                continue  # the worker count is chosen on the smaller set; skip to save time
-            run = run_gate(args.models, data, args.work / f"out_{rows}_{len(result['runs'])}", extra)
-            floor = result["floor"]["floor_2_cores_s"] * rows / rows_min
-            run.update({"rows": rows, "config": name, "floor_2_cores_s": floor, "floor_scaled": rows != rows_min,
-                        "ratio_to_floor": run["wall_s"] / floor, "loadavg": os.getloadavg()})
-            result["runs"].append(run)
-            print(f"{rows:>9} {name:<32} wall {run['wall_s']:7.1f} s  floor {floor:6.1f} s  "
-                  f"x{run['ratio_to_floor']:.2f}  max RSS {run['max_rss_mib']:.0f} MiB  tree {run['tree_peak_rss_mib']:.0f} MiB  "
-                  f"exit {run['exit_code']}  load {run['loadavg'][0]:.1f}", flush=True)
+        run = run_gate(args.models, data, args.work / f"out_{rows}_{len(result['runs'])}", configs[name])
+        floor = result["floor"]["floor_2_cores_s"] * rows / rows_min
+        run.update({"rows": rows, "config": name, "floor_2_cores_s": floor, "floor_scaled": rows != rows_min,
+                    "ratio_to_floor": run["wall_s"] / floor, "loadavg": os.getloadavg()})
+        result["runs"].append(run)
+        print(f"{rows:>9} {name:<32} wall {run['wall_s']:7.1f} s  floor {floor:6.1f} s  "
+              f"x{run['ratio_to_floor']:.2f}  max RSS {run['max_rss_mib']:.0f} MiB  tree {run['tree_peak_rss_mib']:.0f} MiB  "
+              f"exit {run['exit_code']}  load {run['loadavg'][0]:.1f}", flush=True)
+        write_results(RESULTS, result)  # after every run: a long benchmark keeps what it measured
     write_results(RESULTS, result)
 
 

@@ -16,7 +16,7 @@ from fusionguard.errors import InvalidInputError
 
 ENGINES = ("local", "ray")
 
-__all__ = ["ENGINES", "EngineConfig", "engine_options"]
+__all__ = ["ENGINES", "EngineConfig", "engine_options", "require_engine"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,15 @@ class EngineConfig:
             raise InvalidInputError(f"workers must be >= 1, got {self.workers}")
         if self.ray_address is not None and self.engine != "ray":
             raise InvalidInputError("--ray-address needs --engine ray")
+
+
+def require_engine(engine: EngineConfig | None) -> None:
+    """Fail early (exit 2, before anything is scored or written) when Ray is asked for but missing."""
+    if engine is not None and engine.engine == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise InvalidInputError("--engine ray needs Ray: pip install 'fusionguard[ray]'")
 
 
 def engine_options(fn):  # noqa: ANN001, ANN201

@@ -26,7 +26,7 @@ from fusionguard.streaming import UnsortedDataError, check_grouped
 
 from gate.checks import attention_vectors, fmt
 from gate.measures import ModelMeasures, interval, paired_interval
-from gate.engine import EngineConfig
+from gate.engine import EngineConfig, require_engine
 from gate.streaming import read_ids, stream_baseline, stream_measures
 from gate.policy import Policy, load_policy
 
@@ -116,6 +116,7 @@ def evaluate(
         EvaluationError: a model could not be scored (exit 3).
     """
     policy = policy if isinstance(policy, Policy) else load_policy(policy)
+    require_engine(engine)
     if not models:
         raise InvalidInputError("no models given; pass --models A.onnx [B.onnx ...]")
     for path in [*models, *([baseline] if baseline else [])]:

@@ -34,7 +34,7 @@ from fusionguard.streaming import UnsortedDataError, check_grouped
 from gate import checks
 from gate.checks import CheckResult, errored, skipped
 from gate.measures import ModelMeasures
-from gate.engine import EngineConfig
+from gate.engine import EngineConfig, require_engine
 from gate.streaming import StreamedData, read_ids, stream_baseline, stream_measures
 from gate.policy import Policy, load_policy
 
@@ -144,6 +144,7 @@ def run_gate(
         # Fail closed: a report left by an earlier run must never be promotable after this one stops early.
         (Path(out) / "report.json").unlink()
     policy = policy if isinstance(policy, Policy) else load_policy(policy)
+    require_engine(engine)
     candidate, data = Path(candidate), Path(data)
     if baseline is None and policy.baseline.required:
         raise InvalidInputError(

@@ -178,3 +178,19 @@ def test_eval_refuses_an_unsorted_eval_set(toys, tmp_path):
     with pytest.raises(UnsortedDataError) as info:
         evaluate([toys.fusion], unsorted, policy=toys.policy)
     assert info.value.exit_code == 2
+
+
+def test_engine_options_are_checked_before_anything_runs(toys, tmp_path, monkeypatch):
+    import importlib.util
+
+    from fusionguard.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="engine 'spark' is unknown"):
+        EngineConfig("spark")
+    with pytest.raises(InvalidInputError, match="--ray-address needs --engine ray"):
+        EngineConfig(ray_address="auto")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(InvalidInputError, match="needs Ray"):
+        run_gate(toys.fusion, toys.data, tmp_path / "out", baseline=toys.v1, policy=toys.policy, engine=EngineConfig("ray"))
+    assert not (tmp_path / "out").exists()
