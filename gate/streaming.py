@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -170,8 +171,6 @@ def _run_partials(
     means = scorer.reference_means(data) if any(m.strategy == "mean" and m.modalities for m in masks) else None
     batches = query_batches(data, scorer.contract, rows)
     scorers = _worker_scorers(scorer, workers)
-    import threading
-
     local = threading.local()
     free = list(scorers)
     lock = threading.Lock()
@@ -202,12 +201,9 @@ def _run_partials(
 
 @dataclass
 class StreamedData:
-    """The eval set's ids and grouping, read without the feature columns."""
+    """The eval set's query grouping, read without the feature columns."""
 
-    groups: metrics.QueryGroups
-    query_id: np.ndarray  # (N,) file order
-    item_id: np.ndarray
-    label: np.ndarray
+    groups: metrics.QueryGroups  # built from query_id, item_id and label of every row
 
 
 def read_ids(data: str | Path) -> StreamedData:
@@ -218,7 +214,7 @@ def read_ids(data: str | Path) -> StreamedData:
     qid = np.concatenate([p.query_id for p in parts])
     iid = np.concatenate([p.item_id for p in parts])
     lab = np.concatenate([p.label for p in parts])
-    return StreamedData(metrics.QueryGroups.from_arrays(qid, iid, lab), qid, iid, lab)
+    return StreamedData(metrics.QueryGroups.from_arrays(qid, iid, lab))
 
 
 class _HeadSums:
