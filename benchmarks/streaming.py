@@ -182,6 +182,20 @@ def floor_seconds(models: Path, data: Path, rows: int) -> dict:
     return out
 
 
+def driver_rate(models: Path, data: Path) -> dict:
+    """Rows per second the driver cuts into whole-query batches (read, decode, re-cut; no scoring):
+    with the Ray engine every input byte passes through this step on the driver, so it caps the
+    throughput of any number of nodes (the projection in docs/scale.md)."""
+    from fusionguard.contract import load_contract
+    from fusionguard.streaming import query_batches
+
+    contract = load_contract(models / "baseline.onnx")
+    t0 = time.perf_counter()
+    rows = sum(len(b) for b in query_batches(data, contract, 65_536 // (PASSES - 1)))
+    seconds = time.perf_counter() - t0
+    return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="rows")
@@ -201,6 +215,8 @@ def main() -> None:
     data_min = make_eval_set(args.work / f"eval_{rows_min}.parquet", rows_min // CANDIDATES)
     result["floor"] = {"rows": rows_min, **floor_seconds(args.models, data_min, rows_min)}
     print(f"floor ({rows_min} rows, 15 passes, 2 cores): {result['floor']}", flush=True)
+    result["driver_cut"] = driver_rate(args.models, data_min)
+    print(f"driver cuts whole-query batches at {result['driver_cut']['rows_per_s']:.0f} rows/s", flush=True)
     configs = {"local, 1 worker": ["--workers", "1"], "local, 2 workers": ["--workers", "2"],
                "ray (local cluster), 2 actors": ["--engine", "ray", "--workers", "2"]}
     plan = [(rows, name) for rows in sorted(args.sizes, reverse=True) for name in configs
