@@ -201,6 +201,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="rows")
     parser.add_argument("--models", type=Path, default=Path("demo-out/models"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/fusionguard-bench-streaming"))
+    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON file to write")
     parser.add_argument("--ray-sizes", type=int, nargs="*", default=None,
                         help="sizes to run the Ray engine at (default: all; none: no Ray)")
     args = parser.parse_args()
@@ -232,8 +233,8 @@ def main() -> None:
         print(f"{rows:>9} {name:<32} wall {run['wall_s']:7.1f} s  floor {floor:6.1f} s  "
               f"x{run['ratio_to_floor']:.2f}  max RSS {run['max_rss_mib']:.0f} MiB  tree {run['tree_peak_rss_mib']:.0f} MiB  "
               f"exit {run['exit_code']}  load {run['loadavg'][0]:.1f}", flush=True)
-        write_results(RESULTS, result)  # after every run: a long benchmark keeps what it measured
-    write_results(RESULTS, result)
+        write_results(args.results, result)  # after every run: a long benchmark keeps what it measured
+    write_results(args.results, result)
 
 
 if __name__ == "__main__":

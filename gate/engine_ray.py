@@ -1,12 +1,12 @@
-"""The Ray engine: Ray Data reads the eval set, an actor pool of ONNX Runtime scorers reduces it.
+"""The Ray engine: an actor pool of ONNX Runtime scorers reduces the eval set's batches.
 
 `ray_partials` is the Ray counterpart of the local engine's producer (gate/streaming.py):
 
-- Ray Data reads the Parquet dataset (`ray.data.read_parquet`: a file, a directory of files or
-  any URI pyarrow's filesystems understand) with order preserved, only the columns the model reads;
-- the driver cuts the stream into the local engine's whole-query batches (the same fixed chunks
-  re-cut at query ends, `fusionguard.streaming.whole_query_batches`): the ``permute`` masks
-  shuffle within a batch, so equal batches are what makes the numbers equal to the last bit;
+- the driver reads the Parquet dataset (a file, a directory of files or any URI pyarrow's
+  filesystems understand) in file order, only the columns the model reads, and cuts it into the
+  local engine's whole-query batches (`fusionguard.streaming.whole_query_batches`): the
+  ``permute`` masks shuffle within a batch, so equal batches are what makes the numbers equal
+  to the last bit (why not Ray Data: `ray_query_batches`);
 - each batch goes, through the object store, to one of a pool of actors, each holding its own
   ONNX Runtime session (one CPU each, or one GPU each with ``--device cuda``), which scores it
   under every mask and reduces it to per-query values (`gate.streaming.reduce_batch`);
@@ -33,7 +33,7 @@ from fusionguard.contract import ModelContract
 from fusionguard.dataset import ID_COLUMNS, Batch, _resolve_inputs, _to_batch
 from fusionguard.errors import InvalidInputError
 from fusionguard.scorer import Mask, Scorer
-from fusionguard.streaming import READ_ROWS, whole_query_batches
+from fusionguard.streaming import READ_ROWS, query_batches, whole_query_batches
 
 from gate.engine import EngineConfig
 from gate.measures import PassPlan
@@ -78,21 +78,36 @@ class ScorerActor:
 
 
 def ray_query_batches(data: str | Path, contract: ModelContract, rows: int) -> Iterator[Batch]:
-    """The local engine's whole-query batches, read by Ray Data (order preserved)."""
-    ray = _ray()
+    """The local engine's whole-query batches, read on the driver in file order.
+
+    A local file streams through `fusionguard.streaming.query_batches`; a directory of files or a
+    URI pyarrow's filesystems understand (s3://, gs://, hdfs://) through `pyarrow.dataset`, its
+    files in path order and each file's row groups in order.
+
+    Not Ray Data: with Ray 2.60, `ray.data.read_parquet(...).iter_batches()` returned the row
+    groups of a multi-row-group file out of order although `preserve_order` was set (found by
+    benchmarks/streaming.py on 100,000 rows: the permute shuffles and the row-level correlations
+    came out wrong). The batches must be the file's, in order, for the numbers to be the local
+    engine's; `assemble` now also checks the streamed row order against the file and refuses a
+    mismatch.
+    """
+    local = Path(str(data))
+    if local.is_file():
+        return query_batches(local, contract, rows)
+    import pyarrow.dataset as ds
+
     wanted = _resolve_inputs(contract, None)
     columns = [*ID_COLUMNS, *(w[0] for w in wanted)]
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True
-    context.enable_progress_bars = False
-    # num_cpus=0: the read tasks reserve no CPU, so they are never starved by the scorer actors,
-    # which reserve one CPU each (Ray Data would otherwise wait for a free CPU forever).
-    dataset = ray.data.read_parquet(str(data), num_cpus=0).select_columns(columns)
+    try:
+        dataset = ds.dataset(str(data), format="parquet")
+    except (OSError, ValueError) as err:
+        raise InvalidInputError(f"cannot read the Parquet dataset {data} ({err}); pass a file, a directory or a URI") from None
+    fragments = sorted(dataset.get_fragments(), key=lambda f: f.path)
 
     def batches() -> Iterator[Batch]:
-        for table in dataset.iter_batches(batch_size=READ_ROWS, batch_format="pyarrow", prefetch_batches=2):
-            for record_batch in table.select(columns).to_batches():
-                yield _to_batch(record_batch, wanted, Path(str(data)))
+        for fragment in fragments:
+            for record_batch in fragment.to_batches(columns=columns, batch_size=READ_ROWS):
+                yield _to_batch(record_batch, wanted, Path(fragment.path))
 
     return whole_query_batches(batches(), rows, data)
 
@@ -115,9 +130,7 @@ def ray_partials(
         raise InvalidInputError("the Ray engine needs a model file")
     rows = chunk_rows(policy, masks)
     batches = ray_query_batches(data, scorer.contract, rows)
-    # Start the read before the actors take the CPUs: Ray Data lists the files in a task that
-    # needs one CPU.
-    first = next(batches, None)
+    first = next(batches, None)  # fail on unreadable data before starting actors
     device = scorer.device
     cuda = device == "cuda"
     size = _pool_size(ray, engine, device)

@@ -35,7 +35,7 @@ import numpy as np
 
 from fusionguard import metrics
 from fusionguard.dataset import Batch, iter_batches
-from fusionguard.errors import InvalidInputError
+from fusionguard.errors import EvaluationError, InvalidInputError
 from fusionguard.profile import feature_summaries
 from fusionguard.scorer import Mask, Scorer
 from fusionguard.streaming import query_batches
@@ -236,6 +236,19 @@ class _HeadSums:
         return self.total / self.n  # type: ignore[operator]
 
 
+def _check_row_order(groups: metrics.QueryGroups, qids: list[np.ndarray], iids: list[np.ndarray]) -> None:
+    """Fail closed unless the partials' rows are the file's rows in the file's order (every
+    per-row array is aligned by position with the other model's and with the grouping)."""
+    order = groups.order
+    query = np.empty(order.shape[0], dtype=groups.query_ids.dtype)
+    query[order] = groups.query_ids[groups.query_index_sorted]
+    item = np.empty(order.shape[0], dtype=groups.item_id_sorted.dtype)
+    item[order] = groups.item_id_sorted
+    if not (np.array_equal(np.concatenate(qids), query) and np.array_equal(np.concatenate(iids), item)):
+        raise EvaluationError("the scored rows came back in another order than the file's; the per-row "
+                              "measures would be misaligned, so nothing is reported")
+
+
 def assemble(
     parts: Iterable[BatchPartial], data: StreamedData, plan: PassPlan, masks: list[Mask], n_passes: int, provider: str
 ) -> tuple[ModelMeasures, dict[str, np.ndarray]]:
@@ -244,6 +257,8 @@ def assemble(
     rows: dict[str, list[np.ndarray]] = {"score": [], "phi_t": [], "phi_v": [], "share": [], "mass_row": []}
     feats: dict[str, list[np.ndarray]] = {}
     mass_heads, entropy_heads = _HeadSums(), _HeadSums()
+    row_qids: list[np.ndarray] = []
+    row_iids: list[np.ndarray] = []
     n = 0
     for p in parts:
         qids.append(p.query_id)
@@ -260,9 +275,12 @@ def assemble(
         for name, v in p.features.items():
             feats.setdefault(name, []).append(v)
         n += p.label.shape[0]
+        row_qids.append(p.row_query_id)
+        row_iids.append(p.item_id)
     groups = data.groups
     if n != groups.n_rows:
         raise InvalidInputError(f"streaming read {n} rows but the dataset has {groups.n_rows}; was the file modified?")
+    _check_row_order(groups, row_qids, row_iids)
     # Per-query values come in batch order; the global QueryGroups orders queries by id.
     q = np.concatenate(qids)
     order = np.argsort(q, kind="stable")
@@ -335,8 +353,9 @@ def stream_baseline(
 ) -> np.ndarray:
     """`score_baseline`, streamed: (N,) unmasked scores in file order (float32)."""
     source, engine = _source(engine)
-    parts = source(scorer, data, [Mask()], None, policy, engine, False, False)
+    parts = list(source(scorer, data, [Mask()], None, policy, engine, False, False))  # (n,) scalars per batch
     scores = np.concatenate([p.score for p in parts])
     if scores.shape[0] != streamed.groups.n_rows:
         raise InvalidInputError(f"streaming read {scores.shape[0]} rows but the dataset has {streamed.groups.n_rows}")
+    _check_row_order(streamed.groups, [p.row_query_id for p in parts], [p.item_id for p in parts])
     return scores
