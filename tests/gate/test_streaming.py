@@ -194,3 +194,17 @@ def test_engine_options_are_checked_before_anything_runs(toys, tmp_path, monkeyp
     with pytest.raises(InvalidInputError, match="needs Ray"):
         run_gate(toys.fusion, toys.data, tmp_path / "out", baseline=toys.v1, policy=toys.policy, engine=EngineConfig("ray"))
     assert not (tmp_path / "out").exists()
+
+
+def test_rows_out_of_file_order_are_refused(toys, ragged, tmp_path):
+    """The order guard: partials that cover every query but not in the file's row order fail closed."""
+    from fusionguard.errors import EvaluationError
+
+    from gate.streaming import _check_row_order
+
+    streamed = read_ids(ragged)
+    batch = load_dataset(ragged, inputs=[])
+    _check_row_order(streamed.groups, [batch.query_id[:50], batch.query_id[50:]], [batch.item_id[:50], batch.item_id[50:]])
+    swapped = np.r_[50:len(batch), 0:50]
+    with pytest.raises(EvaluationError, match="another order"):
+        _check_row_order(streamed.groups, [batch.query_id[swapped]], [batch.item_id[swapped]])
