@@ -1,9 +1,10 @@
 """Which engine scores the eval set: the local streaming engine or Ray.
 
 `local` (default) streams whole-query batches from a Parquet file and scores them on `workers`
-ONNX Runtime sessions in this process (gate/streaming.py). `ray` reads the data with Ray Data and
-scores it in an actor pool of ONNX Runtime scorers on a Ray cluster (gate/engine_ray.py); the
-driver reduces the same partials with the same code, so per-query values and verdicts are equal.
+ONNX Runtime sessions in this process (gate/streaming.py). `ray` cuts the same batches on the
+driver and scores them in an actor pool of ONNX Runtime scorers on a Ray cluster
+(gate/engine_ray.py); the driver assembles the same partials with the same code, so per-query
+values and verdicts are equal.
 """
 
 from __future__ import annotations
@@ -50,5 +51,5 @@ def engine_options(fn):  # noqa: ANN001, ANN201
     fn = click.option("--workers", type=int, default=None,
                       help="Batches scored in parallel (local: ONNX Runtime sessions, default one per CPU; ray: actors).")(fn)
     fn = click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
-                      help="local: stream the Parquet file on this machine; ray: Ray Data + an actor pool of scorers.")(fn)
+                      help="local: stream the Parquet file on this machine; ray: an actor pool of scorers on a Ray cluster.")(fn)
     return fn
