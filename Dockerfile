@@ -37,8 +37,11 @@ COPY fusionguard/ fusionguard/
 COPY gate/ gate/
 COPY monitor/ monitor/
 RUN /opt/fusionguard/bin/pip install -c constraints.txt ".[serve,gpu]"
-# Fail the build if a dependency dragged torch or the gate's data stack in.
-RUN /opt/fusionguard/bin/python -c "import importlib.util, sys; heavy = [m for m in ('torch', 'pandas', 'pyarrow', 'scipy', 'great_expectations', 'matplotlib') if importlib.util.find_spec(m)]; sys.exit(f'{heavy} must not be in this image' if heavy else 0)"
+# WITH_RAY=1 builds the gate-on-Ray image instead (deploy/ray/rayjob-gate.yaml): gate and ray extras on top.
+ARG WITH_RAY=0
+RUN if [ "$WITH_RAY" = 1 ]; then /opt/fusionguard/bin/pip install -c constraints.txt ".[serve,gpu,gate,ray]"; fi
+# Fail the build if a dependency dragged torch in, or (serving image) the gate's data stack.
+RUN WITH_RAY=$WITH_RAY /opt/fusionguard/bin/python -c "import importlib.util, os, sys; gate = () if os.environ['WITH_RAY'] == '1' else ('pandas', 'pyarrow', 'scipy', 'great_expectations', 'matplotlib'); heavy = [m for m in ('torch', *gate) if importlib.util.find_spec(m)]; sys.exit(f'{heavy} must not be in this image' if heavy else 0)"
 
 # ---- runtime: the CUDA runtime, Python and the virtual environment, nothing else -------------
 FROM ${CUDA_IMAGE} AS runtime

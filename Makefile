@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # ONNX Runtime flavour: cpu (default) or gpu. Never both in one environment.
 ORT    ?= cpu
-EXTRAS ?= $(ORT),serve,gate,train,tracking,dev
+EXTRAS ?= $(ORT),serve,gate,train,tracking,dev,ray
 
 .PHONY: all venv install tools demo test test-all bench lock clean
 

@@ -31,6 +31,7 @@ from fusionguard.contract import ModelContract, load_contract, validate_contract
 from fusionguard.dataset import Batch, iter_batches, open_parquet
 from fusionguard.errors import EvaluationError, InvalidInputError, ProblemsError
 from fusionguard.iobinding import CudaIOBinding
+from fusionguard.streaming import fixed_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -355,14 +356,21 @@ class Scorer:
         *,
         groups: np.ndarray | None = None,
         means: Mapping[str, np.ndarray] | None = None,
+        max_rows: int | None = None,
     ) -> list[Outputs]:
-        """Score `feeds` once per mask with a single session.run.
+        """Score `feeds` once per mask with a single session.run (several with `max_rows`).
 
         Args:
             feeds: input name -> (N, *spec.shape) array in the contract's dtype.
             masks: the passes to run; outputs come back in the same order.
             groups: (N,) query ids; "permute" then shuffles only within a query.
             means: input name -> per-row mean tensor, needed by "mean" masks (`reference_means`).
+            max_rows: the most rows one session.run sees (None: no limit). The masked copies are
+                then built and scored a few masks at a time, which bounds the memory of the
+                stacked inputs and of ONNX Runtime's activations; each mask's copy is the same
+                as in one call, so the outputs equal the single call's wherever the model scores
+                each row independently of the others in its batch (streaming relies on this;
+                tests/gate/test_streaming.py checks it).
         Returns:
             one Outputs per mask, score (N,) float32, attention (N, H, K) or None.
         Raises:
@@ -373,7 +381,7 @@ class Scorer:
         n = check_feeds(self.contract, feeds)
         masks = list(masks)
         self._check_masks(masks, n, groups, means)
-        return self._run_checked(feeds, masks, n, groups, means)
+        return self._run_checked(feeds, masks, n, groups, means, max_rows)
 
     def run_valid(self, feeds: Mapping[str, np.ndarray], masks: Sequence[Mask] = (Mask(),)) -> list[Outputs]:
         """`run` for feeds the caller has already validated with `feed_problems` (the monitor does,
@@ -431,12 +439,35 @@ class Scorer:
         n: int,
         groups: np.ndarray | None,
         means: Mapping[str, np.ndarray] | None,
+        max_rows: int | None = None,
+    ) -> list[Outputs]:
+        if max_rows is not None and max_rows < 1:
+            raise InvalidInputError(f"max_rows must be >= 1, got {max_rows}")
+        if max_rows is None or n * len(masks) <= max_rows:
+            return self._run_masks(feeds, masks, n, groups, means, None)
+        per_call = max(1, max_rows // max(n, 1))  # masks per group
+        outputs: list[Outputs] = []
+        for i in range(0, len(masks), per_call):
+            outputs += self._run_masks(feeds, masks[i:i + per_call], n, groups, means, max_rows)
+        return outputs
+
+    def _run_masks(
+        self, feeds: Mapping[str, np.ndarray], masks: list[Mask], n: int, groups: np.ndarray | None,
+        means: Mapping[str, np.ndarray] | None, max_rows: int | None,
     ) -> list[Outputs]:
         if len(masks) == 1 and masks[0].is_unmasked:
             stacked: Mapping[str, np.ndarray] = feeds
         else:
             stacked = self._stack(feeds, masks, n, groups, means)
-        score, attention = self._session_run(stacked, n * len(masks), f"{n} rows x {len(masks)} masks")
+        rows = n * len(masks)
+        what = f"{n} rows x {len(masks)} masks"
+        if max_rows is None or rows <= max_rows:
+            score, attention = self._session_run(stacked, rows, what)
+        else:
+            parts = [self._session_raw({k: v[i:i + max_rows] for k, v in stacked.items()}, what)
+                     for i in range(0, rows, max_rows)]
+            raw = [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+            score, attention = self._check_outputs(raw, rows)
         return [
             Outputs(
                 score=score[i * n:(i + 1) * n],
@@ -448,14 +479,16 @@ class Scorer:
     def _session_run(
         self, feeds: Mapping[str, np.ndarray], rows: int, what: str
     ) -> tuple[np.ndarray, np.ndarray | None]:
+        return self._check_outputs(self._session_raw(feeds, what), rows)
+
+    def _session_raw(self, feeds: Mapping[str, np.ndarray], what: str) -> list[np.ndarray]:
+        """One session.run (through the CUDA I/O binding when there is one), outputs unchecked."""
         try:
             if self._binding is not None:
-                raw = self._binding.run(feeds)
-            else:
-                raw = self._session.run(self._outputs, dict(feeds))
+                return self._binding.run(feeds)
+            return self._session.run(self._outputs, dict(feeds))
         except _ORT_ERRORS as err:
             raise EvaluationError(f"ONNX Runtime failed to score {what}: {err}") from None
-        return self._check_outputs(raw, rows)
 
     def _check_masks(
         self, masks: list[Mask], n: int, groups: np.ndarray | None, means: Mapping[str, np.ndarray] | None
@@ -641,9 +674,9 @@ class Scorer:
             for start in range(0, n, batch_rows):
                 yield _slice(data, start, min(start + batch_rows, n))
         elif isinstance(data, (str, Path)):
-            for batch in iter_batches(data, self.contract, batch_rows=batch_rows):
-                if len(batch):
-                    yield batch
+            # Exact chunks across row-group ends: the same batches as for the loaded dataset, so
+            # "permute" shuffles and "mean" sums do not depend on how the file was written.
+            yield from fixed_chunks((b for b in iter_batches(data, self.contract, batch_rows=batch_rows) if len(b)), batch_rows)
         else:
             raise InvalidInputError(
                 f"cannot score a {type(data).__name__}; pass a Parquet dataset path or a fusionguard.dataset.Batch"

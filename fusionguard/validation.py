@@ -38,7 +38,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from fusionguard.contract import ModelContract
-from fusionguard.dataset import DEFAULT_BATCH_ROWS, ID_COLUMNS, open_parquet, read_batches
+from fusionguard.dataset import ID_COLUMNS, open_parquet, read_batches
 from fusionguard.errors import DataValidationError, InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,10 @@ logger = logging.getLogger(__name__)
 NONFINITE_SUFFIX = "__nonfinite"  # derived column: NaN/inf/null values per row of a list input
 INTEGRAL_LABEL = "label__integral"  # derived column: the float label is a finite integer
 _PROGRESS_ROWS = 200_000  # files at least this long get a progress bar on a terminal
+# Rows per streamed read. The reader decodes every input column of a batch at once (2.2 KB a row
+# for the demo's data), so this bounds the scan's memory: peak RSS of `fusionguard data validate`
+# on 100,000 demo rows 924 MiB with 65,536-row reads, 477 MiB with 8,192 (and faster).
+SCAN_ROWS = 8192
 
 __all__ = ["ValidationReport", "ensure_valid", "validate_dataset"]
 
@@ -149,7 +153,7 @@ def validate_dataset(
     contracts: Sequence[ModelContract] = (),
     *,
     max_label: int | None = None,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
+    batch_rows: int = SCAN_ROWS,
 ) -> ValidationReport:
     """Check a dataset against the schema and, if given, the models' contracts.
 
@@ -319,7 +323,7 @@ def ensure_valid(
     contracts: Sequence[ModelContract] = (),
     *,
     max_label: int | None = None,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
+    batch_rows: int = SCAN_ROWS,
 ) -> ValidationReport:
     """`validate_dataset`, raising DataValidationError (exit 2) that lists every problem."""
     report = validate_dataset(path, contracts, max_label=max_label, batch_rows=batch_rows)

@@ -121,6 +121,8 @@ def _ci(cis: Intervals | None, name: str, values: np.ndarray, policy: Policy) ->
 
 def attention_vectors(m: ModelMeasures, groups: metrics.QueryGroups) -> dict[str, np.ndarray]:
     """(Q,) per-query visual attention mass and entropy (head means); empty without attention."""
+    if m.attention is not None:  # reduced while streaming
+        return {"visual_mass": m.attention.mass_per_query, "entropy": m.attention.entropy_per_query}
     if m.attention_mass is None or m.attention_entropy is None:
         return {}
     return {
@@ -258,7 +260,7 @@ def attention_check(
     m: ModelMeasures, groups: metrics.QueryGroups, policy: Policy, has_output: bool, cis: Intervals | None = None
 ) -> CheckResult:
     """Visual attention mass and normalised entropy per head; thresholds optional."""
-    if m.attention_mass is None or m.attention_entropy is None:
+    if m.attention is None and (m.attention_mass is None or m.attention_entropy is None):
         reason = "the model exports no attention output" if not has_output else "the contract gives no visual key range"
         return skipped("attention", reason)
     ap = policy.attention
@@ -267,8 +269,12 @@ def attention_check(
     else:
         vectors = attention_vectors(m, groups)
         mass, entropy = interval(vectors["visual_mass"], policy), interval(vectors["entropy"], policy)
-    mass_heads = head_means(m.attention_mass) or []
-    entropy_heads = head_means(m.attention_entropy) or []
+    if m.attention is not None:
+        mass_heads = [float(v) for v in m.attention.mass_per_head]
+        entropy_heads = [float(v) for v in m.attention.entropy_per_head]
+    else:
+        mass_heads = head_means(m.attention_mass) or []
+        entropy_heads = head_means(m.attention_entropy) or []
     numbers = {
         "visual_mass": mass,
         "entropy": entropy,

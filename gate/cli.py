@@ -16,6 +16,8 @@ from fusionguard.cli import LazyGroup, envvar, progress_option
 from fusionguard.errors import FusionGuardError, InvalidInputError
 from fusionguard.registry import Registry
 
+from gate.engine import EngineConfig, engine_options
+
 logger = logging.getLogger(__name__)
 
 _EXISTING = click.Path(path_type=Path)  # a path the command reads or creates
@@ -41,7 +43,9 @@ _FILE = click.Path(path_type=Path, exists=True, dir_okay=False)  # an input file
     "--summary-file", type=_EXISTING, default=None, envvar="GITHUB_STEP_SUMMARY", show_envvar=True,
     help="With --summary github: the Markdown file to append the report to.",
 )
-def gate(candidate, baseline, data, policy, candidate_contract, baseline_contract, out, progress, summary, summary_file) -> None:  # noqa: ANN001
+@engine_options
+def gate(candidate, baseline, data, policy, candidate_contract, baseline_contract, out, progress, summary, summary_file,  # noqa: ANN001
+         engine, workers, ray_address) -> None:
     """Release gate: block collapsed or V1-in-disguise candidates before promotion.
 
     Checks, in order: data, contract, visual ablation, integrity vs the baseline, quality
@@ -60,6 +64,7 @@ def gate(candidate, baseline, data, policy, candidate_contract, baseline_contrac
         result = run_gate(
             candidate, data, out, baseline=baseline, policy=policy,
             candidate_contract=candidate_contract, baseline_contract=baseline_contract, progress=progress,
+            engine=EngineConfig(engine, workers, ray_address),
         )
     except FusionGuardError as err:  # stopped before any report: still tell the pull request why
         if summary == "github":
@@ -188,14 +193,16 @@ def rollback(registry_dir, version) -> None:  # noqa: ANN001
 @click.option("--policy", type=_FILE, default=None, help="Policy TOML (k, masking, resamples, seed).")
 @click.option("--out", required=True, type=_EXISTING, help="Output directory (table.csv/.md/.tex, per_query.csv).")
 @progress_option
-def eval_command(models, more_models, baseline, data, policy, out, progress) -> None:  # noqa: ANN001
+@engine_options
+def eval_command(models, more_models, baseline, data, policy, out, progress, engine, workers, ray_address) -> None:  # noqa: ANN001
     """Offline evaluation table of several models, with CIs, Holm-corrected p-values and effect sizes.
 
     Example: fusionguard eval --models v2.onnx v2-mitigated.onnx --baseline v1.onnx --data eval.parquet --out table/
     """
     from gate.evaluation import evaluate, markdown_table, write_eval
 
-    result = evaluate([*models, *more_models], data, baseline=baseline, policy=policy, progress=progress)
+    result = evaluate([*models, *more_models], data, baseline=baseline, policy=policy, progress=progress,
+                      engine=EngineConfig(engine, workers, ray_address))
     paths = write_eval(result, out)
     click.echo(markdown_table(result))
     click.echo("wrote " + ", ".join(str(p) for p in paths))

@@ -1,6 +1,7 @@
 """Offline evaluation: one table of every model's measures with CIs, for the paper.
 
-`evaluate` scores each model once (every pass in one batched `Scorer` call, as the gate does)
+`evaluate` scores each model once (every pass in one batched `Scorer` call, streamed in whole-query
+batches with bounded memory, as the gate does)
 and returns an `EvalResult`: one `EvalRow` per model and a per-query frame that every number in
 the table traces to. p-values compare each model with the first (paired sign-flip test on
 per-query NDCG@k) and are Holm-corrected across models; effect sizes are paired (mean Δ / sd Δ).
@@ -18,19 +19,15 @@ import numpy as np
 import pandas as pd
 
 from fusionguard import metrics, stats
-from fusionguard.dataset import dataset_sha256, ensure_valid, load_dataset
+from fusionguard.dataset import dataset_sha256, ensure_valid
 from fusionguard.errors import InvalidInputError
 from fusionguard.scorer import Scorer
+from fusionguard.streaming import UnsortedDataError, check_grouped
 
-from gate.checks import fmt
-from gate.measures import (
-    ModelMeasures,
-    interval,
-    measure_model,
-    paired_interval,
-    per_query_mean,
-    score_baseline,
-)
+from gate.checks import attention_vectors, fmt
+from gate.measures import ModelMeasures, interval, paired_interval
+from gate.engine import EngineConfig, require_engine
+from gate.streaming import read_ids, stream_baseline, stream_measures
 from gate.policy import Policy, load_policy
 
 logger = logging.getLogger(__name__)
@@ -103,6 +100,7 @@ def evaluate(
     baseline: str | Path | None = None,
     policy: Policy | str | Path | None = None,
     progress: bool = False,
+    engine: EngineConfig | None = None,
 ) -> EvalResult:
     """Measure every model on the eval set.
 
@@ -111,11 +109,14 @@ def evaluate(
         data: the eval set (Parquet).
         baseline: optional text-only V1 for the Spearman column.
         policy: gate policy (k, masking, resamples, seed) as a Policy, TOML path or None.
+        engine: local (default) or Ray (gate/engine.py). The eval set is streamed in whole-query
+            batches (gate/streaming.py) and must have each query's rows contiguous.
     Raises:
         InvalidInputError / ContractError / DataValidationError: bad inputs (exit 2).
         EvaluationError: a model could not be scored (exit 3).
     """
     policy = policy if isinstance(policy, Policy) else load_policy(policy)
+    require_engine(engine)
     if not models:
         raise InvalidInputError("no models given; pass --models A.onnx [B.onnx ...]")
     for path in [*models, *([baseline] if baseline else [])]:
@@ -129,22 +130,21 @@ def evaluate(
             raise InvalidInputError(f"model {s.path} declares no {missing} inputs; eval measures fusion models only")
     base = Scorer(baseline, device=dev, threads=threads) if baseline else None
     ensure_valid(data, [s.contract for s in scorers] + ([base.contract] if base else []), max_label=policy.label_limit)
-    batch = load_dataset(data, scorers[0].contract)
-    for other in [*scorers[1:], *([base] if base else [])]:  # inputs the first model does not read
-        missing = [n for n in other.contract.input_names if n not in batch.feeds]
-        if missing:
-            batch.feeds.update(load_dataset(data, other.contract, inputs=missing).feeds)
-    groups = metrics.QueryGroups.from_arrays(batch.query_id, batch.item_id, batch.label)
+    grouping = check_grouped(data)
+    if not grouping.grouped:
+        raise UnsortedDataError(data, grouping.first_split, grouping.n_split)
+    streamed = read_ids(data)
+    groups = streamed.groups
     evaluable = groups.n_queries - groups.n_excluded
     if evaluable < policy.data.min_queries:
         raise InvalidInputError(
             f"the eval set {data} has {evaluable} evaluable queries; data.min_queries is {policy.data.min_queries}"
         )
-    base_scores = score_baseline(base, batch, policy) if base is not None else None
+    base_scores = stream_baseline(base, data, streamed, policy, engine=engine) if base is not None else None
     measured: list[ModelMeasures] = []
     for s in scorers:
         logger.info("scoring %s", s.path)
-        measured.append(measure_model(s, batch, groups, policy, progress=progress))
+        measured.append(stream_measures(s, data, streamed, policy, engine=engine, progress=progress)[0])
     rows = _rows(scorers, measured, groups, base_scores, policy)
     per_query = _per_query(scorers, measured, groups, base_scores)
     return EvalResult(
@@ -163,9 +163,10 @@ def _rows(scorers, measured, groups, base_scores, policy) -> list[EvalRow]:  # n
         if base_scores is not None:
             spearman = interval(metrics.spearman_per_query(groups, m.scores, base_scores), policy)
         mass = entropy = None
-        if m.attention_mass is not None and m.attention_entropy is not None:
-            mass = interval(per_query_mean(groups, m.attention_mass.mean(axis=1)), policy)
-            entropy = interval(per_query_mean(groups, m.attention_entropy.mean(axis=1)), policy)
+        attention = attention_vectors(m, groups)
+        if attention:
+            mass = interval(attention["visual_mass"], policy)
+            entropy = interval(attention["entropy"], policy)
         rows.append(
             EvalRow(
                 name=Path(str(s.path)).stem,
@@ -202,9 +203,10 @@ def _per_query(scorers, measured, groups, base_scores) -> pd.DataFrame:  # noqa:
             "text_drop": m.text_drop,
             "visual_share": m.visual_share_per_query,
         }
-        if m.attention_mass is not None and m.attention_entropy is not None:
-            frame["attention_mass"] = per_query_mean(groups, m.attention_mass.mean(axis=1))
-            frame["attention_entropy"] = per_query_mean(groups, m.attention_entropy.mean(axis=1))
+        attention = attention_vectors(m, groups)
+        if attention:
+            frame["attention_mass"] = attention["visual_mass"]
+            frame["attention_entropy"] = attention["entropy"]
         if base_scores is not None:
             frame["spearman_vs_baseline"] = metrics.spearman_per_query(groups, m.scores, base_scores)
         frames.append(pd.DataFrame(frame))

@@ -55,6 +55,17 @@ def plan_passes(policy: Policy) -> PassPlan:
 
 
 @dataclass
+class AttentionSummary:
+    """Attention reduced while streaming (gate/streaming.py), in place of the (N, H) arrays."""
+
+    mass_per_query: np.ndarray  # (Q,) mean over a query's rows of the head-mean visual mass
+    entropy_per_query: np.ndarray  # (Q,) same for the normalised entropy
+    mass_per_head: np.ndarray  # (H,) mean over rows
+    entropy_per_head: np.ndarray  # (H,)
+    mass_per_row: np.ndarray  # (N,) head-mean visual mass per row (the profile's distribution)
+
+
+@dataclass
 class ModelMeasures:
     """A fusion model's per-query and per-row measures on the eval set (rows in dataset order)."""
 
@@ -72,6 +83,7 @@ class ModelMeasures:
     attention_entropy: np.ndarray | None  # (N, H) normalised entropy
     n_passes: int  # masks scored per row
     provider: str
+    attention: AttentionSummary | None = None  # set by streaming, which keeps no (N, H) arrays
 
 
 def per_query_mean(groups: metrics.QueryGroups, values: np.ndarray) -> np.ndarray:

@@ -280,8 +280,8 @@ def _write_all(result: GateResult, out: Path) -> None:
             profile = build_profile(
                 result.candidate.sha256,
                 m.visual_share,
-                feature_summaries(result.feeds or {}),
-                attention_mass=m.attention_mass,
+                result.features if result.features is not None else feature_summaries(result.feeds or {}),
+                attention_mass=m.attention.mass_per_row if m.attention is not None else m.attention_mass,
                 requests=_query_of_row(result.groups),
                 shapley_strategy=result.policy.shapley.strategy,
                 seed=result.policy.seed,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fusionguard import metrics
-from fusionguard.dataset import Batch, dataset_sha256, load_dataset, validate_dataset
+from fusionguard.dataset import dataset_sha256, validate_dataset
 from fusionguard.errors import (
     EXIT_BLOCKED,
     EXIT_INVALID,
@@ -29,10 +29,13 @@ from fusionguard.errors import (
 )
 from fusionguard.registry import MODEL_FILE, file_sha256, model_manifest
 from fusionguard.scorer import Scorer
+from fusionguard.streaming import UnsortedDataError, check_grouped
 
 from gate import checks
 from gate.checks import CheckResult, errored, skipped
-from gate.measures import ModelMeasures, measure_model, score_baseline
+from gate.measures import ModelMeasures
+from gate.engine import EngineConfig, require_engine
+from gate.streaming import StreamedData, read_ids, stream_baseline, stream_measures
 from gate.policy import Policy, load_policy
 
 logger = logging.getLogger(__name__)
@@ -75,6 +78,7 @@ class GateResult:
     baseline_ndcg: np.ndarray | None = None
     groups: metrics.QueryGroups | None = None
     feeds: dict[str, np.ndarray] | None = None
+    features: dict[str, np.ndarray] | None = None  # input -> (N,) per-row L2 norms, for the profile
 
     @property
     def message(self) -> str:
@@ -125,6 +129,7 @@ def run_gate(
     candidate_contract: str | Path | None = None,
     baseline_contract: str | Path | None = None,
     progress: bool = False,
+    engine: EngineConfig | None = None,
 ) -> GateResult:
     """Run every check on `candidate` and write the reports to `out` (skipped when None).
 
@@ -136,6 +141,9 @@ def run_gate(
         policy: a Policy, a TOML path, or None for the defaults.
         candidate_contract, baseline_contract: sidecar contracts for models without an embedded one.
         progress: show progress bars while scoring.
+        engine: local (default; batches scored on one ONNX Runtime session per CPU) or Ray
+            (gate/engine.py). Either way the eval set is streamed in whole-query batches
+            (gate/streaming.py), so memory does not grow with its feature columns.
     Returns:
         GateResult; `exit_code` follows DESIGN.md (0 passed, 1 blocked, 2 invalid input, 3 not evaluable).
     Raises:
@@ -149,6 +157,7 @@ def run_gate(
 
         clear_artefacts(Path(out))
     policy = policy if isinstance(policy, Policy) else load_policy(policy)
+    require_engine(engine)
     candidate, data = Path(candidate), Path(data)
     if baseline is None and policy.baseline.required:
         raise InvalidInputError(
@@ -184,24 +193,23 @@ def run_gate(
     results["contract"] = _contract_check(cand_scorer, base_scorer, load_problems)
     timings["check.data"], timings["check.contract"] = timings["validate_data"], timings["load_models"]
 
-    batch = groups = None
+    streamed = None
     if results["data"].outcome == checks.PASSED and results["contract"].outcome == checks.PASSED:
         t0 = time.perf_counter()
         try:
-            batch, groups = _load(data, cand_scorer, base_scorer, policy, data_info)  # type: ignore[arg-type]
+            streamed = _load(data, policy, data_info)
         except FusionGuardError as err:
             results["data"] = errored("data", str(err), err.exit_code)
         timings["load_data"] = time.perf_counter() - t0
         timings["check.data"] += timings["load_data"]
 
-    if batch is None or groups is None:
+    if streamed is None:
         blocker = "data" if results["data"].outcome != checks.PASSED else "contract"
         for name in checks.CHECK_NAMES[2:]:
             results[name] = skipped(name, f"not run: the {blocker} check did not pass")
     else:
-        result.groups = groups
-        result.feeds = batch.feeds
-        _run_measured_checks(results, cand_scorer, base_scorer, batch, groups, policy, result, progress)  # type: ignore[arg-type]
+        result.groups = streamed.groups
+        _run_measured_checks(results, cand_scorer, base_scorer, data, streamed, policy, result, progress, engine)  # type: ignore[arg-type]
 
     result.checks = [results[name] for name in checks.CHECK_NAMES]
     result.exit_code = _exit_code(result.checks)
@@ -264,14 +272,12 @@ def _contract_check(cand: Scorer | None, base: Scorer | None, load_problems: lis
     return CheckResult("contract", checks.PASSED, "both models load with consistent contracts; the candidate declares text and visual inputs", numbers)
 
 
-def _load(data: Path, cand: Scorer, base: Scorer | None, policy: Policy, info: dict[str, Any]) -> tuple[Batch, metrics.QueryGroups]:
-    batch = load_dataset(data, cand.contract)
-    if base is not None:
-        missing = [s.name for s in base.contract.inputs if s.name not in batch.feeds]
-        if missing:
-            extra = load_dataset(data, base.contract, inputs=missing)
-            batch.feeds.update({name: extra.feeds[name] for name in missing})
-    groups = metrics.QueryGroups.from_arrays(batch.query_id, batch.item_id, batch.label)
+def _load(data: Path, policy: Policy, info: dict[str, Any]) -> StreamedData:
+    grouping = check_grouped(data)
+    if not grouping.grouped:
+        raise UnsortedDataError(data, grouping.first_split, grouping.n_split)
+    streamed = read_ids(data)
+    groups = streamed.groups
     evaluable = groups.n_queries - groups.n_excluded
     info.update({"n_excluded_queries": groups.n_excluded, "n_evaluable_queries": evaluable})
     if evaluable < policy.data.min_queries:
@@ -280,23 +286,25 @@ def _load(data: Path, cand: Scorer, base: Scorer | None, policy: Policy, info: d
             f"the policy needs at least data.min_queries = {policy.data.min_queries} for confidence intervals to mean "
             "anything: use a larger eval set"
         )
-    return batch, groups
+    return streamed
 
 
 def _run_measured_checks(
     results: dict[str, CheckResult],
     cand: Scorer,
     base: Scorer | None,
-    batch: Batch,
-    groups: metrics.QueryGroups,
+    data: Path,
+    streamed: StreamedData,
     policy: Policy,
     result: GateResult,
     progress: bool,
+    engine: EngineConfig | None,
 ) -> None:
+    groups = streamed.groups
     t0 = time.perf_counter()
     try:
-        m = measure_model(cand, batch, groups, policy, progress=progress)
-        base_scores = score_baseline(base, batch, policy) if base is not None else None
+        m, result.features = stream_measures(cand, data, streamed, policy, engine=engine, features=True, progress=progress)
+        base_scores = stream_baseline(base, data, streamed, policy, engine=engine) if base is not None else None
     except FusionGuardError as err:
         for name in checks.CHECK_NAMES[2:]:
             # Inputs were validated above, so a failure here is the model's: not evaluable (3).

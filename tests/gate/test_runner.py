@@ -252,7 +252,7 @@ def test_invalid_data_is_never_scored_and_the_data_check_decides(toys, tmp_path,
     def crash(*args, **kwargs):
         raise RuntimeError("scoring crashed on unvalidated data")
 
-    monkeypatch.setattr(runner, "measure_model", crash)
+    monkeypatch.setattr(runner, "stream_measures", crash)
     result = run_gate(toys.fusion, _nan_data(tmp_path), tmp_path / "out", baseline=toys.v1, policy=toys.policy)
     assert result.exit_code == 2 and result.outcome == "invalid"
     assert _outcomes(result)["data"] == "error" and "visual_tokens" in result.message
@@ -268,7 +268,7 @@ def test_a_scoring_bug_on_valid_data_is_not_swallowed(toys, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("a bug, not bad data")
 
-    monkeypatch.setattr(runner, "measure_model", crash)
+    monkeypatch.setattr(runner, "stream_measures", crash)
     with pytest.raises(RuntimeError, match="a bug"):
         run_gate(toys.fusion, toys.data, None, baseline=toys.v1, policy=toys.policy)
 

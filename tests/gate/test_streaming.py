@@ -1,0 +1,210 @@
+"""The streamed gate equals the in-memory reference (load the data, `measure_model`) bit for bit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fusionguard import metrics
+from fusionguard import toymodels as tm
+from fusionguard.dataset import load_dataset, write_dataset
+from fusionguard.profile import build_profile, feature_summaries
+from fusionguard.scorer import Scorer
+from fusionguard.streaming import UnsortedDataError
+
+from gate import checks
+from gate.engine import EngineConfig
+from gate.measures import measure_model, score_baseline
+from gate.policy import load_policy
+from gate.runner import run_gate
+from gate.streaming import read_ids, stream_baseline, stream_measures
+
+# batch_rows = 300 over 10 masks: chunks of 30 rows, re-cut at query ends (queries of 7-13 rows),
+# so the stream has many batches and queries that straddle a chunk boundary.
+POLICY = """
+[data]
+min_queries = 2
+[bootstrap]
+n_resamples = 400
+[ablation]
+n_permutations = 3
+strategy = "{strategy}"
+[scoring]
+batch_rows = 300
+"""
+
+
+@pytest.fixture(scope="module")
+def ragged(tmp_path_factory) -> Path:
+    """40 queries of varying size (so chunk boundaries fall inside queries), string query ids
+    not in file order."""
+    root = tmp_path_factory.mktemp("ragged")
+    parts = []
+    rng = np.random.default_rng(5)
+    for q in range(40):
+        b = tm.make_toy_dataset(n_queries=1, n_candidates=int(rng.integers(7, 14)), seed=100 + q)
+        parts.append((np.full(len(b), f"q{(q * 17) % 40:02d}", dtype=object), b))
+    qid = np.concatenate([p[0] for p in parts])
+    b0 = parts[0][1]
+    return write_dataset(
+        root / "eval.parquet", qid, np.concatenate([p[1].item_id for p in parts]),
+        np.concatenate([p[1].label for p in parts]), {k: np.concatenate([p[1].feeds[k] for p in parts]) for k in b0.feeds},
+    )
+
+
+def _policy(tmp_path: Path, strategy: str):
+    path = tmp_path / f"{strategy}.toml"
+    path.write_text(POLICY.format(strategy=strategy))
+    return path
+
+
+def _reference(model: Path, baseline: Path, data: Path, policy):
+    """The pre-streaming gate: everything loaded, every pass's per-row arrays kept."""
+    cand, base = Scorer(model, device="cpu"), Scorer(baseline, device="cpu")
+    batch = load_dataset(data, cand.contract)
+    groups = metrics.QueryGroups.from_arrays(batch.query_id, batch.item_id, batch.label)
+    m = measure_model(cand, batch, groups, policy)
+    base_scores = score_baseline(base, batch, policy)
+    return cand, base, batch, groups, m, base_scores
+
+
+@pytest.mark.parametrize("strategy", ["permute", "zero", "mean"])
+@pytest.mark.parametrize(("workers", "run_rows"), [(1, 8192), (2, 8192), (2, 25)])
+def test_streamed_measures_equal_the_in_memory_ones(toys, ragged, tmp_path, monkeypatch, strategy, workers, run_rows):
+    """run_rows = 25: each batch's masked copies are scored a few masks (and rows) per session.run."""
+    import gate.streaming
+
+    monkeypatch.setattr(gate.streaming, "RUN_ROWS", run_rows)
+    policy = load_policy(_policy(tmp_path, strategy))
+    cand, base, batch, groups, ref, ref_base = _reference(toys.fusion, toys.v1, ragged, policy)
+    streamed = read_ids(ragged)
+    m, features = stream_measures(cand, ragged, streamed, policy, engine=EngineConfig(workers=workers), features=True)
+    base_scores = stream_baseline(base, ragged, streamed, policy, engine=EngineConfig(workers=workers))
+    np.testing.assert_array_equal(streamed.groups.query_ids, groups.query_ids)
+    for name in ("scores", "ndcg", "ndcg_visual_masked", "ndcg_text_masked", "visual_drop", "text_drop",
+                 "phi_text", "phi_visual", "visual_share", "visual_share_per_query"):
+        np.testing.assert_array_equal(getattr(m, name), getattr(ref, name), err_msg=name)  # NaN == NaN here
+    np.testing.assert_array_equal(base_scores, ref_base)
+    # Attention: reduced per query and per head, equal to the reductions of the (N, H) arrays.
+    assert m.attention is not None and ref.attention_mass is not None
+    np.testing.assert_array_equal(m.attention.mass_per_head, ref.attention_mass.mean(axis=0))
+    np.testing.assert_array_equal(m.attention.entropy_per_head, ref.attention_entropy.mean(axis=0))
+    ref_vectors = checks.attention_vectors(ref, groups)
+    np.testing.assert_array_equal(m.attention.mass_per_query, ref_vectors["visual_mass"])
+    np.testing.assert_array_equal(m.attention.entropy_per_query, ref_vectors["entropy"])
+    # Every check's numbers and outcome, and the reference profile.
+    for mm, bs, g in ((ref, ref_base, groups), (m, base_scores, streamed.groups)):
+        ndcg_b = metrics.ndcg_at_k(g, bs, k=policy.metric.k, gain=policy.metric.gain)
+        cis = checks.shared_intervals(mm, g, policy, bs, ndcg_b)
+        got = [checks.visual_ablation_check(mm, policy, cis), checks.integrity_check(mm, bs, g, policy, cis),
+               checks.quality_check(mm, ndcg_b, policy, cis), checks.attention_check(mm, g, policy, True, cis)]
+        if mm is ref:
+            expected = [c.to_dict() for c in got]
+        else:
+            assert [c.to_dict() for c in got] == expected
+    ref_profile = build_profile("x", ref.visual_share, feature_summaries(batch.feeds), ref.attention_mass, seed=policy.seed)
+    got_profile = build_profile("x", m.visual_share, features, m.attention.mass_per_row, seed=policy.seed)
+    assert got_profile.to_json() == ref_profile.to_json()
+
+
+def test_gate_report_identical_for_one_and_two_workers(toys, ragged, tmp_path):
+    policy = _policy(tmp_path, "permute")
+    one = run_gate(toys.fusion, ragged, tmp_path / "one", baseline=toys.v1, policy=policy, engine=EngineConfig(workers=1))
+    two = run_gate(toys.fusion, ragged, tmp_path / "two", baseline=toys.v1, policy=policy, engine=EngineConfig(workers=2))
+    assert one.exit_code == two.exit_code
+    r1 = json.loads((tmp_path / "one" / "report.json").read_text())
+    r2 = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert r1["checks"] == r2["checks"]
+    assert (tmp_path / "one" / "profile.json").read_text() == (tmp_path / "two" / "profile.json").read_text()
+
+
+def _interleaved(src: Path, dst: Path) -> Path:
+    """The same rows with each query split in two runs: first halves of every query, then second halves."""
+    b = load_dataset(src, inputs=["text_tokens", "visual_tokens", "query"])
+    _, first_row, inverse = np.unique(b.query_id, return_index=True, return_inverse=True)
+    position = np.arange(len(b)) - first_row[inverse]
+    sizes = np.bincount(inverse)
+    second = position >= sizes[inverse] // 2
+    order = np.concatenate([np.flatnonzero(~second), np.flatnonzero(second)])
+    return write_dataset(dst, b.query_id[order], b.item_id[order], b.label[order], {k: v[order] for k, v in b.feeds.items()})
+
+
+def test_unsorted_eval_set_is_refused_with_exit_2(toys, tmp_path):
+    unsorted = _interleaved(toys.data, tmp_path / "unsorted.parquet")
+    result = run_gate(toys.fusion, unsorted, tmp_path / "out", baseline=toys.v1, policy=toys.policy)
+    assert result.exit_code == 2
+    data = next(c for c in result.checks if c.name == "data")
+    assert data.outcome == "error" and "fusionguard data group" in data.reasons[0]
+    assert all(c.outcome == "skipped" for c in result.checks[2:])
+
+
+def test_streaming_refuses_a_query_split_over_the_file(toys, tmp_path):
+    """Even without the pre-check, the stream itself never mixes a split query into two batches."""
+    unsorted = _interleaved(toys.data, tmp_path / "unsorted.parquet")
+    policy = load_policy(toys.policy)
+    cand = Scorer(toys.fusion, device="cpu")
+    with pytest.raises(UnsortedDataError):
+        stream_measures(cand, unsorted, read_ids(unsorted), policy)
+
+
+def test_streamed_eval_equals_the_in_memory_measures(toys, ragged, tmp_path):
+    from gate.evaluation import evaluate, write_eval
+
+    policy = load_policy(_policy(tmp_path, "permute"))
+    result = evaluate([toys.fusion, toys.blind], ragged, baseline=toys.v1, policy=policy, engine=EngineConfig(workers=2))
+    write_eval(result, tmp_path / "eval")
+    base = Scorer(toys.v1, device="cpu")
+    for model in (toys.fusion, toys.blind):
+        cand, _, batch, groups, ref, _ = _reference(model, toys.v1, ragged, policy)
+        frame = result.per_query[result.per_query["model"] == model.stem]
+        np.testing.assert_array_equal(frame["query_id"].to_numpy(), groups.query_ids.astype(str))
+        for column, expected in (("ndcg", ref.ndcg), ("visual_drop", ref.visual_drop), ("text_drop", ref.text_drop),
+                                 ("visual_share", ref.visual_share_per_query)):
+            np.testing.assert_array_equal(frame[column].to_numpy(), expected, err_msg=column)
+        vectors = checks.attention_vectors(ref, groups)
+        np.testing.assert_array_equal(frame["attention_mass"].to_numpy(), vectors["visual_mass"])
+        base_scores = score_baseline(base, batch, policy)
+        np.testing.assert_array_equal(frame["spearman_vs_baseline"].to_numpy(),
+                                      metrics.spearman_per_query(groups, ref.scores, base_scores))
+
+
+def test_eval_refuses_an_unsorted_eval_set(toys, tmp_path):
+    from gate.evaluation import evaluate
+
+    unsorted = _interleaved(toys.data, tmp_path / "unsorted.parquet")
+    with pytest.raises(UnsortedDataError) as info:
+        evaluate([toys.fusion], unsorted, policy=toys.policy)
+    assert info.value.exit_code == 2
+
+
+def test_engine_options_are_checked_before_anything_runs(toys, tmp_path, monkeypatch):
+    import importlib.util
+
+    from fusionguard.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="engine 'spark' is unknown"):
+        EngineConfig("spark")
+    with pytest.raises(InvalidInputError, match="--ray-address needs --engine ray"):
+        EngineConfig(ray_address="auto")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(InvalidInputError, match="needs Ray"):
+        run_gate(toys.fusion, toys.data, tmp_path / "out", baseline=toys.v1, policy=toys.policy, engine=EngineConfig("ray"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_rows_out_of_file_order_are_refused(toys, ragged, tmp_path):
+    """The order guard: partials that cover every query but not in the file's row order fail closed."""
+    from fusionguard.errors import EvaluationError
+
+    from gate.streaming import _check_row_order
+
+    streamed = read_ids(ragged)
+    batch = load_dataset(ragged, inputs=[])
+    _check_row_order(streamed.groups, [batch.query_id[:50], batch.query_id[50:]], [batch.item_id[:50], batch.item_id[50:]])
+    swapped = np.r_[50:len(batch), 0:50]
+    with pytest.raises(EvaluationError, match="another order"):
+        _check_row_order(streamed.groups, [batch.query_id[swapped]], [batch.item_id[swapped]])
