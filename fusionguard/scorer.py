@@ -31,7 +31,6 @@ from fusionguard.contract import ModelContract, load_contract, validate_contract
 from fusionguard.dataset import Batch, iter_batches, open_parquet
 from fusionguard.errors import EvaluationError, InvalidInputError, ProblemsError
 from fusionguard.iobinding import CudaIOBinding
-from fusionguard.streaming import fixed_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -676,6 +675,8 @@ class Scorer:
         elif isinstance(data, (str, Path)):
             # Exact chunks across row-group ends: the same batches as for the loaded dataset, so
             # "permute" shuffles and "mean" sums do not depend on how the file was written.
+            from fusionguard.streaming import fixed_chunks  # pyarrow: not in the serving install
+
             yield from fixed_chunks((b for b in iter_batches(data, self.contract, batch_rows=batch_rows) if len(b)), batch_rows)
         else:
             raise InvalidInputError(

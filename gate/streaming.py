@@ -110,9 +110,7 @@ def reduce_batch(
                             scores[masks[0]], None, None, None, features=feats)
     groups = metrics.QueryGroups.from_arrays(batch.query_id, batch.item_id, batch.label)
     ndcg = metrics.ndcg_at_k(groups, np.stack([scores[m] for m in masks]), k=policy.metric.k, gain=policy.metric.gain)
-    phi_t, phi_v, share = metrics.shapley_values(
-        scores[plan.full], scores[plan.shapley_t], scores[plan.shapley_v], scores[plan.shapley_none]
-    )
+    phi_t, phi_v, share = plan.shapley.values(scores)
     part = BatchPartial(groups.query_ids, batch.item_id, batch.label, batch.query_id, ndcg,
                         per_query_mean(groups, share), scores[plan.full], phi_t, phi_v, share, features=feats)
     attention = outs[masks.index(plan.full)].attention

@@ -81,6 +81,11 @@ def test_multi_stage_on_a_cuda_cudnn_runtime_base_matching_onnxruntime_gpu() -> 
 def test_installs_the_serve_and_gpu_extras_under_the_lock_and_never_torch() -> None:
     runs = [args for stage in _stages() for keyword, args in stage if keyword == "RUN"]
     installs = [r for r in runs if "pip install" in r and '".[' in r]
+    # the serving install, plus the opt-in gate-on-Ray image (build arg WITH_RAY=1, default 0)
+    serving = [r for r in installs if "WITH_RAY" not in r]
+    assert all(r.startswith('if [ "$WITH_RAY" = 1 ]') for r in installs if r not in serving), installs
+    assert re.search(r"^ARG WITH_RAY=0$", DOCKERFILE.read_text(), re.M)
+    installs = serving
     assert len(installs) == 1 and '".[serve,gpu]"' in installs[0], installs
     assert "-c constraints.txt" in installs[0]
     copies = [args for stage in _stages() for keyword, args in stage if keyword == "COPY"]

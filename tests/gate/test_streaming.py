@@ -105,8 +105,9 @@ def test_streamed_measures_equal_the_in_memory_ones(toys, ragged, tmp_path, monk
             expected = [c.to_dict() for c in got]
         else:
             assert [c.to_dict() for c in got] == expected
-    ref_profile = build_profile("x", ref.visual_share, feature_summaries(batch.feeds), ref.attention_mass, seed=policy.seed)
-    got_profile = build_profile("x", m.visual_share, features, m.attention.mass_per_row, seed=policy.seed)
+    unit = dict(requests=batch.query_id, shapley_strategy=policy.shapley.strategy, seed=policy.seed)
+    ref_profile = build_profile("x", ref.visual_share, feature_summaries(batch.feeds), ref.attention_mass, **unit)
+    got_profile = build_profile("x", m.visual_share, features, m.attention.mass_per_row, **unit)
     assert got_profile.to_json() == ref_profile.to_json()
 
 
