@@ -23,23 +23,39 @@ def _pods(job: dict) -> list[dict]:
     return [spec["headGroupSpec"]["template"]["spec"], *(g["template"]["spec"] for g in spec["workerGroupSpecs"])]
 
 
-def test_rayjob_runs_the_gate_on_the_ray_engine() -> None:
+def _parse(args: list[str]):  # noqa: ANN202 - a click Context
+    """`fusionguard gate`'s parse of `args`, as in the pod: the gate checks that its input files
+    exist, and those live on the cluster's volumes, so existence is not checked here (every other
+    option is parsed and converted as the CLI would)."""
+    import copy
+
+    import click
+
     from gate.cli import gate
 
+    params = []
+    for param in gate.params:
+        param = copy.copy(param)
+        if isinstance(param.type, click.Path) and param.type.exists:
+            param.type = copy.copy(param.type)
+            param.type.exists = False
+        params.append(param)
+    return click.Command("gate", params=params).make_context("gate", args)
+
+
+def test_rayjob_runs_the_gate_on_the_ray_engine() -> None:
     job = _job()
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
     args = shlex.split(job["spec"]["entrypoint"])
     assert args[:2] == ["fusionguard", "gate"]
-    ctx = gate.make_context("gate", args[2:])  # raises on an unknown or malformed option
+    ctx = _parse(args[2:])  # raises on an unknown or malformed option
     assert ctx.params["engine"] == "ray" and ctx.params["ray_address"] == "auto"
     assert job["spec"]["shutdownAfterJobFinishes"] is True
 
 
 def test_rayjob_paths_sit_on_mounted_volumes() -> None:
-    from gate.cli import gate
-
     job = _job()
-    params = gate.make_context("gate", shlex.split(job["spec"]["entrypoint"])[2:]).params
+    params = _parse(shlex.split(job["spec"]["entrypoint"])[2:]).params
     head, *workers = _pods(job)
     assert workers, "the scoring runs on a worker group"
     for pod in (head, *workers):
@@ -64,7 +80,7 @@ def test_rayjob_paths_sit_on_mounted_volumes() -> None:
 
 def test_the_image_can_be_built_with_the_ray_extra() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
-    assert "ARG WITH_RAY=0" in dockerfile and '".[gpu,ray]"' in dockerfile
+    assert "ARG WITH_RAY=0" in dockerfile and '".[serve,gpu,gate,ray]"' in dockerfile
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     assert 'ray = ["ray[data]' in pyproject
     assert "--build-arg WITH_RAY=1" in RAYJOB.read_text(encoding="utf-8")
