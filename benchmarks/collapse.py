@@ -1,0 +1,143 @@
+"""The collapse protocol's grid (training/configs/protocol.toml): run it, or report it.
+
+Run:    .venv/bin/python -m benchmarks.collapse run [--variants baseline] [--generator-seeds 0 1 2]
+            [--training-seeds 0 ... 9] [--long] [--work DIR] [--results FILE]
+Report: .venv/bin/python -m benchmarks.collapse report [--results FILE]
+
+`run` appends one JSON record per run to benchmarks/results/collapse.jsonl (default) and skips
+runs the file already holds, so a grid can be finished over several sessions. `report` rebuilds
+the tables (Markdown into docs/training.md between the COLLAPSE markers, and LaTeX next to the
+results) from that file alone. Seeds default to the protocol's; narrow them to run a part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from training.protocol import CONTROLS, load_protocol, read_records, run_cell, summarize
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOCOL = ROOT / "training" / "configs" / "protocol.toml"
+RESULTS = ROOT / "benchmarks" / "results" / "collapse.jsonl"
+DOC = ROOT / "docs" / "training.md"
+BEGIN, END = "<!-- COLLAPSE:BEGIN -->", "<!-- COLLAPSE:END -->"
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci(row: dict, name: str, fmt=lambda x: f"{x:.4f}") -> str:
+    if row.get(f"{name}_low") is None:
+        return fmt(row[name]) if row.get(name) is not None else "–"
+    return f"{fmt(row[name])} [{fmt(row[f'{name}_low'])}, {fmt(row[f'{name}_high'])}]"
+
+
+def _p(x) -> str:
+    return "–" if x is None else f"{x:.3g}"
+
+
+COLUMNS = ["variant", "runs", "collapsed [95% CI]", "escaped [95% CI]", "p escape vs ref (Fisher, Holm)",
+           "test NDCG@10 [95% CI]", "seed SD", "ΔNDCG@10 vs ref [95% CI]", "p (seed-level, Holm)",
+           "visual drop [95% CI]", "seed SD", "p visual drop (seed-level, Holm)", "Spearman V1 (seed SD)",
+           "median epoch of first val escape", "epochs run", "s/run"]
+
+
+def _cells(r: dict) -> list[str]:
+    share = lambda name, k: f"{r[k]}/{r['runs']} = {_pct(r[f'{name}_share'])} [{_pct(r[f'{name}_low'])}, {_pct(r[f'{name}_high'])}]"  # noqa: E731
+    sd = lambda x, pct=False: "–" if x is None else (f"{100 * x:.2f}" if pct else f"{x:.4f}")  # noqa: E731
+    return [r["variant"], str(r["runs"]), share("collapse", "collapsed"), share("escape", "escaped"), _p(r.get("p_holm_escape")),
+            _ci({**r, "ndcg": r["ndcg_mean"]}, "ndcg"), sd(r["ndcg_seed_sd"]),
+            _ci(r, "delta_ndcg") if "delta_ndcg" in r else "–", _p(r.get("p_holm_ndcg")),
+            _ci({**r, "visual_drop": r["visual_drop_mean"]}, "visual_drop", _pct), sd(r["visual_drop_seed_sd"], True),
+            _p(r.get("p_holm_visual_drop")), f"{r['spearman_v1_mean']:.4f} ({sd(r['spearman_v1_seed_sd'])})",
+            "–" if r["epochs_to_escape_median"] is None else f"{r['epochs_to_escape_median']:.0f}",
+            f"{r['epochs_run_mean']:.1f}", f"{r['seconds_mean']:.0f}"]
+
+
+def markdown(rows: list[dict], title: str) -> str:
+    lines = [f"**{title}**", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def latex(rows: list[dict], title: str) -> str:
+    esc = lambda s: s.replace("%", r"\%").replace("_", r"\_").replace("Δ", r"$\Delta$").replace("≥", r"$\geq$")  # noqa: E731
+    out = [r"\begin{table}[t]", r"\centering", r"\scriptsize", f"\\caption{{{esc(title)}}}",
+           r"\begin{tabular}{l" + "r" * (len(COLUMNS) - 1) + "}", r"\toprule", " & ".join(esc(c) for c in COLUMNS) + r" \\", r"\midrule"]
+    out += [" & ".join(esc(c) for c in _cells(r)) + r" \\" for r in rows]
+    return "\n".join(out + [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""])
+
+
+def report(results: Path, protocol_path: Path, write_doc: bool = True) -> str:
+    protocol = load_protocol(protocol_path)
+    records = [r for r in read_records(results) if r["protocol"] == protocol.name]
+    c = protocol.criteria
+    parts = []
+    for long, budget in ((False, protocol.train["optim"]), (True, {**protocol.train["optim"], **protocol.long})):
+        rows = summarize(records, protocol, long=long)
+        if not rows:
+            continue
+        title = (f"Protocol '{protocol.name}' ({protocol.mechanism}), budget max {budget['max_epochs']} epochs, no early stop before "
+                 f"{budget['min_epochs']}, best-val checkpoint; collapsed = test visual drop < {c.collapse_max_visual_drop:.0%} and "
+                 f"Spearman with V1 ≥ {c.collapse_min_spearman_v1}; escaped = visual drop ≥ {c.escape_min_visual_drop:.0%}. "
+                 "Exact binomial CIs; hierarchical (run, then query) bootstrap CIs; seed SD over runs; "
+                 "paired differences by (generator seed, training seed); Holm across variants.")
+        parts.append(markdown(rows, title))
+        tex = results.with_name(f"{results.stem}{'_long' if long else ''}.tex")
+        tex.write_text(latex(rows, title), encoding="utf-8")
+    cmd = f"Regenerate: `.venv/bin/python -m benchmarks.collapse report --results {results.relative_to(ROOT) if results.is_relative_to(ROOT) else results}`"
+    text = "\n\n".join(parts + [cmd]) if parts else f"No runs of protocol '{protocol.name}' stored yet.\n\n{cmd}"
+    if write_doc and DOC.is_file():
+        doc = DOC.read_text(encoding="utf-8")
+        if BEGIN in doc and END in doc:
+            head, rest = doc.split(BEGIN, 1)
+            DOC.write_text(head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1], encoding="utf-8")
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="Train the grid's missing runs.")
+    run_p.add_argument("--variants", nargs="+", default=None, help=f"Protocol variants and/or controls {list(CONTROLS)}.")
+    run_p.add_argument("--generator-seeds", type=int, nargs="+", default=None)
+    run_p.add_argument("--training-seeds", type=int, nargs="+", default=None)
+    run_p.add_argument("--long", action="store_true", help="The protocol's [long] budget (twice as long, no early stop).")
+    run_p.add_argument("--work", type=Path, default=Path("/tmp/fusionguard-collapse"))
+    rep_p = sub.add_parser("report", help="Rebuild the tables from the stored records.")
+    rep_p.add_argument("--no-doc", action="store_true", help="Do not rewrite docs/training.md.")
+    for p in (run_p, rep_p):
+        p.add_argument("--protocol", type=Path, default=PROTOCOL)
+        p.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.command == "report":
+        print(report(args.results.resolve(), args.protocol, write_doc=not args.no_doc))
+        return
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    protocol = load_protocol(args.protocol)
+    done = {(r["variant"], r["generator_seed"], r["training_seed"], bool(r.get("long")))
+            for r in read_records(args.results) if r["protocol"] == protocol.name}
+    variants = args.variants or [protocol.reference]
+    for gen in args.generator_seeds or protocol.generator_seeds:
+        for seed in args.training_seeds or protocol.training_seeds:
+            for variant in variants:
+                if (variant, gen, seed, args.long) in done:
+                    continue
+                rec = run_cell(protocol, variant, gen, seed, args.work, long=args.long)
+                args.results.parent.mkdir(parents=True, exist_ok=True)
+                with args.results.open("a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+                print(f"{variant} g{gen} s{seed}{' long' if args.long else ''}: NDCG@10 {rec['ndcg']:.4f} visual drop "
+                      f"{100 * rec['visual_drop']:.2f}% spearman(V1) {rec['spearman_v1']:.4f} collapsed {rec['collapsed']} "
+                      f"escaped {rec['escaped']} best epoch {rec['best_epoch']}/{rec['epochs_run']} {rec['seconds']:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
