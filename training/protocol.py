@@ -206,8 +206,12 @@ def summarize(records: list[dict[str, Any]], protocol: Protocol, long: bool = Fa
         n = len(keys)
         collapsed = sum(bool(runs[k]["collapsed"]) for k in keys)
         escaped = sum(bool(runs[k]["escaped"]) for k in keys)
+        c = protocol.criteria
         row: dict[str, Any] = {"variant": variant, "runs": n, "generator_seeds": sorted({k[0] for k in keys}),
-                               "collapsed": collapsed, "escaped": escaped}
+                               "collapsed": collapsed, "escaped": escaped,
+                               # the two halves of the collapse criterion, counted apart
+                               "drop_below": sum(runs[k]["visual_drop"] < c.collapse_max_visual_drop for k in keys),
+                               "spearman_above": sum(runs[k]["spearman_v1"] >= c.collapse_min_spearman_v1 for k in keys)}
         for name, k in (("collapse", collapsed), ("escape", escaped)):
             ci = stats.binomial_ci(k, n)
             row[f"{name}_share"], row[f"{name}_low"], row[f"{name}_high"] = ci.estimate, ci.low, ci.high
