@@ -77,7 +77,7 @@ def latex(rows: list[dict], title: str) -> str:
 def report(results: Path, protocol_paths: list[Path], section: str = "main", write_doc: bool = True) -> str:
     parts = []
     for protocol_path in protocol_paths:
-        parts += _protocol_tables(results, protocol_path)
+        parts += _protocol_tables(results, protocol_path, targets=section == "main")
     shown = " ".join(str(p.relative_to(ROOT) if p.resolve().is_relative_to(ROOT) else p) for p in protocol_paths)
     res = results.relative_to(ROOT) if results.is_relative_to(ROOT) else results
     cmd = f"Regenerate: `.venv/bin/python -m benchmarks.collapse report --results {res} --protocol {shown} --section {section}`"
@@ -100,7 +100,7 @@ TARGETS = (  # the research plan's targets: (name, target, stretch)
 
 def targets_table(rows: list[dict], protocol) -> str:
     """Which variants reach each of the research plan's targets under the protocol."""
-    measured = [r for r in rows if r["variant"] != protocol.reference]
+    measured = [r for r in rows if r["variant"] != protocol.reference and r["variant"] not in CONTROLS]
     base = next((r for r in rows if r["variant"] == protocol.reference), None)
     missing = [v for v in protocol.variants if v != protocol.reference and v not in {r["variant"] for r in measured}]
 
@@ -155,7 +155,7 @@ def evidence_table(records: list[dict], variant: str) -> str:
     return "\n".join(lines)
 
 
-def _protocol_tables(results: Path, protocol_path: Path) -> list[str]:
+def _protocol_tables(results: Path, protocol_path: Path, targets: bool = True) -> list[str]:
     protocol = load_protocol(protocol_path)
     records = [r for r in read_records(results) if r["protocol"] == protocol.name]
     c = protocol.criteria
@@ -174,7 +174,7 @@ def _protocol_tables(results: Path, protocol_path: Path) -> list[str]:
         for variant in dict.fromkeys([protocol.reference, *CONTROLS]):
             if any(r["variant"] == variant for r in kept):
                 parts.append(evidence_table(kept, variant))
-        if not long and protocol.variants != (protocol.reference,):
+        if targets and not long:
             parts.append(f"**Research-plan targets under protocol '{protocol.name}'**\n\n" + targets_table(rows, protocol))
         tex = results.with_name(f"{results.stem}_{protocol.name}{'_long' if long else ''}.tex")
         tex.write_text(latex(rows, title), encoding="utf-8")
