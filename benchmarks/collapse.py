@@ -74,13 +74,50 @@ def latex(rows: list[dict], title: str) -> str:
     return "\n".join(out + [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""])
 
 
+def phase_figure(results: Path, protocol_paths: list[Path], path: Path) -> Path:
+    """Every stored run as a point (test visual drop, Spearman with V1), one marker per protocol
+    and variant, with the collapse box and the escape line: where each recipe lands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    markers = "os^vD<>pX*"
+    i = 0
+    criteria = None
+    for protocol_path in protocol_paths:
+        protocol = load_protocol(protocol_path)
+        criteria = protocol.criteria
+        records = [r for r in read_records(results) if r["protocol"] == protocol.name]
+        for (variant, long) in dict.fromkeys((r["variant"], bool(r.get("long"))) for r in records):
+            pts = [r for r in records if r["variant"] == variant and bool(r.get("long")) == long]
+            ax.scatter([100 * r["visual_drop"] for r in pts], [r["spearman_v1"] for r in pts], marker=markers[i % len(markers)],
+                       alpha=0.75, label=f"{protocol.name}: {variant}{' (long)' if long else ''} ({len(pts)})")
+            i += 1
+    if criteria is not None:
+        ax.axvspan(ax.get_xlim()[0], 100 * criteria.collapse_max_visual_drop, ymin=0, ymax=1, color="0.9", zorder=0)
+        ax.axhline(criteria.collapse_min_spearman_v1, color="0.4", ls="--", lw=1, label="collapse: Spearman ≥ 0.99 and drop < 1%")
+        ax.axvline(100 * criteria.escape_min_visual_drop, color="0.4", ls=":", lw=1, label="escape: drop ≥ 10%")
+    ax.set_xlabel("test visual ablation drop (%)")
+    ax.set_ylabel("Spearman with V1 (mean per query)")
+    ax.legend(fontsize=6, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def report(results: Path, protocol_paths: list[Path], section: str = "main", write_doc: bool = True) -> str:
+    figure = phase_figure(results, protocol_paths, results.with_name(f"{results.stem}_{section}_phase.png"))
     parts = []
     for protocol_path in protocol_paths:
         parts += _protocol_tables(results, protocol_path, targets=section == "main")
     shown = " ".join(str(p.relative_to(ROOT) if p.resolve().is_relative_to(ROOT) else p) for p in protocol_paths)
     res = results.relative_to(ROOT) if results.is_relative_to(ROOT) else results
     cmd = f"Regenerate: `.venv/bin/python -m benchmarks.collapse report --results {res} --protocol {shown} --section {section}`"
+    rel = figure.relative_to(ROOT) if figure.is_relative_to(ROOT) else figure
+    parts.append(f"![every run: visual drop vs Spearman with V1](../{rel})")
     text = "\n\n".join(parts + [cmd]) if parts else f"No runs stored yet.\n\n{cmd}"
     begin, end = (m.format(section) for m in MARKERS)
     if write_doc and DOC.is_file():
