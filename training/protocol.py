@@ -27,7 +27,8 @@ from fusionguard import stats
 from fusionguard.errors import ConfigError
 from training.config import VARIANTS, TrainConfig, read_toml
 
-CONTROLS = ("baseline-scratch",)  # the V2 baseline trained from scratch (no warm start): the mechanism's control
+CONTROLS = ("baseline-scratch",)
+NO_WARM_START = ("late-fusion",)  # shares no parameter name with V1: cannot be warm-started, trains under [train]  # the V2 baseline trained from scratch (no warm start): the mechanism's control
 HISTORY_KEYS = ("epoch", "loss", "task_loss", "grad_norm_text", "grad_norm_visual", "grad_ratio_visual_text", "val_ndcg",
                 "val_visual_drop", "val_text_drop", "val_visual_attention_mass", "val_attention_entropy",
                 "val_visual_attention_mass_per_head", "val_attention_entropy_per_head", "train_s")
@@ -143,7 +144,8 @@ def run_cell(protocol: Protocol, variant: str, gen_seed: int, train_seed: int, w
     data = _data(protocol, gen_seed, work)
     v1_dir = _v1(protocol, gen_seed, data, work)
     train_variant = "baseline" if variant in CONTROLS else variant
-    warm = "" if variant in CONTROLS else str(v1_dir)
+    # a control, or an architecture with no parameter in common with V1 (late fusion), trains from scratch
+    warm = "" if variant in CONTROLS or variant in NO_WARM_START else str(v1_dir)
     config = protocol.train_config(train_variant, train_seed, warm, long=long)
     out = work / f"{variant}-g{gen_seed}-s{train_seed}{'-long' if long else ''}"
     t0 = time.perf_counter()
