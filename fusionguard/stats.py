@@ -1,4 +1,7 @@
-"""Statistics over queries: bootstrap CIs, paired randomization test, Holm correction, effect size.
+"""Statistics over queries and over training seeds: bootstrap CIs, paired randomization test, Holm
+correction, effect size; and for experiment grids (seeds x queries): the exact binomial CI of an
+escape probability, Fisher's exact test of two escape counts, the hierarchical (seed, then query)
+bootstrap and the exact seed-level sign-flip test, none of which treats seeds as zero-variance.
 
 All resampling is vectorised with numpy: the (n_resamples, n) index or sign matrix is drawn in
 chunks of about `CHUNK_ELEMENTS` entries (so 10,000 resamples of 10,000 queries need tens of MB,
@@ -33,8 +36,12 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CHUNK_ELEMENTS",
     "Interval",
+    "binomial_ci",
     "bootstrap_ci",
     "bootstrap_cis",
+    "fisher_exact",
+    "hierarchical_bootstrap_ci",
+    "seed_level_test",
     "CountStatistic",
     "count_bootstrap_ci",
     "holm",
@@ -498,3 +505,101 @@ def paired_effect_size(diff: object) -> float:
     if sd == 0.0:
         return float("nan") if mean == 0.0 else float(np.copysign(np.inf, mean))
     return mean / sd
+
+
+# ----- experiment grids: runs (seeds) are the units, queries are nested in them ------------------
+
+
+def _count_checks(k: int, n: int, name: str) -> None:
+    if not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in (k, n)) or n < 1 or not 0 <= k <= n:
+        raise InvalidInputError(f"{name}: need integers 0 <= k <= n and n >= 1, got k={k!r}, n={n!r}")
+
+
+def binomial_ci(k: int, n: int, confidence: float = 0.95) -> Interval:
+    """Exact (Clopper–Pearson) CI of a probability from k successes in n trials (e.g. the share of
+    runs that escape the collapse). Never narrower than the nominal coverage needs; the bound is 0
+    (1) when k = 0 (k = n). `method` is "clopper-pearson", `n_resamples` 0."""
+    from scipy import stats as sps
+
+    _count_checks(k, n, "binomial_ci")
+    _check_common(1, confidence)
+    alpha = 1.0 - confidence
+    low = 0.0 if k == 0 else float(sps.beta.ppf(alpha / 2, k, n - k + 1))
+    high = 1.0 if k == n else float(sps.beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return Interval(k / n, low, high, confidence, 0, "clopper-pearson", n)
+
+
+def fisher_exact(k_a: int, n_a: int, k_b: int, n_b: int) -> float:
+    """Two-sided Fisher exact p-value that two groups of runs share one success probability
+    (a variant's escapes k_a of n_a against the baseline's k_b of n_b): scipy's 2x2 test."""
+    from scipy import stats as sps
+
+    _count_checks(k_a, n_a, "fisher_exact (a)")
+    _count_checks(k_b, n_b, "fisher_exact (b)")
+    return float(sps.fisher_exact([[k_a, n_a - k_a], [k_b, n_b - k_b]], alternative="two-sided").pvalue)
+
+
+def _runs_by_queries(name: str, values: object) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 2:
+        raise InvalidInputError(f"{name} must be two-dimensional (runs x queries; NaN pads missing queries), got shape {arr.shape}")
+    if np.any(np.isinf(arr)):
+        raise InvalidInputError(f"{name} holds infinite values; fix them first")
+    keep = ~np.all(np.isnan(arr), axis=1)
+    if np.count_nonzero(keep) < 2:
+        raise EvaluationError(f"{name}: {int(np.count_nonzero(keep))} run(s) with a finite value; seed-level statistics need >= 2")
+    return arr[keep]
+
+
+def hierarchical_bootstrap_ci(
+    values: object, n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0, *, chunk_elements: int = CHUNK_ELEMENTS
+) -> Interval:
+    """Percentile CI of the grand mean of a (runs x queries) matrix with both levels resampled:
+    each resample draws runs (training seeds) with replacement, then, inside every drawn run,
+    that run's queries with replacement. The estimate is the mean over runs of each run's
+    query mean, so seed-to-seed spread widens the interval (a single escaping seed cannot make a
+    tight CI). NaN entries (excluded queries, ragged runs) are skipped within their run; a run
+    that is all NaN is dropped. For paired comparisons pass the (run, query) differences.
+    `n` is the number of runs used."""
+    _check_common(n_resamples, confidence)
+    x = _runs_by_queries("values", values)
+    s = x.shape[0]
+    rows = [r[~np.isnan(r)] for r in x]
+    q = max(r.shape[0] for r in rows)
+    padded = np.zeros((s, q))
+    sizes = np.array([r.shape[0] for r in rows], dtype=np.intp)
+    for i, r in enumerate(rows):
+        padded[i, : r.shape[0]] = r
+    estimate = float(np.mean([r.mean() for r in rows]))
+    rng = np.random.default_rng(seed)
+    out = np.empty(n_resamples)
+    done = 0
+    for c in _chunks(n_resamples, s * q, max(1, chunk_elements // 4)):  # four (c, s, q) arrays live at once
+        runs = rng.integers(0, s, size=(c, s), dtype=np.intp)  # (c, s) drawn runs
+        u = rng.random((c, s, q))
+        qidx = np.minimum((u * sizes[runs][..., None]).astype(np.intp), sizes[runs][..., None] - 1)  # within each run's size
+        cols = np.arange(q)[None, None, :] < sizes[runs][..., None]  # only a run's own number of draws counts
+        vals = padded[runs[..., None], qidx]
+        run_means = np.where(cols, vals, 0.0).sum(axis=2) / sizes[runs]
+        out[done : done + c] = run_means.mean(axis=1)
+        done += c
+    alpha = 1.0 - confidence
+    low, high = np.quantile(out, [alpha / 2, 1 - alpha / 2])
+    return Interval(estimate, float(low), float(high), confidence, n_resamples, "hierarchical-percentile", s)
+
+
+def seed_level_test(diff: object, n_resamples: int = 100_000, seed: int = 0) -> float:
+    """Two-sided paired sign-flip test on per-run (per-seed) differences, e.g. a variant's test
+    NDCG@10 minus the baseline's with the same training and generator seed: the run, not the
+    query, is the unit. Exact (all 2^n sign patterns) for n <= 16, else `randomization_test`
+    with `n_resamples`. p = #{|sum*| >= |sum|} / #patterns; 10 seeds cannot give p below
+    2/1024 ≈ 0.002. NaN differences are dropped."""
+    d = _clean("diff", diff)
+    n = d.shape[0]
+    if n > 16:
+        return randomization_test(d, n_resamples=n_resamples, seed=seed)
+    total = abs(float(d.sum()))
+    tol = 1e-9 * float(np.abs(d).sum())
+    patterns = ((np.arange(1 << n, dtype=np.int64)[:, None] >> np.arange(n)) & 1).astype(np.float64)  # (2^n, n)
+    sums = (2.0 * patterns - 1.0) @ d
+    return float(np.count_nonzero(np.abs(sums) >= total - tol)) / float(1 << n)

@@ -164,3 +164,35 @@ def _load_weights(path: Path) -> Any:
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
         raise InvalidInputError(f"cannot read {path} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); retrain or restore it") from None
+
+
+def warm_start(model: Ranker, directory: str | Path, init: str = "fresh") -> dict[str, Any]:
+    """Initialise `model` from the checkpoint in `directory` wherever a parameter's name and shape
+    match (a V2 warm-started from the production V1 gets V1's whole text pathway and score head;
+    its visual key/value projections keep their fresh initialisation).
+
+    With `init="zero-values"` the new modality's value projections that were not loaded (names
+    starting with "v_") are zeroed, so at the first step the new tokens contribute nothing to
+    the attention output (they still take attention mass; training decides what they become).
+
+    Returns {"from", "source_variant", "init", "loaded": [names], "kept": [names not loaded],
+    "zeroed": [names zeroed]}.
+
+    Raises:
+        InvalidInputError: `directory` is not a checkpoint, or nothing in it fits the model.
+    """
+    source = load_checkpoint(directory)
+    theirs = source.model.state_dict()
+    ours = model.state_dict()
+    loaded = sorted(k for k, v in ours.items() if k in theirs and theirs[k].shape == v.shape)
+    if not loaded:
+        raise InvalidInputError(f"no parameter of the {source.model.variant} checkpoint in {directory} fits a {model.variant} model")
+    kept = sorted(set(ours) - set(loaded))
+    zeroed = [k for k in kept if k.startswith("v_")] if init == "zero-values" else []
+    with torch.no_grad():
+        for name in loaded:
+            ours[name].copy_(theirs[name].to(ours[name].device))
+        for name in zeroed:
+            ours[name].zero_()
+    return {"from": str(directory), "source_variant": source.model.variant, "init": init,
+            "loaded": loaded, "kept": kept, "zeroed": zeroed}

@@ -22,6 +22,7 @@ from training.variants import VARIANTS
 DEVICES = ("auto", "cpu", "cuda")
 MASKS = ("zero", "permute")
 OPTIMIZERS = ("adamw", "sgd")
+WARM_START_INITS = ("fresh", "zero-values")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class OptimConfig:
     weight_decay: float = 0.01  # AdamW: decoupled weight decay; SGD: L2 weight decay
     max_epochs: int = 40
     patience: int = 4  # early stopping: epochs without a better val NDCG@10 before stopping
+    min_epochs: int = 0  # early stopping never ends a run before this many epochs (the protocol uses 20)
     min_delta: float = 5e-3  # an epoch counts as better only if val NDCG@10 rises by more than this
     batch_queries: int = 8  # queries per optimisation step (all candidates of a query stay together)
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
@@ -78,6 +80,13 @@ class TrainConfig:
     variant: str = "baseline"  # one of VARIANTS (training.variants: registry names and their aliases)
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA when present
+    # A checkpoint directory (e.g. the production V1) whose parameters initialise this model where
+    # names and shapes match; "" trains from scratch. The loaded names are recorded in result.json.
+    warm_start_from: str = ""
+    # What the parameters a warm start does not load start from: "fresh" (the model's own random
+    # initialisation) or "zero-values" (value projections of the new modality zeroed, so the new
+    # tokens add nothing to the attention output until training moves them; ignored without a warm start).
+    warm_start_init: str = "fresh"
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     mitigation: MitigationConfig = field(default_factory=MitigationConfig)
@@ -138,7 +147,7 @@ def _build(data: Mapping[str, Any]) -> tuple[TrainConfig | None, list[str]]:
     problems: list[str] = []
     if not isinstance(data, Mapping):
         return None, ["the config must be a TOML table"]
-    top = {"variant": str, "seed": int, "device": str}
+    top = {"variant": str, "seed": int, "device": str, "warm_start_from": str, "warm_start_init": str}
     for key in sorted(set(data) - set(top) - set(_SECTIONS)):
         problems.append(f"unknown key '{key}'; known keys: {sorted(set(top) | set(_SECTIONS))}")
     values: dict[str, Any] = {}
@@ -159,6 +168,8 @@ def config_problems(config: TrainConfig) -> list[str]:
         p.append(f"unknown variant '{config.variant}'; choose one of {list(VARIANTS)}")
     if config.device not in DEVICES:
         p.append(f"device = '{config.device}' must be one of {list(DEVICES)}")
+    if config.warm_start_init not in WARM_START_INITS:
+        p.append(f"warm_start_init = '{config.warm_start_init}' must be one of {list(WARM_START_INITS)}")
     if config.seed < 0:
         p.append(f"seed = {config.seed} must be >= 0")
     m = config.model
@@ -179,6 +190,8 @@ def config_problems(config: TrainConfig) -> list[str]:
     for name in ("max_epochs", "patience", "batch_queries"):
         if getattr(o, name) < 1:
             p.append(f"optim.{name} = {getattr(o, name)} must be >= 1")
+    if not 0 <= o.min_epochs <= o.max_epochs:
+        p.append(f"optim.min_epochs = {o.min_epochs} must be in [0, optim.max_epochs = {o.max_epochs}]")
     mi = config.mitigation
     for name in ("lambda_visual", "lambda_text", "lambda_aux", "lambda_adv", "grl_scale", "ogm_alpha", "ogm_noise", "opm_lambda",
                  "agm_alpha", "pmr_alpha", "mmpareto_gamma", "ogm_modulation_starts", "opm_warmup_epochs"):

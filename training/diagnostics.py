@@ -81,6 +81,18 @@ def summarize(model: Ranker, split: Split, scores: SplitScores, k: int = 10) -> 
     return out
 
 
+def head_attention(model: Ranker, scores: SplitScores) -> dict[str, list[float]]:
+    """Per-head means over rows of the visual attention mass and the normalised attention entropy
+    (empty when the model has no attention or no visual keys), so that a collapse of attention
+    itself (mass near 0 or 1, entropy near 0) can be told apart from a uniform, untrained one."""
+    if scores.attention is None:
+        return {}
+    out = {"attention_entropy_per_head": attention_entropy(scores.attention).mean(axis=0).tolist()}
+    if "visual" in model.attention_keys:
+        out["visual_attention_mass_per_head"] = attention_mass(scores.attention, model.attention_keys["visual"]).mean(axis=0).tolist()
+    return out
+
+
 def modality_grad_norms(model: Ranker) -> dict[str, float]:
     """L2 norm of the current gradients of each modality's own parameters (call after backward)."""
     norms = {}

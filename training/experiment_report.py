@@ -6,10 +6,14 @@ Sources (nothing else is read; no model is trained or scored):
     eval/v1-s<seed>.csv                    per-query NDCG of the text-only V1
     runs/<run>/latency.json, attention.npy, train/train_log.jsonl, <key>.onnx (its contract)
 
-Every row aggregates one grid entry over its seeds: per query, the mean over seeds; then a
-bootstrap CI over queries, a paired sign-flip test against the reference (per-query Δ), Holm
-across the rows of one table, and the paired effect size (`fusionguard.stats`). The "beats
-baseline" columns are computed from those p-values, never typed.
+Every row aggregates one grid entry over its seeds, with the run (seed) as the unit: a
+hierarchical (seed, then query) bootstrap CI of each mean and of the difference to the reference
+(paired by seed and query), the seed SD, an exact sign-flip test over the per-seed mean
+differences (10 seeds cannot give p below 0.002), the escape share (runs with visual drop >= 10%)
+with its exact binomial CI and Fisher's test against the reference, Holm across the rows of one
+table for each test, and the paired effect size over seeds (`fusionguard.stats`). No test treats
+the seeds as zero-variance (averaging each query over seeds and testing over queries would). The
+"beats baseline" columns are computed from those p-values, never typed.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from fusionguard.errors import InvalidInputError
 logger = logging.getLogger(__name__)
 
 ALPHA = 0.05
+ESCAPE_DROP = 0.10  # a run has escaped the collapse when its mean test visual ablation drop is >= 10%
 MODALITIES = {"v1": "text only", "visual-only": "visual only"}
 
 
@@ -69,46 +74,84 @@ def _load(out: Path) -> tuple[dict, pd.DataFrame]:
     return manifest, pd.concat(frames, ignore_index=True)
 
 
-def _per_query(data: pd.DataFrame, label: str, column: str) -> pd.Series | None:
+def _matrix(data: pd.DataFrame, label: str, column: str) -> pd.DataFrame | None:
+    """(seed x query) values of one row; None when the column is absent or all NaN."""
     rows = data[data["label"] == label]
     if column not in rows or rows[column].isna().all():
         return None
-    return rows.groupby("query_id")[column].mean()  # mean over seeds, per query
+    return rows.pivot_table(index="seed", columns="query_id", values=column, aggfunc="mean", dropna=False)
+
+
+def _seed_means(matrix: pd.DataFrame) -> pd.Series:
+    return matrix.mean(axis=1, skipna=True)  # per seed: mean over its queries
+
+
+def _sd(values: pd.Series) -> float:
+    return float(values.std(ddof=1)) if values.notna().sum() > 1 else np.nan
 
 
 def _table(manifest: dict, data: pd.DataFrame, labels: list[str], reference: str, out: Path) -> pd.DataFrame:
+    """One row per grid entry. The run (seed) is the unit: hierarchical (seed, then query)
+    bootstrap CIs, the seed-level exact sign-flip test on per-seed mean differences paired by
+    seed, seed SDs, and the escape share (runs with mean visual drop >= ESCAPE_DROP) with its exact
+    binomial CI and Fisher's test against the reference. Holm across the rows for each test."""
     n_res = int(manifest["grid"]["eval"]["n_resamples"])
-    ref = {c: _per_query(data, reference, c) for c in ("ndcg", "visual_drop")}
-    records, raw_p = [], {"ndcg": [], "visual_drop": []}
+    ref = {c: _matrix(data, reference, c) for c in ("ndcg", "visual_drop")}
+    ref_escapes = None
+    if ref["visual_drop"] is not None:
+        ref_means = _seed_means(ref["visual_drop"])
+        ref_escapes = (int((ref_means >= ESCAPE_DROP).sum()), int(ref_means.notna().sum()))
+    records, raw_p = [], {"ndcg": [], "visual_drop": [], "escape": []}
     for label in labels:
         entries = [e for e in manifest["entries"] if e["label"] == label]
         variant = entries[0]["variant"]
         rec: dict[str, object] = {"row": label, "modalities": MODALITIES.get(variant, "fused"), "seeds": len(entries)}
-        seed_means = data[data["label"] == label].groupby("seed")["ndcg"].mean()
-        rec["ndcg@10_seed_sd"] = float(seed_means.std(ddof=1)) if len(seed_means) > 1 else np.nan
         for col, name in (("ndcg", "ndcg@10"), ("visual_drop", "visual_drop"), ("attention_entropy", "attention_entropy")):
-            values = _per_query(data, label, col)
-            iv = stats.bootstrap_ci(values.to_numpy(), "mean", n_res, 0.95, 0) if values is not None else None
-            rec[name], rec[f"{name}_low"], rec[f"{name}_high"] = (iv.estimate, iv.low, iv.high) if iv else (np.nan,) * 3
-            if col in ref and values is not None and ref[col] is not None and label != reference:
-                a, b = values.align(ref[col], join="inner")
-                diff = (a - b).to_numpy()
-                ci = stats.paired_bootstrap_ci(a.to_numpy(), b.to_numpy(), n_res, 0.95, 0)
+            m = _matrix(data, label, col)
+            rec[name], rec[f"{name}_low"], rec[f"{name}_high"], rec[f"{name}_seed_sd"] = (np.nan,) * 4
+            if m is None:
+                continue
+            rec[f"{name}_seed_sd"] = _sd(_seed_means(m))
+            if m.shape[0] > 1:
+                iv = stats.hierarchical_bootstrap_ci(m.to_numpy(), n_res, 0.95, 0)
+                rec[name], rec[f"{name}_low"], rec[f"{name}_high"] = iv.estimate, iv.low, iv.high
+            else:  # one seed: a point estimate, no interval (seed variance unknown)
+                rec[name] = float(_seed_means(m).iloc[0])
+            if col == "visual_drop":
+                means = _seed_means(m)
+                k, n = int((means >= ESCAPE_DROP).sum()), int(means.notna().sum())
+                ci = stats.binomial_ci(k, n)
+                rec["escapes"], rec["escape_runs"], rec["escape"], rec["escape_low"], rec["escape_high"] = k, n, ci.estimate, ci.low, ci.high
+                if label != reference and ref_escapes is not None:
+                    rec["p_escape"] = stats.fisher_exact(k, n, *ref_escapes)
+                    raw_p["escape"].append(len(records))
+            if col in ref and ref[col] is not None and label != reference:
+                a, b = m.align(ref[col], join="inner")  # paired by seed and query
+                diff = (a - b).dropna(how="all")
+                seed_diff = _seed_means(diff).dropna()
+                if len(seed_diff) < 2:
+                    continue
+                ci = stats.hierarchical_bootstrap_ci(diff.to_numpy(), n_res, 0.95, 0)
                 rec[f"delta_{name}"], rec[f"delta_{name}_low"], rec[f"delta_{name}_high"] = ci.estimate, ci.low, ci.high
-                rec[f"p_{col}"] = stats.randomization_test(diff[np.isfinite(diff)], n_res, 0)
-                rec[f"effect_{col}"] = stats.paired_effect_size(diff[np.isfinite(diff)])
+                rec[f"delta_{name}_seed_sd"] = _sd(seed_diff)
+                rec[f"p_{col}"] = stats.seed_level_test(seed_diff.to_numpy(), n_res, 0)
+                rec[f"effect_{col}"] = stats.paired_effect_size(seed_diff.to_numpy())
                 raw_p[col].append(len(records))
         lat = [json.loads((out / e["run_dir"] / "latency.json").read_text(encoding="utf-8"))["median_ms"] for e in entries]
         rec["latency_ms"] = float(np.median(lat))
         records.append(rec)
     frame = pd.DataFrame.from_records(records)
-    for col, beats, word in (("ndcg", "beats_baseline", "NDCG"), ("visual_drop", "uses_visual_more", "visual drop")):
+    for col in ("ndcg", "visual_drop", "escape"):
+        if f"p_{col}" not in frame:
+            frame[f"p_{col}"] = np.nan
         frame[f"p_holm_{col}"] = np.nan
+        if raw_p[col]:
+            frame.loc[raw_p[col], f"p_holm_{col}"] = stats.holm(frame.loc[raw_p[col], f"p_{col}"].to_numpy(dtype=float))
+    for col, beats, word in (("ndcg", "beats_baseline", "NDCG"), ("visual_drop", "uses_visual_more", "visual drop")):
         frame[beats] = "reference"
         idx = raw_p[col]
         if idx:
-            adjusted = stats.holm(frame.loc[idx, f"p_{col}"].to_numpy(dtype=float))
-            frame.loc[idx, f"p_holm_{col}"] = adjusted
+            adjusted = frame.loc[idx, f"p_holm_{col}"].to_numpy(dtype=float)
             delta = frame.loc[idx, f"delta_{'ndcg@10' if col == 'ndcg' else col}"].to_numpy(dtype=float)
             frame.loc[idx, beats] = np.where(adjusted >= ALPHA, "no (n.s.)", np.where(delta > 0, "yes", f"no (lower {word})"))
         missing = [i for i in range(len(frame)) if i not in idx and frame.loc[i, "row"] != reference]
@@ -132,16 +175,21 @@ def _fmt(x, spec: str = ".3g", tex: bool = False) -> str:
     return format(x, spec)
 
 
-COLUMNS = ["row", "modalities", "NDCG@10 [95% CI]", "ΔNDCG@10 vs ref", "p (Holm)", "effect size",
-           "beats baseline (Holm p<0.05)", "visual drop [95% CI]", "visual drop > ref (Holm p<0.05)",
-           "attn. entropy", "ORT latency (ms)"]
+COLUMNS = ["row", "modalities", "seeds", "NDCG@10 [95% CI]", "seed SD", "ΔNDCG@10 vs ref [95% CI]", "p (Holm)", "effect size",
+           "beats baseline (Holm p<0.05)", "visual drop [95% CI]", "seed SD", "visual drop > ref (Holm p<0.05)",
+           "escaped [95% CI]", "p escape (Fisher, Holm)", "attn. entropy", "ORT latency (ms)"]
 
 
 def _cells(row: pd.Series, tex: bool) -> list[str]:
     esc = (lambda s: s.replace("_", r"\_").replace("λ", r"$\lambda$")) if tex else (lambda s: s)
-    return [esc(str(row["row"])), str(row["modalities"]), _fmt_ci(row, "ndcg@10", 4, tex), _fmt_ci(row, "delta_ndcg@10", 4, tex),
+    escaped = "--" if tex else "–"
+    if np.isfinite(row.get("escape", np.nan)):
+        escaped = f"{int(row['escapes'])}/{int(row['escape_runs'])} [{row['escape_low']:.2f}, {row['escape_high']:.2f}]"
+    return [esc(str(row["row"])), str(row["modalities"]), str(row["seeds"]), _fmt_ci(row, "ndcg@10", 4, tex),
+            _fmt(row.get("ndcg@10_seed_sd"), ".4f", tex), _fmt_ci(row, "delta_ndcg@10", 4, tex),
             _fmt(row.get("p_holm"), tex=tex), _fmt(row.get("effect_size"), ".2f", tex), str(row["beats_baseline"]),
-            _fmt_ci(row, "visual_drop", 3, tex), str(row["uses_visual_more"]), _fmt_ci(row, "attention_entropy", 3, tex),
+            _fmt_ci(row, "visual_drop", 3, tex), _fmt(row.get("visual_drop_seed_sd"), ".3f", tex), str(row["uses_visual_more"]),
+            escaped, _fmt(row.get("p_holm_escape"), tex=tex), _fmt_ci(row, "attention_entropy", 3, tex),
             _fmt(row["latency_ms"], ".3f", tex)]
 
 
@@ -173,8 +221,9 @@ def build_report(out: str | Path) -> ReportResult:
     (report_dir / "tables").mkdir(parents=True, exist_ok=True)
     result = ReportResult(report_dir)
     n_seeds, n_res = len(grid["seeds"]), grid["eval"]["n_resamples"]
-    note = (f"{grid['track']} track, scale {grid['scale']}, {n_seeds} seeds (per-query mean over seeds), 95% bootstrap CIs "
-            f"over test queries ({n_res} resamples), sign-flip p-values vs {reference}, Holm-corrected within the table")
+    note = (f"{grid['track']} track, scale {grid['scale']}, {n_seeds} seeds; 95% hierarchical (seed, then query) bootstrap CIs "
+            f"({n_res} resamples), seed SD, exact seed-level sign-flip p-values vs {reference} paired by seed, escape = visual "
+            f"drop >= {ESCAPE_DROP:.0%} with exact binomial CI and Fisher's test vs {reference}; Holm within the table")
     tables = {}
     for group, title in (("main", "Main results"), ("lambda", "Ablation: lambda_visual"), ("depth", "Ablation: fusion depth")):
         labels = list(dict.fromkeys(e["label"] for e in manifest["entries"] if e["group"] == group))

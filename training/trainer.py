@@ -25,10 +25,10 @@ from tqdm import tqdm
 from fusionguard.dataset import dataset_sha256
 from fusionguard.errors import ConfigError
 from training import mitigations
-from training.checkpoint import load_checkpoint, load_resume_state, save_checkpoint, save_resume_state
+from training.checkpoint import load_checkpoint, load_resume_state, save_checkpoint, save_resume_state, warm_start
 from training.config import TrainConfig, config_problems
 from training.data import Split, data_problems, load_split, read_dims
-from training.diagnostics import modality_grad_norms, score_split, summarize
+from training.diagnostics import head_attention, modality_grad_norms, score_split, summarize
 from training.models import Ranker, build_model
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class TrainResult:
     examples_per_s: float  # training rows per second of optimisation (diagnostics excluded)
     diagnostics_share: float  # diagnostics time / (train + diagnostics) time, over all epochs
     history: list[dict[str, Any]] = field(default_factory=list)
+    warm_start: dict[str, Any] | None = None  # checkpoint.warm_start's record when config.warm_start_from is set
 
     def summary(self) -> str:
         t = self.test
@@ -73,6 +74,9 @@ def resolve_device(name: str) -> torch.device:
 def validate_run(config: TrainConfig, data_dir: str | Path, source: str = "config") -> None:
     """Raise one ConfigError listing every problem of the config and the data directory."""
     problems = config_problems(config) + data_problems(data_dir, needs_visual=config.variant != "v1")
+    if config.warm_start_from and not (Path(config.warm_start_from) / "model.pt").is_file():
+        problems.append(f"warm_start_from = '{config.warm_start_from}' is not a checkpoint directory (no model.pt); "
+                        "train the source model first, e.g. fusionguard train --variant v1")
     if problems:
         raise ConfigError(source, problems)
 
@@ -116,6 +120,7 @@ def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: 
     train_split = load_split(data_dir / "train.parquet", dims, with_visual).to(device)
     val_split = load_split(data_dir / "val.parquet", dims, with_visual).to(device)
     model = build_model(config.variant, dims, config.model).to(device)
+    warm = warm_start(model, config.warm_start_from, config.warm_start_init) if config.warm_start_from else None
     opt = make_optimizer(model, config)
     meta = {"data_dir": str(data_dir), "data_sha256": dataset_sha256(data_dir / "train.parquet"), "seed": config.seed}
     k = config.diagnostics.ndcg_k
@@ -171,7 +176,8 @@ def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: 
             rows_seen += len(rows)
         t1 = time.perf_counter()
         # ---- diagnostics on val ----------------------------------------------------------
-        diag = summarize(model, val_split, score_split(model, val_split, config.diagnostics.mask, seed=epoch), k=k)
+        val_scores = score_split(model, val_split, config.diagnostics.mask, seed=epoch)
+        diag = {**summarize(model, val_split, val_scores, k=k), **head_attention(model, val_scores)}
         t2 = time.perf_counter()
         train_time += t1 - t0
         diag_time += t2 - t1
@@ -187,7 +193,8 @@ def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: 
             save_checkpoint(out, model, config, {**meta, "epoch": epoch, "val_ndcg": best})
         else:
             bad_epochs += 1
-        finished = bad_epochs >= config.optim.patience or epoch + 1 >= config.optim.max_epochs
+        stop_early = bad_epochs >= config.optim.patience and epoch + 1 >= config.optim.min_epochs
+        finished = stop_early or epoch + 1 >= config.optim.max_epochs
         save_resume_state(out, {"config_sha256": config.sha256(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
                                 "bad_epochs": bad_epochs, "finished": finished, "model": model.state_dict(),
                                 "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
@@ -203,7 +210,7 @@ def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: 
         out=out, variant=config.variant, epochs_run=(history[-1]["epoch"] + 1) if history else (state["epoch"] + 1 if state else 0),
         best_epoch=best_epoch, best_val_ndcg=best, test=test, train_seconds=time.perf_counter() - t_run,
         examples_per_s=rows_seen / max(train_time, 1e-9), diagnostics_share=diag_time / max(train_time + diag_time, 1e-9),
-        history=history,
+        history=history, warm_start=warm,
     )
     payload = {k2: v for k2, v in asdict(result).items() if k2 != "history"}
     payload["out"] = str(out)

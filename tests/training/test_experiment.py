@@ -82,31 +82,40 @@ def test_scale_overrides_and_shared_runs(tmp_path):
     assert run_key(specs[("main", None)], "d") != run_key(specs[("main", None)], "other data")
 
 
-def _fake_experiment(tmp_path, deltas):
-    """A stored experiment without training: per-query NDCG of a reference and shifted variants."""
+def _fake_experiment(tmp_path, deltas, n_seeds=8, drops=None):
+    """A stored experiment without training: per-query NDCG of a reference and shifted variants.
+    `drops` maps a label to per-seed visual drops (default 0.1 + noise everywhere)."""
     rng = np.random.default_rng(0)
     out = tmp_path / "exp"
-    n_q, seeds = 60, (0, 1)
+    n_q, seeds = 60, tuple(range(n_seeds))
     base = {s: rng.uniform(0.3, 0.7, n_q) for s in seeds}
+    labels = {"baseline": 0.0, **deltas}
     entries = []
-    for label, delta in {"baseline": 0.0, **deltas}.items():
+    for label, delta in labels.items():
         for s in seeds:
             run = f"runs/{label}-s{s}"
             (out / run).mkdir(parents=True)
             (out / run / "latency.json").write_text(json.dumps({"median_ms": 1.0 + delta}))
             entries.append({"label": label, "group": "main", "value": None, "variant": "baseline", "seed": s,
-                            "dataset": "main", "key": f"{label}{s}", "run_dir": run, "model": f"{label}{s}"})
+                            "dataset": "main", "key": f"{label}{s}", "run_dir": run, "model": f"{label}-{s}"})
     for s in seeds:
         frames = []
-        for label, delta in {"baseline": 0.0, **deltas}.items():
+        for label, delta in labels.items():
             noise = rng.normal(0, 0.01, n_q)
-            frames.append(pd.DataFrame({"model": f"{label}{s}", "query_id": [str(q) for q in range(n_q)],
-                                        "ndcg": base[s] + delta + noise, "visual_drop": 0.1 + noise}))
+            drop = (drops or {}).get(label, [0.1] * n_seeds)[s]
+            frames.append(pd.DataFrame({"model": f"{label}-{s}", "query_id": [str(q) for q in range(n_q)],
+                                        "ndcg": base[s] + delta + noise, "visual_drop": drop + noise}))
         (out / "eval" / f"main-s{s}").mkdir(parents=True)
         pd.concat(frames).to_csv(out / "eval" / f"main-s{s}" / "per_query.csv", index=False)
     grid = {"reference": "baseline", "track": "synth", "scale": "small", "seeds": list(seeds), "eval": {"n_resamples": 500}}
     (out / "manifest.json").write_text(json.dumps({"grid": grid, "entries": entries}))
     return out
+
+
+def _per_query_files(out, n_seeds):
+    pq = pd.concat([pd.read_csv(out / "eval" / f"main-s{s}" / "per_query.csv", dtype={"query_id": str}) for s in range(n_seeds)])
+    pq[["label", "seed"]] = pq["model"].str.rsplit("-", n=1, expand=True)
+    return pq
 
 
 def test_report_statistics_match_plain_reference(tmp_path):
@@ -116,17 +125,42 @@ def test_report_statistics_match_plain_reference(tmp_path):
     assert table.loc["better", "beats_baseline"] == "yes"
     assert table.loc["same", "beats_baseline"] == "no (n.s.)"
     assert table.loc["worse", "beats_baseline"] == "no (lower NDCG)"
-    # every number traces to the per-query files: recompute from them with plain pandas
-    pq = pd.concat([pd.read_csv(out / "eval" / f"main-s{s}" / "per_query.csv", dtype={"query_id": str}) for s in (0, 1)])
-    pq["label"] = pq["model"].str[:-1]
-    per_query = pq.groupby(["label", "query_id"])["ndcg"].mean().unstack(0)
-    assert table.loc["better", "ndcg@10"] == pytest.approx(per_query["better"].mean(), abs=1e-9)
-    diff = {k: (per_query[k] - per_query["baseline"]).to_numpy() for k in ("better", "same", "worse")}
-    raw = [stats.randomization_test(diff[k], 500, 0) for k in ("better", "same", "worse")]
+    # every number traces to the per-query files: recompute from them with plain pandas, seeds as units
+    pq = _per_query_files(out, 8)
+    seed_means = pq.groupby(["label", "seed"])["ndcg"].mean().unstack(0)  # (seed, label)
+    assert table.loc["better", "ndcg@10"] == pytest.approx(seed_means["better"].mean(), abs=1e-9)
+    assert table.loc["better", "ndcg@10_seed_sd"] == pytest.approx(seed_means["better"].std(ddof=1), abs=1e-9)
+    diff = {k: (seed_means[k] - seed_means["baseline"]).to_numpy() for k in ("better", "same", "worse")}
+    raw = [stats.seed_level_test(diff[k]) for k in ("better", "same", "worse")]
     np.testing.assert_allclose(table.loc[["better", "same", "worse"], "p_holm"], stats.holm(np.array(raw)))
     assert table.loc["better", "delta_ndcg@10"] == pytest.approx(diff["better"].mean(), abs=1e-9)
     assert {p.name for p in report.figures} >= {"latency.png", "latency.pdf"}
-    assert "yes" in (out / "report" / "tables" / "main.md").read_text() and "\\toprule" in (out / "report" / "tables" / "main.tex").read_text()
+    md = (out / "report" / "tables" / "main.md").read_text()
+    tex = (out / "report" / "tables" / "main.tex").read_text()
+    assert "yes" in md and "\\toprule" in tex
+    sd = f"{table.loc['better', 'ndcg@10_seed_sd']:.4f}"
+    assert "seed SD" in md and "seed SD" in tex and sd in md and sd in tex  # the seed SD is shown, not only stored
+
+
+def test_report_one_escaping_seed_is_not_significant(tmp_path):
+    """A variant that escapes in 1 of 8 seeds: averaged per query over seeds and tested over
+    queries it would look highly significant; with the seed as the unit it is not."""
+    drops = {"baseline": [0.0] * 8, "lucky": [0.3] + [0.0] * 7, "cured": [0.3] * 8}
+    out = _fake_experiment(tmp_path, {"lucky": 0.0, "cured": 0.0}, drops=drops)
+    build_report(out)
+    table = pd.read_csv(out / "report" / "tables" / "main.csv").set_index("row")
+    assert table.loc["lucky", "escapes"] == 1 and table.loc["cured", "escapes"] == 8 and table.loc["baseline", "escapes"] == 0
+    assert table.loc["lucky", "uses_visual_more"] == "no (n.s.)" and table.loc["cured", "uses_visual_more"] == "yes"
+    ci = stats.binomial_ci(1, 8)
+    assert (table.loc["lucky", "escape_low"], table.loc["lucky", "escape_high"]) == pytest.approx((ci.low, ci.high))
+    raw = [stats.fisher_exact(1, 8, 0, 8), stats.fisher_exact(8, 8, 0, 8)]
+    np.testing.assert_allclose(table.loc[["lucky", "cured"], "p_holm_escape"], stats.holm(np.array(raw)))
+    per_query = _per_query_files(out, 8)
+    pooled = per_query[per_query["label"] == "lucky"].groupby("query_id")["visual_drop"].mean()
+    pooled_ref = per_query[per_query["label"] == "baseline"].groupby("query_id")["visual_drop"].mean()
+    assert stats.randomization_test((pooled - pooled_ref).to_numpy(), 500, 0) < 0.01  # what the old report did
+    assert table.loc["lucky", "p_visual_drop"] > 0.2  # the seed-level test
+    assert table.loc["lucky", "visual_drop_low"] < 0.02  # the hierarchical CI reaches the collapsed runs
 
 
 def test_mlflow_logging_into_a_local_store(tmp_path):

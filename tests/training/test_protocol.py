@@ -1,0 +1,105 @@
+"""Warm start, the no-early-stop floor, per-head attention logs, and the collapse protocol's tables."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fusionguard import stats
+from fusionguard.errors import ConfigError
+from training.checkpoint import load_checkpoint
+from training.config import TrainConfig
+from training.protocol import load_protocol, summarize
+from training.trainer import train
+
+from .conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_warm_start_copies_v1_text_pathway_and_keeps_visual_fresh(tmp_path, tiny_bench):
+    train(tiny_config("v1", max_epochs=1), tiny_bench, tmp_path / "v1", progress=False)
+    v1 = load_checkpoint(tmp_path / "v1").model.state_dict()
+    config = replace(tiny_config("baseline", max_epochs=1, lr=1e-12), warm_start_from=str(tmp_path / "v1"))
+    result = train(config, tiny_bench, tmp_path / "v2", progress=False)
+    assert result.warm_start is not None and {"k_text.weight", "head.0.weight"} <= set(result.warm_start["loaded"])
+    assert {"k_visual.weight", "v_visual.weight"} <= set(result.warm_start["kept"])
+    v2 = load_checkpoint(tmp_path / "v2").model.state_dict()
+    torch.testing.assert_close(v2["k_text.weight"], v1["k_text.weight"], rtol=0, atol=1e-6)  # lr ~0: still V1's
+    assert json.loads((tmp_path / "v2" / "result.json").read_text())["warm_start"]["source_variant"] == "v1"
+
+
+def test_warm_start_from_a_missing_checkpoint_is_a_config_problem(tmp_path, tiny_bench):
+    config = replace(tiny_config("baseline"), warm_start_from=str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="warm_start_from"):
+        train(config, tiny_bench, tmp_path / "out", progress=False)
+
+
+def test_min_epochs_holds_off_early_stopping(tmp_path, tiny_bench):
+    # min_delta 1.0: no epoch after the first is ever "better", so patience 1 would stop at epoch 2
+    stopped = train(tiny_config(max_epochs=5, patience=1, min_delta=1.0), tiny_bench, tmp_path / "a", progress=False)
+    held = train(tiny_config(max_epochs=5, patience=1, min_delta=1.0, min_epochs=4), tiny_bench, tmp_path / "b", progress=False)
+    assert stopped.epochs_run == 2 and held.epochs_run == 4
+    heads = held.history[0]
+    assert len(heads["val_visual_attention_mass_per_head"]) == 4 and len(heads["val_attention_entropy_per_head"]) == 4
+
+
+def test_min_epochs_above_max_epochs_is_rejected():
+    with pytest.raises(ConfigError, match="min_epochs"):
+        TrainConfig.from_dict({"optim": {"max_epochs": 5, "min_epochs": 6}})
+
+
+def test_committed_protocol_loads_and_fixes_the_budget():
+    protocol = load_protocol(ROOT / "training" / "configs" / "protocol.toml")
+    assert len(protocol.training_seeds) >= 10 and len(protocol.generator_seeds) >= 3
+    cfg = protocol.train_config("baseline", 0, "v1-dir")
+    assert (cfg.optim.max_epochs, cfg.optim.min_epochs, cfg.warm_start_from) == (50, 20, "v1-dir")
+    long = protocol.train_config("baseline", 0, "v1-dir", long=True)
+    assert long.optim.max_epochs == 2 * cfg.optim.max_epochs and long.optim.min_epochs == long.optim.max_epochs
+
+
+def _record(variant, g, s, drop, ndcg, spearman=0.995):
+    rng = np.random.default_rng(g * 100 + s)
+    return {"protocol": "p", "variant": variant, "generator_seed": g, "training_seed": s, "long": False,
+            "ndcg": ndcg, "visual_drop": drop, "spearman_v1": spearman, "collapsed": drop < 0.01 and spearman >= 0.99,
+            "escaped": drop >= 0.10, "first_val_escape_epoch": 5 if drop >= 0.10 else None, "seconds": 1.0, "epochs_run": 20,
+            "per_query_ndcg": (ndcg + rng.normal(0, 0.01, 20)).tolist(), "per_query_visual_drop": (drop + rng.normal(0, 0.001, 20)).tolist()}
+
+
+def test_protocol_summary_counts_runs_and_tests_at_the_seed_level():
+    protocol = replace(load_protocol(ROOT / "training" / "configs" / "protocol.toml"), n_resamples=500)
+    records = [_record("baseline", g, s, 0.0 if s else 0.2, 0.75) for g in (0, 1) for s in range(5)]
+    records += [_record("progressive", g, s, 0.2, 0.80, 0.9) for g in (0, 1) for s in range(5)]
+    rows = {r["variant"]: r for r in summarize(records, protocol)}
+    base, prog = rows["baseline"], rows["progressive"]
+    assert (base["runs"], base["collapsed"], base["escaped"]) == (10, 8, 2)
+    ci = stats.binomial_ci(8, 10)
+    assert (base["collapse_low"], base["collapse_high"]) == pytest.approx((ci.low, ci.high))
+    assert prog["p_escape"] == pytest.approx(stats.fisher_exact(10, 10, 2, 10))
+    seed_diff = [0.05] * 10
+    assert prog["p_ndcg"] == pytest.approx(stats.seed_level_test(np.array(seed_diff) + 0.0))
+    assert prog["ndcg_seed_sd"] == pytest.approx(0.0) and prog["delta_ndcg"] == pytest.approx(0.05, abs=0.01)
+
+
+def test_zero_values_warm_start_silences_the_new_modality_at_the_start(tmp_path, tiny_bench):
+    train(tiny_config("v1", max_epochs=1), tiny_bench, tmp_path / "v1", progress=False)
+    from training.checkpoint import warm_start
+    from training.data import load_split, read_dims
+    from training.models import build_model
+
+    dims = read_dims(tiny_bench)
+    v1 = load_checkpoint(tmp_path / "v1").model
+    model = build_model("baseline", dims, v1.cfg)
+    info = warm_start(model, tmp_path / "v1", init="zero-values")
+    assert info["zeroed"] == ["v_visual.bias", "v_visual.weight"]
+    split = load_split(tiny_bench / "test.parquet", dims, with_visual=True)
+    with torch.no_grad():
+        assert float(model.v_visual(split.visual_tokens).abs().max()) == 0.0  # the new tokens carry no value yet
+        torch.testing.assert_close(model.k_text.weight, v1.k_text.weight)
+    with pytest.raises(ConfigError, match="warm_start_init"):
+        TrainConfig.from_dict({"warm_start_init": "ones"})
