@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import subprocess
 import tarfile
 from dataclasses import asdict, dataclass
@@ -109,6 +110,7 @@ def fetch_packages(cache: Path) -> Path:
         with tarfile.open(tgz) as tar:
             tar.extractall(npm / "_tmp", filter="data")
         (npm / "_tmp" / "package").rename(target)
+        shutil.rmtree(npm / "_tmp")
     return npm
 
 
