@@ -64,7 +64,7 @@ def _load(out: Path) -> tuple[dict, pd.DataFrame]:
             path = out / "eval" / f"{entry['dataset']}-s{entry['seed']}" / "per_query.csv"
         if not path.is_file():
             raise InvalidInputError(f"per-query results {path} are missing; rerun `fusionguard experiment run` to finish the grid")
-        frame = pd.read_csv(path, dtype={"query_id": str})
+        frame = pd.read_csv(path, dtype={"query_id": str, "model": str})  # a hex model id can be all digits
         frame = frame[frame["model"] == entry["model"]].copy()
         if frame.empty:
             raise InvalidInputError(f"{path} has no rows for model {entry['model']} ({entry['label']} seed {entry['seed']})")

@@ -1,0 +1,1 @@
+"""Real-data tracks built from registry packages (the emoji search track)."""
