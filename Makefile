@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # ONNX Runtime flavour: cpu (default) or gpu. Never both in one environment.
 ORT    ?= cpu
-EXTRAS ?= $(ORT),serve,gate,train,tracking,dev,ray
+EXTRAS ?= $(ORT),serve,gate,train,tracking,dev,ray,emoji
 
 .PHONY: all venv install tools demo test test-all bench lock clean
 
@@ -15,8 +15,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Reinstall only when the project's metadata changes.
-$(STAMP): pyproject.toml | $(PY)
+# Reinstall only when the project's metadata or the extras chosen here change.
+$(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
