@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -98,6 +99,49 @@ def _error(status: int, message: str, **extra: object) -> JSONResponse:
     return JSONResponse({**extra, "error": message}, status_code=status)
 
 
+# The inference URLs (starlette's `{param}` matches one path segment, [^/]+).
+_INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+
+# An answer of the raw inference path: (status, body, headers).
+_Answer = tuple[int, bytes, dict[str, str]]
+
+
+def _json_answer(status: int, message: str, **extra: object) -> _Answer:
+    """`_error`'s answer, byte for byte as starlette's JSONResponse renders it."""
+    return _doc_answer(status, {**extra, "error": message})
+
+
+def _doc_answer(status: int, doc: dict) -> _Answer:
+    body = json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    return status, body, {"content-type": "application/json"}
+
+
+class _Disconnected(Exception):
+    """The client went away while sending its request body."""
+
+
+class _MonitorStarlette(Starlette):
+    """Starlette with the inference POST answered before routing and middleware.
+
+    `POST /v2/models/{name}[/versions/{version}]/infer` is the hot path: matched by one regular
+    expression and handed to `MonitorApp.infer_asgi`, which reads the body from `receive`,
+    answers through `send` and catches every exception itself (a JSON 500, as the middleware
+    would). Everything else (other methods on that path: 405) goes through starlette as before.
+    """
+
+    def __init__(self, infer, **kwargs) -> None:  # noqa: ANN001 - MonitorApp.infer_asgi
+        super().__init__(**kwargs)
+        self._infer = infer
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001 - ASGI
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            match = _INFER_PATH.fullmatch(scope["path"])
+            if match is not None:
+                await self._infer(match.group(1), match.group(2), scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 class _ASGIEndpoint:
     """Wraps a plain ASGI callable so that starlette's Route passes it scope/receive/send."""
 
@@ -162,7 +206,8 @@ class MonitorApp:
             # prometheus_client's own app: OpenMetrics when the scraper asks, gzip when accepted.
             Route("/metrics", _ASGIEndpoint(make_asgi_app(registry=exposition or registry)), methods=["GET"]),
         ]
-        self.app = Starlette(
+        self.app = _MonitorStarlette(
+            self.infer_asgi,
             routes=routes,
             lifespan=self._lifespan,
             exception_handlers={HTTPException: self._http_error, Exception: self._server_error},
@@ -304,22 +349,29 @@ class MonitorApp:
 
     def _lookup(self, request: Request) -> ModelState | JSONResponse:
         """The state serving this URL's model (and version), or the error response to send."""
-        if request.path_params["name"] != self.service.name:
-            return self._not_found(request)
+        found = self._lookup_state(request.path_params["name"], request.path_params.get("version"))
+        return found if isinstance(found, ModelState) else JSONResponse(found[1], status_code=found[0])
+
+    def _lookup_state(self, name: str, version: str | None) -> ModelState | tuple[int, dict]:
+        """The state serving `name` (and `version`), or (status, JSON document) of the error."""
+        if name != self.service.name:
+            return self._not_found_doc(name, version)
         state = self.service.state
         if state is None:
-            return _error(503, self._not_loaded_message(), name=self.service.name, ready=False)
-        if request.path_params.get("version") not in (None, "", state.version):
-            return self._not_found(request)
+            return 503, {"name": self.service.name, "ready": False, "error": self._not_loaded_message()}
+        if version not in (None, "", state.version):
+            return self._not_found_doc(name, version)
         return state
 
     def _not_found(self, request: Request) -> JSONResponse:
-        name = request.path_params["name"]
-        version = request.path_params.get("version")
+        status, doc = self._not_found_doc(request.path_params["name"], request.path_params.get("version"))
+        return JSONResponse(doc, status_code=status)
+
+    def _not_found_doc(self, name: str, version: str | None) -> tuple[int, dict]:
         what = f"model '{name}'" + (f" version '{version}'" if version else "")
         state = self.service.state
         serves = f"'{self.service.name}' version '{state.version}'" if state else f"'{self.service.name}' (not loaded)"
-        return _error(404, f"{what} is not served here; this server serves {serves}")
+        return 404, {"error": f"{what} is not served here; this server serves {serves}"}
 
     async def model_metadata(self, request: Request) -> Response:
         state = self._lookup(request)
@@ -443,77 +495,108 @@ class MonitorApp:
                 os.kill(self._supervisor, sig)
 
     # ----- inference -------------------------------------------------------------------------
-    async def _read_body(self, request: Request) -> bytes:
+    async def infer_asgi(self, name: str, version: str | None, scope, receive, send) -> None:  # noqa: ANN001
+        """The raw ASGI inference path (see `_MonitorStarlette`): no Request, routing or middleware."""
+        headers: dict[str, str] = {}
+        for key, value in scope["headers"]:
+            headers.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))  # the first, as starlette's get
+        try:
+            status, body, extra = await self._infer(name, version, headers, receive)
+        except Exception as err:  # a bug that escaped: still a JSON answer, as the middleware gives
+            logger.exception("inference request failed")
+            status, body, extra = _json_answer(500, f"internal error: {type(err).__name__}: {err}")
+        raw = [(b"content-length", str(len(body)).encode())]
+        raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
+
+    async def infer(self, request: Request) -> Response:
+        """The inference route through starlette (only reached with a root_path; see `_MonitorStarlette`)."""
+        status, body, headers = await self._infer(
+            request.path_params["name"], request.path_params.get("version"), request.headers, request.receive
+        )
+        return Response(body, status_code=status, headers=headers)
+
+    async def _read_body(self, headers, receive) -> bytes:  # noqa: ANN001 - header mapping, ASGI receive
         limit = self.config.max_body_bytes
-        declared = request.headers.get("content-length")
+        declared = headers.get("content-length")
         too_large = ProtocolError(
             "body_too_large", f"request body exceeds the limit of {limit} bytes; send fewer candidates per request", 413
         )
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise too_large
         chunks, size = [], 0
-        with anyio.fail_after(self.config.body_timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise too_large
-                chunks.append(chunk)
-        return b"".join(chunks)
+        async with asyncio.timeout(self.config.body_timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _Disconnected
+                chunk = message.get("body", b"")
+                if chunk:
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)  # one chunk: no copy
 
-    async def infer(self, request: Request) -> Response:
+    async def _infer(self, name: str, version: str | None, headers, receive) -> _Answer:  # noqa: ANN001
         m = self.metrics
-        name = self.service.name
-        if request.path_params["name"] != name:
+        served = self.service.name
+        if name != served:
             m.invalid.labels(UNKNOWN_MODEL, "unknown_model").inc()
             m.requests.labels(UNKNOWN_MODEL, "invalid").inc()
-            return self._not_found(request)
-        state = self._lookup(request)
-        if isinstance(state, Response):
-            if state.status_code == 503:
-                m.requests.labels(name, "unavailable").inc()
+            status, doc = self._not_found_doc(name, version)
+            return _doc_answer(status, doc)
+        state = self._lookup_state(name, version)
+        if not isinstance(state, ModelState):
+            status, doc = state
+            if status == 503:
+                m.requests.labels(served, "unavailable").inc()
             else:  # a version this server does not serve
                 m.invalid.labels(UNKNOWN_MODEL, "unknown_model").inc()
                 m.requests.labels(UNKNOWN_MODEL, "invalid").inc()
-            return state
+            return _doc_answer(status, doc)
         if self._reading >= self.config.max_body_readers:
-            m.requests.labels(name, "rejected").inc()
-            return _error(503, f"server busy: {self._reading} request bodies arriving (limit {self.config.max_body_readers}); retry later")
+            m.requests.labels(served, "rejected").inc()
+            return _json_answer(503, f"server busy: {self._reading} request bodies arriving (limit {self.config.max_body_readers}); retry later")
 
         # 1. The body, before any inference slot is taken.
         self._reading += 1
         try:
-            body = await self._read_body(request)
+            body = await self._read_body(headers, receive)
         except TimeoutError:
-            m.requests.labels(name, "timeout").inc()
-            return _error(408, f"request body did not arrive within {self.config.body_timeout_s} s")
-        except ClientDisconnect:
-            m.requests.labels(name, "disconnected").inc()
+            m.requests.labels(served, "timeout").inc()
+            return _json_answer(408, f"request body did not arrive within {self.config.body_timeout_s} s")
+        except (_Disconnected, ClientDisconnect):
+            m.requests.labels(served, "disconnected").inc()
             logger.debug("client disconnected while sending its request body")
-            return _error(400, "client disconnected")  # nobody reads it; the server drops it
+            return _json_answer(400, "client disconnected")  # nobody reads it; the server drops it
         except ProtocolError as err:
-            return self._invalid(name, err.reason, err.status, str(err))
+            return self._invalid(served, err.reason, err.status, str(err))
         finally:
             self._reading -= 1
 
         # 2. Admission, then decode and score.
         if self._inflight >= self.config.max_concurrency:
-            m.requests.labels(name, "rejected").inc()
-            return _error(503, f"server busy: {self._inflight} requests in progress (limit {self.config.max_concurrency}); retry later")
+            m.requests.labels(served, "rejected").inc()
+            return _json_answer(503, f"server busy: {self._inflight} requests in progress (limit {self.config.max_concurrency}); retry later")
         self._inflight += 1
         m.inflight.inc()
         start = time.perf_counter()
         try:
-            return await self._score(request, body)
+            return await self._score(headers, body)
         finally:
             self._inflight -= 1
             m.inflight.dec()
-            m.hot(name).request_duration.observe(time.perf_counter() - start)
+            m.hot(served).request_duration.observe(time.perf_counter() - start)
 
-    async def _score(self, request: Request, body: bytes) -> Response:
+    async def _score(self, headers, body: bytes) -> _Answer:  # noqa: ANN001 - header mapping
         m, name = self.metrics, self.service.name
         try:
-            body = decode_content(body, request.headers.get("content-encoding"), self.config.max_body_bytes)
-            req = decode_request(body, request.headers)
+            body = decode_content(body, headers.get("content-encoding"), self.config.max_body_bytes)
+            req = decode_request(body, headers)
             telemetry = self.service.sampler()
             state, masks = self.service.admit(req.inputs, telemetry)  # the one validation
             rows = next(iter(req.inputs.values())).shape[0] * len(masks)
@@ -529,8 +612,8 @@ class MonitorApp:
                 m.errors.labels(name, "non_finite_output").inc()
                 m.requests.labels(name, "error").inc()
                 logger.error("model version %s produced non-finite values in %s; answered 500", scored.state.version, bad)
-                return _error(500, f"the model produced non-finite values (NaN or inf) in output(s) {bad}; nothing is served for this request")
-            payload, headers = encode_response(name, scored.state.version, outputs, req)
+                return _json_answer(500, f"the model produced non-finite values (NaN or inf) in output(s) {bad}; nothing is served for this request")
+            payload, extra = encode_response(name, scored.state.version, outputs, req)
             record_scored(m, name, scored)
             if telemetry:
                 self.worker.submit(scored)
@@ -540,24 +623,23 @@ class MonitorApp:
             return self._invalid(name, err.reasons[0], 400, str(err))
         except ModelNotLoadedError as err:  # unloaded between the check and the call
             m.requests.labels(name, "unavailable").inc()
-            return _error(503, str(err))
+            return _json_answer(503, str(err))
         except Exception as err:  # never crash the server on one request; logged with traceback
             logger.exception("inference failed")
             m.errors.labels(name, "inference_failed").inc()
             m.requests.labels(name, "error").inc()
-            return _error(500, f"internal error while scoring: {type(err).__name__}: {err}")
-        encoding = negotiate_encoding(request.headers.get("accept-encoding"))
-        headers["vary"] = "Accept-Encoding"
+            return _json_answer(500, f"internal error while scoring: {type(err).__name__}: {err}")
+        encoding = negotiate_encoding(headers.get("accept-encoding"))
+        extra["vary"] = "Accept-Encoding"
         if encoding is not None:
             payload = encode_content(payload, encoding)
-            headers["content-encoding"] = encoding
-        return Response(payload, headers=headers)
+            extra["content-encoding"] = encoding
+        return 200, payload, extra
 
     def _count_invalid(self, name: str, reason: str) -> None:
         self.metrics.invalid.labels(name, reason).inc()
         self.metrics.requests.labels(name, "invalid").inc()
 
-    def _invalid(self, name: str, reason: str, status: int, message: str) -> JSONResponse:
+    def _invalid(self, name: str, reason: str, status: int, message: str) -> _Answer:
         self._count_invalid(name, reason)
-        return _error(status, message)
-
+        return _json_answer(status, message)
