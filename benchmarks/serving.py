@@ -84,7 +84,9 @@ def _asgi_requests(model: Path, feeds: dict[str, np.ndarray], calls: int, shares
     """The whole app (routing, body, admission, decode, validate, run, encode, metrics, telemetry
     worker) called in process through ASGI, with no socket or HTTP parser: what the server adds
     above the network. One app per telemetry share, measured in alternating blocks of 50 requests
-    so that a change in the machine's load hits every share alike."""
+    so that a change in the machine's load hits every share alike. `cpu_median_us` is this
+    process's CPU time (every thread: the telemetry worker runs a sampled request's masked passes
+    and its metrics after the response) per request, each block ending once the worker is idle."""
     import uvloop
     from prometheus_client import CollectorRegistry
 
@@ -133,11 +135,13 @@ def _asgi_requests(model: Path, feeds: dict[str, np.ndarray], calls: int, shares
         cpu: list[list[float]] = [[] for _ in apps]
         for _ in range(max(1, calls // 50)):
             for i, mapp in enumerate(apps):
-                t, c = time.perf_counter(), time.thread_time()
+                t, c = time.perf_counter(), time.process_time()
                 for _ in range(50):
                     await one(mapp.app)
-                cpu[i].append((time.thread_time() - c) / 50 * 1e6)
                 wall[i].append((time.perf_counter() - t) / 50 * 1e6)
+                if not mapp.worker.wait_idle():
+                    raise RuntimeError("the telemetry worker did not finish its queue")
+                cpu[i].append((time.process_time() - c) / 50 * 1e6)
         for life_in, life_out, task in lifespans:
             await life_in.put({"type": "lifespan.shutdown"})
             await life_out.get()
@@ -234,6 +238,17 @@ class Server:
             if with_children.exists():
                 todo.extend(int(c) for c in with_children.read_text().split())
         return out
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the server's processes so far (every worker)."""
+        total, tick = 0, os.sysconf("SC_CLK_TCK")
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of proc(5))
+        return total / tick
 
     def rss_mib(self) -> float:
         total = 0.0
@@ -343,13 +358,19 @@ def run(args: argparse.Namespace, model: Path, feeds: dict[str, np.ndarray], wor
                 load(server.url, body_file, header_len, 1, 4)  # warm-up
                 for conc in concurrencies:
                     before = merged_totals(server.url) if server.name == "fusionguard" else (0.0, 0.0)
+                    cpu = server.cpu_s()
                     res = load(server.url, body_file, header_len, args.seconds, conc)
+                    cpu = server.cpu_s() - cpu
                     after = merged_totals(server.url) if server.name == "fusionguard" else (0.0, 0.0)
+                    # server CPU per request: independent of how much of the cores the server got
+                    res["server_cpu_us_per_request"] = cpu / max(res["requests"], 1) * 1e6
+                    res["loadavg_1min"] = os.getloadavg()[0]
                     calls = after[1] - before[1]  # this run's merged calls only (not the warm-up's)
                     res["merged_requests_mean"] = (after[0] - before[0]) / calls if calls else None
                     res["round"] = r
                     rounds.setdefault(f"{name} c={conc}", []).append(res)
                     print(f"  {name} c={conc}: {res['rps']:.0f} req/s p50 {res['p50_ms']:.2f} ms "
+                          f"server CPU {res['server_cpu_us_per_request']:.0f} us/req "
                           f"(load {os.getloadavg()[0]:.1f})", flush=True)
             finally:
                 server.stop()
@@ -357,7 +378,9 @@ def run(args: argparse.Namespace, model: Path, feeds: dict[str, np.ndarray], wor
     table = {}
     for key, runs in rounds.items():
         best = sorted(runs, key=lambda x: x["rps"])[(len(runs) - 1) // 2]  # the median round (lower middle)
-        row = {**best, "rows_per_s": best["rps"] * rows_per_request, "rounds_rps": [x["rps"] for x in runs]}
+        row = {**best, "rows_per_s": best["rps"] * rows_per_request, "rounds_rps": [x["rps"] for x in runs],
+               # the median over rounds, apart from the round chosen by requests/s
+               "server_cpu_us_per_request": float(np.median([x["server_cpu_us_per_request"] for x in runs]))}
         if key.endswith(" c=1"):
             row["server_overhead_ms"] = best["p50_ms"] - model_ms
         if best.get("merged_requests_mean"):
@@ -372,7 +395,7 @@ def run(args: argparse.Namespace, model: Path, feeds: dict[str, np.ndarray], wor
     app0 = stage["app in process, share=0 (ASGI, no socket)"]
     for share in (DEFAULT_SHARE, 1.0):
         app = stage[f"app in process, share={share:g} (ASGI, no socket)"]
-        ratios[f"telemetry share={share:g} cost in process, CPU (app cpu_us / share-0 cpu_us - 1)"] = (
+        ratios[f"telemetry share={share:g} cost in process, CPU of every thread (app cpu_us / share-0 cpu_us - 1)"] = (
             app["cpu_median_us"] / app0["cpu_median_us"] - 1)
         ratios[f"telemetry share={share:g} cost in process, wall (median_us / share-0 median_us - 1)"] = (
             app["median_us"] / app0["median_us"] - 1)
@@ -388,6 +411,9 @@ def _ratios(table: dict, args: argparse.Namespace) -> dict:
     base, default = get(f"fusionguard 1w share=0 c={c}"), get(f"fusionguard 1w share={DEFAULT_SHARE:g} (default) c={c}")
     if base and default:
         out[f"telemetry default share cost at c={c} (1 - rps_default / rps_share0)"] = 1 - default / base
+        cpu = lambda key: table[key]["server_cpu_us_per_request"]  # noqa: E731
+        out[f"telemetry default share cost at c={c}, server CPU per request (cpu_default / cpu_share0 - 1)"] = (
+            cpu(f"fusionguard 1w share={DEFAULT_SHARE:g} (default) c={c}") / cpu(f"fusionguard 1w share=0 c={c}") - 1)
     base1, default1 = get("fusionguard 1w share=0 c=1"), get(f"fusionguard 1w share={DEFAULT_SHARE:g} (default) c=1")
     if base1 and default1:
         out["telemetry default share cost at c=1"] = 1 - default1 / base1
@@ -491,11 +517,11 @@ def _print(result: dict) -> None:
     print(f"\n{'stage':44s} {'median us':>10s} {'min us':>8s} {'cpu us':>8s}")
     for name, t in result["stages_us"].items():
         print(f"{name:44s} {t['median_us']:10.1f} {t['min_us']:8.1f} {t['cpu_median_us']:8.1f}")
-    print(f"\n{'configuration':52s} {'req/s':>8s} {'rows/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'ovh ms':>7s} {'errors':>6s}")
+    print(f"\n{'configuration':52s} {'req/s':>8s} {'rows/s':>9s} {'p50 ms':>7s} {'p99 ms':>7s} {'ovh ms':>7s} {'cpu us':>7s} {'errors':>6s}")
     for name, r in result["rows"].items():
         ovh = f"{r['server_overhead_ms']:7.3f}" if "server_overhead_ms" in r else " " * 7
         print(f"{name:52s} {r['rps']:8.0f} {r['rows_per_s']:9.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} {ovh} "
-              f"{r['errors']:6d}")
+              f"{r['server_cpu_us_per_request']:7.0f} {r['errors']:6d}")
     print()
     for name, v in result["ratios"].items():
         print(f"{name}: {v:.3f}")

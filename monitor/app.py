@@ -26,7 +26,9 @@ reason `non_finite_output`. Every response the app sends is JSON (or the binary-
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -49,7 +51,7 @@ from starlette.routing import Route
 
 from fusionguard import __version__
 from fusionguard.errors import FusionGuardError
-from fusionguard.scorer import InvalidFeedsError
+from fusionguard.scorer import InvalidFeedsError, Mask
 from monitor.batching import BatchingConfig, DynamicBatcher
 from monitor.metrics import UNKNOWN_MODEL, MonitorMetrics, register_runtime_collectors
 from monitor.protocol import (
@@ -187,6 +189,7 @@ class MonitorApp:
         self._unloaded = False  # unloaded on request: the registry poll leaves it so
         self._limiter: anyio.CapacityLimiter | None = None
         self._batcher: DynamicBatcher | None = None
+        self._deferred: set[asyncio.Task] = set()  # sampled requests' Shapley passes queued in the batcher
         self._publish_model(service.state, None)
         m = "/v2/models/{name}"
         v = "/v2/models/{name}/versions/{version}"
@@ -256,6 +259,8 @@ class MonitorApp:
                 loop.remove_signal_handler(signal.SIGHUP)
                 if self._supervisor is not None:
                     loop.remove_signal_handler(signal.SIGUSR1)
+            if self._deferred:  # Shapley passes of answered requests, still to be merged
+                await asyncio.gather(*list(self._deferred), return_exceptions=True)
             if self._batcher is not None:
                 await self._batcher.stop()
                 self._batcher = None
@@ -599,13 +604,14 @@ class MonitorApp:
             req = decode_request(body, headers)
             telemetry = self.service.sampler()
             state, masks = self.service.admit(req.inputs, telemetry)  # the one validation
-            rows = next(iter(req.inputs.values())).shape[0] * len(masks)
+            served = masks[:1]  # the unmasked pass; a sampled request's Shapley passes run after its response
+            rows = next(iter(req.inputs.values())).shape[0]
             if self._batcher is not None:
-                scored = await self._batcher.score(state, req.inputs, masks)
+                scored = await self._batcher.score(state, req.inputs, served)
             elif rows <= self.config.inline_rows:
-                scored = self.service.run(state, req.inputs, masks)  # no thread hop for a small batch
+                scored = self.service.run(state, req.inputs, served)  # no thread hop for a small batch
             else:
-                scored = await anyio.to_thread.run_sync(self.service.run, state, req.inputs, masks, limiter=self._limiter)
+                scored = await anyio.to_thread.run_sync(self.service.run, state, req.inputs, served, limiter=self._limiter)
             outputs = scored.response_outputs()
             bad = sorted(k for k, v in outputs.items() if not np.isfinite(v).all())
             if bad:
@@ -616,7 +622,7 @@ class MonitorApp:
             payload, extra = encode_response(name, scored.state.version, outputs, req)
             record_scored(m, name, scored)
             if telemetry:
-                self.worker.submit(scored)
+                self._telemetry(scored, masks)
         except ProtocolError as err:
             return self._invalid(name, err.reason, err.status, str(err))
         except InvalidFeedsError as err:
@@ -635,6 +641,43 @@ class MonitorApp:
             payload = encode_content(payload, encoding)
             extra["content-encoding"] = encoding
         return 200, payload, extra
+
+    def _telemetry(self, scored: Scored, masks: tuple[Mask, ...]) -> None:
+        """Hand a sampled request to the telemetry worker once its answer is ready.
+
+        Its masked Shapley passes (`masks[1:]`) are not on the request path: they run on the
+        worker thread (ONNX Runtime releases the GIL, so beside the event loop), or, with
+        batching, in the batcher, merged with the next requests, while the worker waits for them.
+        The unmasked pass is the one the client got. Rows are scored independently, so the values
+        are those of one four-pass call (the same guarantee as batching; docs/monitor.md).
+        """
+        if len(masks) == 1:  # a one-modality model: no Shapley passes
+            self.worker.submit(scored)
+            return
+        self.metrics.hot(self.service.name).telemetry_requests.inc()
+        if self._batcher is None:
+            self.worker.submit(lambda: self._with_passes(scored, masks, self.service.run(scored.state, scored.feeds, masks[1:])))
+            return
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        if not self.worker.submit(lambda: self._with_passes(scored, masks, done.result(timeout=60))):
+            return  # the telemetry queue is full: dropped (counted), so its passes are not run either
+        task = asyncio.get_running_loop().create_task(self._batcher.score(scored.state, scored.feeds, masks[1:], deferred=True))
+        self._deferred.add(task)
+        task.add_done_callback(functools.partial(self._passes_done, done))
+
+    def _passes_done(self, done: concurrent.futures.Future, task: asyncio.Task) -> None:
+        self._deferred.discard(task)
+        if task.cancelled():
+            done.set_exception(RuntimeError("the Shapley passes were cancelled (shutdown)"))
+        elif task.exception() is not None:
+            done.set_exception(task.exception())
+        else:
+            done.set_result(task.result())
+
+    def _with_passes(self, scored: Scored, masks: tuple[Mask, ...], rest: Scored) -> Scored:
+        """The sampled request's `Scored` with all its passes: the served one, then `rest`'s."""
+        return self.service.scored(scored.state, scored.feeds, [scored.outputs[0], *rest.outputs], masks,
+                                   scored.seconds + rest.seconds)
 
     def _count_invalid(self, name: str, reason: str) -> None:
         self.metrics.invalid.labels(name, reason).inc()

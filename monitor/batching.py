@@ -4,8 +4,10 @@ As Triton's dynamic batcher: admitted requests wait in a queue; the scheduler ta
 and, while the merged batch has fewer than `max_batch_rows` rows, waits at most
 `max_queue_delay_us` (counted from the oldest request's arrival) for more to join. Requests that
 arrived while the previous batch ran join the next one at once, so even a delay of 0 merges
-under load. A request larger than `max_batch_rows` runs alone; rows count every pass (a
-telemetry-sampled request brings its four Shapley passes, `4 x N` rows).
+under load. A request larger than `max_batch_rows` runs alone; rows count every pass. A
+telemetry-sampled request is answered from its unmasked pass (`N` rows); the app then queues
+its three masked Shapley passes (`3 x N` rows, `deferred`) to merge with the next requests, off
+its request path.
 
 The merged call (`Scorer.run_many`) runs in a worker thread, so the event loop keeps reading
 bodies and queueing the next batch meanwhile; its outputs are split back per request. Each
@@ -51,6 +53,7 @@ class _Job:
     rows: int  # rows this request adds to the merged batch (N x passes)
     future: asyncio.Future
     enqueued: float = field(default_factory=time.monotonic)
+    deferred: bool = False  # an answered request's Shapley passes, not a request of its own
 
 
 def _plain_scored(state: ModelState, feeds: dict[str, np.ndarray], outputs: list[Outputs],
@@ -91,8 +94,13 @@ class DynamicBatcher:
     def queued(self) -> int:
         return len(self._pending)
 
-    async def score(self, state: ModelState, feeds: dict[str, np.ndarray], masks: tuple[Mask, ...]) -> Scored:
+    async def score(self, state: ModelState, feeds: dict[str, np.ndarray], masks: tuple[Mask, ...],
+                    *, deferred: bool = False) -> Scored:
         """Queue one admitted request and wait for its share of a merged run.
+
+        `deferred`: these are the masked Shapley passes of a request already answered (the app
+        queues them after the response); they merge like any job but are not counted as a request
+        by `on_batch`.
 
         Raises:
             EvaluationError: the merged run failed (every request of that batch gets the error).
@@ -100,7 +108,7 @@ class DynamicBatcher:
         if self._task is None or self._wake is None:
             raise RuntimeError("the batcher is not running (the app's lifespan starts it)")
         n = int(next(iter(feeds.values())).shape[0])
-        job = _Job(state, feeds, masks, n * len(masks), asyncio.get_running_loop().create_future())
+        job = _Job(state, feeds, masks, n * len(masks), asyncio.get_running_loop().create_future(), deferred=deferred)
         self._pending.append(job)
         self._wake.set()
         return await job.future
@@ -162,6 +170,7 @@ class DynamicBatcher:
         start = time.perf_counter()
         outputs: list[list[Outputs]] = state.scorer.run_many([(job.feeds, job.masks) for job in batch])
         seconds = time.perf_counter() - start
-        if self._on_batch is not None:
-            self._on_batch(len(batch), sum(job.rows for job in batch))
+        requests = sum(not job.deferred for job in batch)
+        if self._on_batch is not None and requests:  # a call of deferred passes alone serves no request
+            self._on_batch(requests, sum(job.rows for job in batch))
         return [self._make_scored(state, job.feeds, outs, job.masks, seconds) for job, outs in zip(batch, outputs)]

@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,8 +104,12 @@ class TelemetryWorker:
         self._thread = None
         self.flush()
 
-    def submit(self, scored: Scored) -> bool:
-        """Queue a scored request; False (and counted) when the queue is full."""
+    def submit(self, scored: Scored | Callable[[], Scored]) -> bool:
+        """Queue a scored request; False (and counted) when the queue is full.
+
+        `scored` may be a callable that returns the `Scored` on the worker thread: the app hands
+        over a sampled request this way, with its masked Shapley passes still to run (or to be
+        collected from the batcher) after its response was sent."""
         try:
             self._queue.put_nowait(scored)
         except queue.Full:
@@ -132,7 +137,7 @@ class TelemetryWorker:
             try:
                 if item is _STOP:
                     return
-                self.process(item)
+                self.process(item() if callable(item) else item)
             except Exception:  # a bad item must not kill the worker; it is logged with its traceback
                 logger.exception("telemetry processing failed")
             finally:
