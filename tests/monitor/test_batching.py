@@ -179,3 +179,35 @@ def test_service_admit_validates_once_and_scorer_does_not_check_again(models, to
     service = ModelService(ServiceConfig(model=models["fusion"], device="cpu"))
     scored = service.score(rows(toy, 0, 6), telemetry=True)
     assert calls == ["service"] and scored.telemetry and len(scored.outputs) == 4
+
+
+@pytest.mark.parametrize("batching", [False, True], ids=["unbatched", "batched"])
+def test_shapley_passes_after_the_response_are_run_and_observed_before_shutdown_ends(live_server, models, toy, batching):
+    """A sampled request is answered from its unmasked pass; its masked passes (the batcher's
+    deferred jobs, or the telemetry thread's) still complete during a graceful shutdown, and the
+    shares observed are those of one four-pass call per request."""
+    delay_s = 1.0
+    app = AppConfig(batching=BatchingConfig(max_batch_rows=100_000, max_queue_delay_us=int(delay_s * 1e6))) if batching else AppConfig()
+    live = live_server(ServiceConfig(model=models["fusion"], device="cpu", telemetry_share=1.0), app)
+    feeds = [rows(toy, a, b) for a, b in SPANS[:4]]
+    results: list[httpx.Response] = []
+    threads = [threading.Thread(target=lambda b=json_body(f): results.append(
+        httpx.post(live.url + "/v2/models/ranker/infer", json=b, timeout=30))) for f in feeds]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert sorted(r.status_code for r in results) == [200] * len(feeds)
+    live.server.should_exit = True  # with batching, the deferred passes wait in the queue for up to delay_s
+    live.thread.join(20)
+    assert not live.thread.is_alive()
+
+    service = ModelService(ServiceConfig(model=models["fusion"], device="cpu", telemetry_share=1.0))
+    from monitor.telemetry import request_values
+
+    want = [request_values(service.score(f, telemetry=True))["visual_share"] for f in feeds]
+    labels = {"model": "ranker", "modality": "visual", "version": live.app.service.state.version}
+    reg = live.app.registry
+    assert reg.get_sample_value("fusionguard_telemetry_requests_total", {"model": "ranker"}) == len(feeds)
+    assert reg.get_sample_value("fusionguard_modality_share_count", labels) == len(feeds)
+    assert reg.get_sample_value("fusionguard_modality_share_sum", labels) == pytest.approx(sum(want), rel=1e-12)
