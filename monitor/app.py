@@ -81,7 +81,7 @@ class AppConfig:
     body_timeout_s: float = 30.0  # a request body must arrive completely within this; else 408
     max_body_readers: int = 256  # requests receiving their body at once; beyond: 503
     registry_poll_s: float | None = None  # reload from the registry this often (None: only on demand)
-    # A request whose session.run has at most this many rows (masked passes included) runs on the
+    # A request whose session.run has at most this many rows (N: its masked passes run later) runs on the
     # event loop: for a small batch the hop to a worker thread costs more than the model call.
     inline_rows: int = 256
     batching: BatchingConfig = BatchingConfig()  # dynamic batching (off by default; see monitor.batching)

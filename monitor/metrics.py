@@ -138,7 +138,7 @@ class MonitorMetrics:
                 ["model"], buckets=_LATENCY_BUCKETS, registry=registry,
             ),
             inference_duration=Histogram(
-                p + "inference_duration_seconds", "Wall time of the ONNX Runtime call (masked passes included).",
+                p + "inference_duration_seconds", "Wall time of the ONNX Runtime call on the request path (the unmasked pass).",
                 ["model"], buckets=_LATENCY_BUCKETS, registry=registry,
             ),
             batch_size=Histogram(
