@@ -390,6 +390,10 @@ def run(args: argparse.Namespace, model: Path, feeds: dict[str, np.ndarray], wor
             row["bare_ort_rows_per_s_at_merged_size"] = nearest["rows_per_s"]
             row["bare_ort_merged_size_used"] = nearest["rows"]
             row["rows_per_s_vs_bare_at_merged_size"] = row["rows_per_s"] / nearest["rows_per_s"]
+            # why: the model's share of what the server spends per request (CPU, load-independent)
+            model_us = rows_per_request / nearest["rows_per_s"] * 1e6
+            row["model_us_per_request_at_merged_size"] = model_us
+            row["model_share_of_server_cpu"] = model_us / row["server_cpu_us_per_request"]
         table[key] = row
     ratios = _ratios(table, args)
     app0 = stage["app in process, share=0 (ASGI, no socket)"]
@@ -401,6 +405,14 @@ def run(args: argparse.Namespace, model: Path, feeds: dict[str, np.ndarray], wor
             app["median_us"] / app0["median_us"] - 1)
     ratios["server overhead in process, CPU us (app share=0 minus bare session.run)"] = (
         app0["cpu_median_us"] - stage["bare session.run"]["cpu_median_us"])
+    parts = ("decode (binary body -> arrays)", "validate (feed_problems)", "run (Scorer.run_valid, 1 pass)",
+             "encode (binary response)")
+    ratios["app glue in process, CPU us (app share=0 minus decode, validate, run, encode)"] = (
+        app0["cpu_median_us"] - sum(stage[k]["cpu_median_us"] for k in parts))
+    over_http = table.get("fusionguard 1w share=0 c=1", {}).get("server_cpu_us_per_request")
+    if over_http:
+        ratios["HTTP layer CPU us per request at c=1 (server CPU over HTTP minus the app in process)"] = (
+            over_http - app0["cpu_median_us"])
     return {"stages_us": stage, "ort_bare": bare, "rows": table, "ratios": ratios}
 
 
@@ -528,7 +540,9 @@ def _print(result: dict) -> None:
     for name, r in result["rows"].items():
         if "rows_per_s_vs_bare_at_merged_size" in r:
             print(f"{name}: merged {r['merged_rows_mean']:.0f} rows/call, rows/s vs bare ORT at "
-                  f"{r['bare_ort_merged_size_used']} rows: {r['rows_per_s_vs_bare_at_merged_size']:.3f}")
+                  f"{r['bare_ort_merged_size_used']} rows: {r['rows_per_s_vs_bare_at_merged_size']:.3f}; "
+                  f"model {r['model_us_per_request_at_merged_size']:.0f} us of {r['server_cpu_us_per_request']:.0f} us "
+                  f"server CPU per request ({r['model_share_of_server_cpu']:.1%})")
 
 
 if __name__ == "__main__":
