@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import json
 import os
 import platform
 import re
@@ -494,7 +495,12 @@ def main() -> None:
     parser.add_argument("--soak-step-seconds", type=float, default=15.0, help="seconds per wrk call (one RSS sample each)")
     parser.add_argument("--rss-bound-mib", type=float, default=64.0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--markdown", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="print the docs' tables from a results file and exit (runs nothing)")
     args = parser.parse_args()
+    if args.markdown is not None:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: `make tools` installs Debian's wrk")
 
@@ -525,6 +531,35 @@ def main() -> None:
             _print(result)
             out = args.out or RESULTS / "serving.json"
     write_results(out, result)
+
+
+def markdown(result: dict) -> str:
+    """The tables of docs/monitor.md ("Measured") from a results file of this benchmark."""
+    out = ["| stage | wall median µs (min) | CPU µs |", "|---|---:|---:|"]
+    for name, t in result["stages_us"].items():
+        cpu = t.get("cpu_mean_us", t["cpu_median_us"]) if name.startswith("app in process") else t["cpu_median_us"]
+        out.append(f"| {name} | {t['median_us']:,.1f} ({t['min_us']:,.1f}) | {cpu:,.1f} |")
+    out += ["", "| configuration | req/s | rows/s | p50 ms | p99 ms | overhead ms | server CPU µs/req | load | rounds req/s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for name, r in result["rows"].items():
+        ovh = f"{r['server_overhead_ms']:.3f}" if "server_overhead_ms" in r else ""
+        rounds = ", ".join(f"{x:,.0f}" for x in r["rounds_rps"])
+        out.append(f"| {name} | {r['rps']:,.0f} | {r['rows_per_s']:,.0f} | {r['p50_ms']:,.2f} | {r['p99_ms']:,.1f} | {ovh} | "
+                   f"{r.get('server_cpu_us_per_request', float('nan')):,.0f} | {r.get('loadavg_1min', float('nan')):.1f} | {rounds} |")
+    bare = result["ort_bare"]
+    out.append("| bare `session.run`, " + " / ".join(bare) + " rows | | " + " / ".join(f"{b['rows_per_s']:,.0f}" for b in bare.values())
+               + " | " + " / ".join(f"{b['median_ms']:.3f}" for b in bare.values()) + " | | | | | |")
+    out += [""] + [f"- {name}: {v:.3f}" for name, v in result["ratios"].items()]
+    for name, r in result["rows"].items():
+        if "rows_per_s_vs_bare_at_merged_size" in r:
+            out.append(f"- {name}: merged {r['merged_rows_mean']:.0f} rows per call; rows/s vs bare ONNX Runtime at "
+                       f"{r['bare_ort_merged_size_used']} rows: {r['rows_per_s_vs_bare_at_merged_size']:.3f}; the model is "
+                       f"{r['model_us_per_request_at_merged_size']:.0f} µs of {r['server_cpu_us_per_request']:.0f} µs server CPU "
+                       f"per request ({r['model_share_of_server_cpu']:.1%})")
+    setup = result["setup"]
+    out.append(f"\nLoad average (1, 5, 15 min): {', '.join(f'{x:.1f}' for x in setup['loadavg_at_start'])} at the start, "
+               f"{', '.join(f'{x:.1f}' for x in setup.get('loadavg_at_end', []))} at the end.")
+    return "\n".join(out)
 
 
 def _print(result: dict) -> None:
