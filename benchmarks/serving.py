@@ -13,8 +13,9 @@ microsecond latency histogram; Debian's `wrk`, installed by `make tools`):
                     Runtime session, OIP v2 REST), in its own virtual environment under
                     benchmarks/.work (its pins conflict with fusionguard's)
 
-Every server uses one ONNX Runtime intra-op thread. Rows: requests/s, rows/s, wrk's p50/p99 and, at concurrency 1, server overhead = p50 minus bare
-`session.run`'s median at the request's rows. Each configuration runs `--rounds` times
+Every server uses one ONNX Runtime intra-op thread. Rows: requests/s, rows/s, wrk's p50/p99, the
+server's CPU time per request (every process, from /proc) and, at concurrency 1, server overhead
+= p50 minus bare `session.run`'s CPU time at the request's rows. Each configuration runs `--rounds` times
 interleaved; the median round (by requests/s) is reported and every round is kept in the JSON.
 
 `--soak` instead runs the new path (workers + batching + the default telemetry share) under
@@ -377,7 +378,8 @@ def run(args: argparse.Namespace, model: Path, feeds: dict[str, np.ndarray], wor
                           f"(load {os.getloadavg()[0]:.1f})", flush=True)
             finally:
                 server.stop()
-    model_ms = stage["bare session.run"]["median_us"] / 1e3
+    # the model's own time: its CPU time (one intra-op thread), which the machine's load does not inflate
+    model_ms = stage["bare session.run"]["cpu_median_us"] / 1e3
     table = {}
     for key, runs in rounds.items():
         best = sorted(runs, key=lambda x: x["rps"])[(len(runs) - 1) // 2]  # the median round (lower middle)
