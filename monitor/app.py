@@ -193,7 +193,7 @@ class MonitorApp:
         self._publish_model(service.state, None)
         m = "/v2/models/{name}"
         v = "/v2/models/{name}/versions/{version}"
-        routes = [  # inference first: starlette matches routes in order and this is the hot path
+        routes = [  # the inference POSTs are answered before routing (_MonitorStarlette); these serve a root_path and 405s
             Route(m + "/infer", self.infer, methods=["POST"]),
             Route(v + "/infer", self.infer, methods=["POST"]),
             Route("/v2/health/live", self.live),

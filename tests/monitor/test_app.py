@@ -301,3 +301,26 @@ def test_full_telemetry_queue_drops_and_counts(models, toy):
     assert registry.get_sample_value(
         "fusionguard_modality_share_count", {"model": "ranker", "version": svc.state.version, "modality": "visual"}
     ) == 2
+
+
+@pytest.mark.parametrize("root_path", ["", "/prefix"], ids=["raw ASGI path", "starlette route (root_path)"])
+def test_both_inference_paths_answer_alike(models, toy, root_path):
+    """The raw ASGI inference path and the starlette route it stands in for (taken under a
+    root_path) give the same answers, errors and counts."""
+    mapp, registry = make_app(model=models["fusion"], telemetry_share=0.0)
+    feeds = rows(toy, 0, 5)
+    with TestClient(mapp.app, root_path=root_path) as c:
+        ok = c.post(root_path + "/v2/models/ranker/infer", json=json_body(feeds))
+        versioned = c.post(root_path + f"/v2/models/ranker/versions/{mapp.service.state.version}/infer", json=json_body(feeds))
+        unknown = c.post(root_path + "/v2/models/nope/infer", json=json_body(feeds))
+        bad = c.post(root_path + "/v2/models/ranker/infer", content=b"{not json")
+        wrong_method = c.get(root_path + "/v2/models/ranker/infer")
+    for r in (ok, versioned):
+        assert r.status_code == 200
+        got = np.asarray(r.json()["outputs"][0]["data"], np.float32)
+        np.testing.assert_array_equal(got, plain_scores(models["fusion"], feeds))
+    assert unknown.status_code == 404 and "is not served here" in unknown.json()["error"]
+    assert bad.status_code == 400 and bad.headers["content-type"] == "application/json"
+    assert wrong_method.status_code == 405 and wrong_method.headers["content-type"] == "application/json"
+    assert registry.get_sample_value("fusionguard_requests_total", {"model": "ranker", "outcome": "ok"}) == 2
+    assert registry.get_sample_value("fusionguard_invalid_requests_total", {"model": "ranker", "reason": "malformed_json"}) == 1
