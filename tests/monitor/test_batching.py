@@ -190,14 +190,8 @@ def test_shapley_passes_after_the_response_are_run_and_observed_before_shutdown_
     app = AppConfig(batching=BatchingConfig(max_batch_rows=100_000, max_queue_delay_us=int(delay_s * 1e6))) if batching else AppConfig()
     live = live_server(ServiceConfig(model=models["fusion"], device="cpu", telemetry_share=1.0), app)
     feeds = [rows(toy, a, b) for a, b in SPANS[:4]]
-    results: list[httpx.Response] = []
-    threads = [threading.Thread(target=lambda b=json_body(f): results.append(
-        httpx.post(live.url + "/v2/models/ranker/infer", json=b, timeout=30))) for f in feeds]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(20)
-    assert sorted(r.status_code for r in results) == [200] * len(feeds)
+    results = _post_all(live.url, [json_body(f) for f in feeds], workers=len(feeds))
+    assert [r.status_code for r in results] == [200] * len(feeds)
     live.server.should_exit = True  # with batching, the deferred passes wait in the queue for up to delay_s
     live.thread.join(20)
     assert not live.thread.is_alive()
