@@ -63,8 +63,14 @@ class ProtocolError(InvalidInputError):
         self.status = status
 
 
+_OIP_BY_DTYPE = {dt: name for name, dt in _OIP_TO_NUMPY.items()}  # dtype.name is slow; a dtype hashes fast
+
+
 def oip_datatype(dtype: np.dtype | str) -> str:
     """The OIP datatype name of a numpy dtype (`float32` -> `FP32`)."""
+    found = _OIP_BY_DTYPE.get(dtype) if isinstance(dtype, np.dtype) else None
+    if found is not None:
+        return found
     name = np.dtype(dtype).name
     if name not in _NUMPY_TO_OIP:
         raise ValueError(f"numpy dtype {name} has no Open Inference Protocol datatype")
