@@ -233,7 +233,7 @@ class MonitorApp:
         if self.config.batching.enabled:
             merged = self.metrics.merged_requests.labels(self.service.name)
             self._batcher = DynamicBatcher(self.config.batching, on_batch=lambda requests, rows: merged.observe(requests),
-                                           make_scored=self.service.scored)
+                                           make_scored=self.service.scored, inline_rows=self.config.inline_rows)
             self._batcher.start()
         self.worker.start()
         loop = asyncio.get_running_loop()

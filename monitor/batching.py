@@ -10,7 +10,10 @@ its three masked Shapley passes (`3 x N` rows, `deferred`) to merge with the nex
 its request path.
 
 The merged call (`Scorer.run_many`) runs in a worker thread, so the event loop keeps reading
-bodies and queueing the next batch meanwhile; its outputs are split back per request. Each
+bodies and queueing the next batch meanwhile; its outputs are split back per request. A batch
+of at most `inline_rows` rows (the app's `--inline-rows`, as for unbatched requests) runs on the
+event loop instead: at low load a batch is one small request, for which the hop to the thread
+and back costs more than the model call. Each
 request then continues on its own: the non-finite check, the response, its metrics, its
 telemetry item and the shadow model's scoring stay per request. A batch holds requests of ONE
 model version: after a reload, queued requests of the old version form their own batch.
@@ -64,7 +67,7 @@ def _plain_scored(state: ModelState, feeds: dict[str, np.ndarray], outputs: list
 class DynamicBatcher:
     """Queue + scheduler task; `score` is awaited by each request (on the event loop)."""
 
-    def __init__(self, config: BatchingConfig, on_batch=None, make_scored=None) -> None:  # noqa: ANN001
+    def __init__(self, config: BatchingConfig, on_batch=None, make_scored=None, inline_rows: int = 0) -> None:  # noqa: ANN001
         """`on_batch(requests, rows)`: metrics hook per merged run. `make_scored(state, feeds,
         outputs, masks, seconds)`: builds each request's `Scored` (the service's `scored`, which
         attaches its Shapley pass set to sampled requests); default: a plain `Scored`."""
@@ -75,6 +78,7 @@ class DynamicBatcher:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._on_batch = on_batch  # metrics hook: called with (requests merged, rows) per run
+        self._inline_rows = inline_rows  # batches of at most this many rows run on the event loop
 
     def start(self) -> None:
         self._wake = asyncio.Event()
@@ -135,7 +139,10 @@ class DynamicBatcher:
                     break
             batch = self._take()
             try:
-                results = await anyio.to_thread.run_sync(self._run, batch)
+                if sum(job.rows for job in batch) <= self._inline_rows:
+                    results = self._run(batch)  # small: no thread hop
+                else:
+                    results = await anyio.to_thread.run_sync(self._run, batch)
             except Exception as err:  # noqa: BLE001 - handed to every request of the batch
                 for job in batch:
                     if not job.future.done():
