@@ -317,6 +317,8 @@ def zero_shot(cat: Catalogue, feats: EmojiFeatures, cfg: EmojiConfig, splits: tu
     out = {}
     for name in dict.fromkeys(("val", *splits)):
         qs = np.flatnonzero(split[q_items] == SPLITS.index(name))
+        if not len(qs):
+            raise InvalidInputError(f"the {name} split holds no query; change seed or the split fractions")
         text = feats.query[qs] @ feats.item_text.T  # (m, n)
         visual = _unit(probe.project(feats.query[qs].astype(np.float64))) @ img.T
         label = (np.arange(n)[None, :] == q_items[qs][:, None]).astype(np.int64)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from fusionguard.dataset import write_dataset
-from fusionguard.errors import ConfigError
+from fusionguard.errors import ConfigError, InvalidInputError
 from training.tracks.emoji import (SPLITS, Catalogue, EmojiConfig, EmojiFeatures, _unit, choose_weight, item_ids,
                                    late_fusion, load_features, read_catalogue)
 from training.zero_shot import ZeroShot, fit_probe, write_zero_shot
@@ -117,6 +117,8 @@ def build_dataset(cat: Catalogue, feats: EmojiFeatures, out: str | Path, cfg: Em
             label.append((c == q).astype(np.int64))
             q_rows.append(np.full(len(c), qpos[q], dtype=np.int64))
             cand_rows.append(c)
+        if not qid:
+            raise InvalidInputError(f"the {name} split holds no query; change seed or the split fractions")
         qid, item, label = np.concatenate(qid), np.concatenate(item), np.concatenate(label)
         q_rows, cand_rows = np.concatenate(q_rows), np.concatenate(cand_rows)
         write_dataset(out / f"{name}.parquet", qid, item, label,

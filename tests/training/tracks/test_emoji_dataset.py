@@ -115,3 +115,14 @@ attention_rows = 20
     result = run_experiment(grid, tmp_path / "run", data_root=tmp_path / "cache", progress=False)
     assert result.n_runs == 2 and result.trained == 2
     assert (tmp_path / "run" / "data" / "main" / "zero_shot.json").is_file()
+
+
+def test_a_split_without_queries_is_refused(built, tmp_path):
+    cat, cfg, feats = built
+    cat.queries, cat.kinds = cat.queries[:1], cat.kinds[:1]  # one query: two splits are empty
+    with pytest.raises(InvalidInputError, match="holds no query"):
+        build_dataset(cat, feats, tmp_path / "data", cfg)
+    from training.tracks.emoji import zero_shot
+
+    with pytest.raises(InvalidInputError, match="holds no query"):
+        zero_shot(cat, feats, cfg)
