@@ -78,7 +78,7 @@ class EmojiConfig:
     val_fraction: float = 0.2  # share of the families whose items (and queries) form the validation split
     test_fraction: float = 0.2  # share of the families that form the test split (the rest: training)
     ridge_alpha: float = 1.0  # L2 penalty of the probe (fixed, not tuned)
-    seed: int = 0  # family split, item-id permutation, the PCA-free projections' seed, candidate sampling
+    seed: int = 0  # family split, item-id permutation, candidate sampling and shuffles (emoji_dataset)
     dim: int = 64  # token width of the trained-model dataset (PCA fitted on the training items)
     n_candidates: int = 20  # candidates per query in the trained-model dataset (relevant + siblings + random)
 
