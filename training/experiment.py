@@ -35,7 +35,7 @@ from training.config import TrainConfig, read_toml
 
 logger = logging.getLogger(__name__)
 
-TRACKS = ("synth", "flickr")
+TRACKS = ("synth", "flickr", "emoji")
 SCALES = ("small", "full")
 EXTRA_VARIANTS = ("late-fusion", "visual-only")  # late fusion (training.late_fusion); baseline on text-masked data
 COMPLETE = "complete.json"
@@ -55,7 +55,7 @@ class GridConfig:
     """One experiment grid, resolved for one scale."""
 
     name: str
-    track: str  # "synth" (training.synth benchmark) or "flickr" (training.flickr import)
+    track: str  # "synth" (training.synth benchmark), "flickr" (training.flickr import) or "emoji" (training.tracks.emoji_dataset)
     scale: str
     seeds: tuple[int, ...]
     variants: tuple[str, ...]  # main table rows; "v1" is the text-only reference for integrity
@@ -152,9 +152,11 @@ def load_grid(path: str | Path, scale: str = "small") -> GridConfig:
 
 
 def data_config(grid: GridConfig) -> Any:
-    """The grid's `[data]` table as a SynthConfig (synth track) or FlickrConfig (flickr track)."""
+    """The grid's `[data]` table as a SynthConfig (synth), FlickrConfig (flickr) or EmojiConfig (emoji)."""
     if grid.track == "flickr":
         from training.flickr import FlickrConfig as cls
+    elif grid.track == "emoji":
+        from training.tracks.emoji import EmojiConfig as cls
     else:
         from training.synth import SynthConfig as cls
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in grid.data.items()})
@@ -164,7 +166,7 @@ def data_problems(grid: GridConfig) -> list[str]:
     try:
         return [f"data.{p}" for p in data_config(grid).problems()]
     except TypeError as err:
-        return [f"[data]: {err}; it holds the fields of training.synth.SynthConfig or training.flickr.FlickrConfig"]
+        return [f"[data]: {err}; it holds the fields of training.synth.SynthConfig, training.flickr.FlickrConfig or training.tracks.emoji.EmojiConfig"]
 
 
 def _train_dict(grid: GridConfig, variant: str, seed: int, group: str, value: float | None) -> dict[str, Any]:
@@ -261,6 +263,13 @@ def prepare_data(grid: GridConfig, out: Path, data_root: Path | None) -> dict[st
             from training.synth import write_benchmark
 
             write_benchmark(data_config(grid), data_dir)
+        elif grid.track == "emoji":
+            from training.tracks.emoji_dataset import import_emoji
+
+            if data_root is None:
+                raise InvalidInputError("the emoji track needs --data-root pointing at the track's cache "
+                                        "(built by python -m training.tracks.emoji --cache DIR)")
+            import_emoji(data_root, data_dir, data_config(grid))
         else:
             from training.flickr import import_flickr
 

@@ -23,7 +23,7 @@ from fusionguard.metrics import QueryGroups, mrr, ndcg_at_k
 
 SCORES_FILE = "zero_shot_scores.npz"
 SUMMARY_FILE = "zero_shot.json"
-METHODS = ("text", "visual", "sum")
+METHODS = ("text", "visual", "sum", "late")  # "late": a fitted late fusion, where a track has one
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ class ZeroShot:
     item_id: np.ndarray
     label: np.ndarray
     scores: dict[str, np.ndarray]  # method -> (N,)
+    weight: float | None = None  # the late fusion's visual weight, where a track fits one (emoji)
 
     @classmethod
     def from_features(cls, query_id, item_id, label, text: np.ndarray, visual: np.ndarray) -> ZeroShot:
