@@ -201,11 +201,46 @@ def test_rows_out_of_file_order_are_refused(toys, ragged, tmp_path):
     """The order guard: partials that cover every query but not in the file's row order fail closed."""
     from fusionguard.errors import EvaluationError
 
-    from gate.streaming import _check_row_order
+    from gate.streaming import _FileOrder
 
     streamed = read_ids(ragged)
     batch = load_dataset(ragged, inputs=[])
-    _check_row_order(streamed.groups, [batch.query_id[:50], batch.query_id[50:]], [batch.item_id[:50], batch.item_id[50:]])
+    order = _FileOrder(streamed.groups)
+    assert order.check(batch.query_id[:50], batch.item_id[:50]) == slice(0, 50)
+    assert order.check(batch.query_id[50:], batch.item_id[50:]) == slice(50, len(batch))
     swapped = np.r_[50:len(batch), 0:50]
     with pytest.raises(EvaluationError, match="another order"):
-        _check_row_order(streamed.groups, [batch.query_id[swapped]], [batch.item_id[swapped]])
+        _FileOrder(streamed.groups).check(batch.query_id[swapped], batch.item_id[swapped])
+
+
+def test_actor_spans_give_the_local_partials(toys, ragged, tmp_path):
+    """The Ray engine's actor code without Ray (fast): spans read from the source and cut at the
+    planned batch ends reduce to the local engine's partials, batch for batch."""
+    import pyarrow.parquet as pq
+
+    from fusionguard.source import ParquetSource
+    from fusionguard.streaming import batch_ends
+
+    from gate.engine_ray import ScorerActor, plan_spans
+    from gate.measures import plan_passes
+    from gate.streaming import _run_partials, chunk_rows
+
+    policy = load_policy(_policy(tmp_path, "permute"))
+    plan = plan_passes(policy)
+    small_groups = tmp_path / "rg.parquet"
+    pq.write_table(pq.read_table(ragged), small_groups, row_group_size=17)
+    cand = Scorer(toys.fusion, device="cpu")
+    local = list(_run_partials(cand, small_groups, plan.masks, plan, policy, EngineConfig(workers=1), True, False))
+    source = ParquetSource.open(small_groups)
+    ids = np.concatenate([b.query_id for b in source.ids()])
+    ends = batch_ends(ids, chunk_rows(policy, plan.masks), small_groups)
+    actor = ScorerActor(toys.fusion.read_bytes(), cand.contract, "cpu")
+    spans = plan_spans(ends, 50)
+    assert len(spans) > 3
+    remote = [p for start, e in spans for p in actor.reduce_span(source, start, e, plan.masks, plan, policy, True, None)]
+    assert len(remote) == len(local)
+    for a, b in zip(local, remote):
+        for name in ("query_id", "item_id", "ndcg", "score", "phi_text", "share", "mass_rows"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+        for name in a.features:
+            np.testing.assert_array_equal(a.features[name], b.features[name])
