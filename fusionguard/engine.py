@@ -19,7 +19,7 @@ from fusionguard.errors import InvalidInputError
 
 ENGINES = ("local", "ray")
 
-__all__ = ["ENGINES", "EngineConfig", "connect", "engine_options", "pool_size", "require_engine"]
+__all__ = ["ENGINES", "EngineConfig", "connect", "engine_options", "get", "pool_size", "require_engine"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,18 @@ def pool_size(ray: Any, engine: EngineConfig, device: str) -> int:
         return engine.workers
     resources = ray.cluster_resources()
     return max(1, int(resources.get("GPU" if device == "cuda" else "CPU", 1)))
+
+
+def get(ray: Any, ref: Any) -> Any:
+    """`ray.get(ref)`; an actor's FusionGuardError comes back as itself (its message and exit code)."""
+    from fusionguard.errors import FusionGuardError
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, FusionGuardError):
+            raise err.cause from None
+        raise
 
 
 def engine_options(fn):  # noqa: ANN001, ANN201

@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 
 from fusionguard.contract import ModelContract
-from fusionguard.engine import EngineConfig, connect, pool_size
-from fusionguard.errors import FusionGuardError, InvalidInputError
+from fusionguard.engine import EngineConfig, connect, get, pool_size
+from fusionguard.errors import InvalidInputError
 from fusionguard.scorer import Mask, Scorer
 from fusionguard.source import ParquetSource
 from fusionguard.streaming import batch_ends, fixed_chunks, sized_chunks
@@ -147,12 +147,7 @@ def ray_partials(
 
 
 def _take(ray: Any, ref: Any, bar: Any) -> Iterator[BatchPartial]:
-    try:
-        parts = ray.get(ref)
-    except ray.exceptions.RayTaskError as err:  # an actor's FusionGuardError keeps its message and exit code
-        if isinstance(err.cause, FusionGuardError):
-            raise err.cause from None
-        raise
+    parts = get(ray, ref)
     if bar is not None:
         bar.update(sum(p.label.shape[0] for p in parts))
     yield from parts
