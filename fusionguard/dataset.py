@@ -360,8 +360,12 @@ def load_dataset(
 
 
 def dataset_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """SHA-256 of the file's bytes, read in chunks."""
+    """SHA-256 of the file's bytes, read in chunks (a directory of Parquet files: `ParquetSource.sha256`)."""
     path = Path(path)
+    if path.is_dir():
+        from fusionguard.source import ParquetSource
+
+        return ParquetSource.open(path).sha256(chunk_bytes)
     if not path.is_file():
         raise InvalidInputError(f"dataset {path} does not exist; check the path")
     digest = hashlib.sha256()

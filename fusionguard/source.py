@@ -15,8 +15,10 @@ no finer random access here); readers take long ranges, so this costs little.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -30,7 +32,9 @@ from fusionguard.errors import DataValidationError, InvalidInputError
 
 READ_ROWS = 8192  # rows per Parquet read (as fusionguard.streaming)
 
-__all__ = ["ParquetSource"]
+MEANS_ROWS = 65_536  # Scorer.reference_means's chunk: the same sums in the same order
+
+__all__ = ["ParquetSource", "open_dataset"]
 
 
 def _hidden(path: str, root: str) -> bool:
@@ -139,3 +143,62 @@ class ParquetSource:
                 yield _to_batch(rb.slice(a, b - a), wanted, Path(path))
             if pos >= hi:
                 return
+
+    def input_means(self, contract: ModelContract) -> dict[str, np.ndarray]:
+        """`Scorer.reference_means` of the dataset (for "mean" masks): the same 65,536-row chunks
+        summed in the same order, so the means equal those of the files concatenated, to the bit."""
+        from fusionguard.streaming import fixed_chunks
+
+        sums: dict[str, np.ndarray] = {}
+        count = 0
+        for batch in fixed_chunks(self.read(0, self.n_rows, contract, read_rows=MEANS_ROWS), MEANS_ROWS):
+            for spec in contract.inputs:
+                part = batch.feeds[spec.name].sum(axis=0, dtype=np.float64)
+                sums[spec.name] = sums[spec.name] + part if spec.name in sums else part
+            count += len(batch)
+        if count == 0:
+            raise InvalidInputError(f"the dataset {self.uri} has no rows; means need at least one")
+        return {spec.name: (sums[spec.name] / count).astype(spec.dtype) for spec in contract.inputs}
+
+    def sha256(self, chunk_bytes: int = 1 << 20) -> str:
+        """SHA-256 over the files in read order: each file's path relative to the dataset root
+        and its bytes (a single file: the file's bytes alone, as `dataset_sha256`)."""
+        digest = hashlib.sha256()
+        root = self.files[0] if len(self.files) == 1 else None
+        for path in self.files:
+            if root is None:
+                digest.update(str(PurePosixPath(path).relative_to(PurePosixPath(self.files[0]).parent)).encode() + b"\0")
+            with self.fs.open_input_stream(path) as fh:
+                for chunk in iter(lambda: fh.read(chunk_bytes), b""):
+                    digest.update(chunk)
+        return digest.hexdigest()
+
+    def as_file(self) -> _Files:
+        """The files read as one `ParquetFile` (the members validation and the grouping check use)."""
+        return _Files(self)
+
+
+class _Files:
+    """A ParquetSource behind the few `pyarrow.parquet.ParquetFile` members that
+    `fusionguard.validation` and `fusionguard.streaming.check_grouped` use: its schema (the first
+    file's), its row count, and `iter_batches` over every file in order."""
+
+    def __init__(self, source: ParquetSource) -> None:
+        self.source = source
+        self.metadata = SimpleNamespace(num_rows=source.n_rows)
+        self.schema_arrow = pq.ParquetFile(source.fs.open_input_file(source.files[0])).schema_arrow
+
+    def iter_batches(self, **kwargs: object) -> Iterator[pa.RecordBatch]:
+        for path in self.source.files:
+            pf = pq.ParquetFile(self.source.fs.open_input_file(path), pre_buffer=False, buffer_size=_READ_BUFFER_BYTES)
+            yield from pf.iter_batches(**kwargs)
+
+
+def open_dataset(data: str | Path) -> pq.ParquetFile | _Files:
+    """A local Parquet file as `fusionguard.dataset.open_parquet` opens it; a directory of files
+    or a URI as one file-like reader over its files (`ParquetSource`)."""
+    from fusionguard.dataset import open_parquet
+
+    if "://" not in str(data) and not Path(data).is_dir():
+        return open_parquet(data)
+    return ParquetSource.open(data).as_file()

@@ -252,7 +252,9 @@ def check_grouped(path: str | Path, *, read_rows: int = READ_ROWS) -> GroupingRe
     Raises:
         InvalidInputError: the file is missing or not Parquet, or has no query_id column.
     """
-    pf = open_parquet(path)
+    from fusionguard.source import open_dataset
+
+    pf = open_dataset(path)  # a file, or a directory of files read as one
     if "query_id" not in pf.schema_arrow.names:
         raise InvalidInputError(f"dataset {path} has no query_id column; see DESIGN.md, Dataset")
     seen: set = set()

@@ -38,8 +38,9 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from fusionguard.contract import ModelContract
-from fusionguard.dataset import ID_COLUMNS, open_parquet, read_batches
+from fusionguard.dataset import ID_COLUMNS, read_batches
 from fusionguard.errors import DataValidationError, InvalidInputError
+from fusionguard.source import open_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def validate_dataset(
     label = str(path)
     path = Path(path)
     try:
-        pf = open_parquet(path)
+        pf = open_dataset(path)  # a file, or a directory of files read as one
     except InvalidInputError as err:
         return ValidationReport(label, (str(err),), 0, 0, {"unreadable": 1})
 

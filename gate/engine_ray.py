@@ -43,7 +43,7 @@ from fusionguard.engine import EngineConfig, connect, get, pool_size
 from fusionguard.errors import InvalidInputError
 from fusionguard.scorer import Mask, Scorer
 from fusionguard.source import ParquetSource
-from fusionguard.streaming import batch_ends, fixed_chunks, sized_chunks
+from fusionguard.streaming import batch_ends, sized_chunks
 
 from gate.measures import PassPlan
 from gate.policy import Policy
@@ -52,9 +52,8 @@ from gate.streaming import BatchPartial, chunk_rows, reduce_batch
 logger = logging.getLogger(__name__)
 
 SPAN_ROWS = 65_536  # rows one actor task reads and reduces (a range starting mid row group decodes it from its start)
-MEANS_ROWS = 65_536  # Scorer.reference_means's chunk: the same sums in the same order
 
-__all__ = ["SPAN_ROWS", "ScorerActor", "plan_spans", "ray_partials", "source_means"]
+__all__ = ["SPAN_ROWS", "ScorerActor", "plan_spans", "ray_partials"]
 
 
 class ScorerActor:
@@ -88,21 +87,6 @@ def plan_spans(ends: np.ndarray, span_rows: int) -> list[tuple[int, np.ndarray]]
     return spans
 
 
-def source_means(scorer: Scorer, source: ParquetSource) -> dict[str, np.ndarray]:
-    """`Scorer.reference_means` of the dataset (for "mean" masks), read from the source: the same
-    65,536-row chunks summed in the same order, so the means are the same to the bit."""
-    sums: dict[str, np.ndarray] = {}
-    count = 0
-    for batch in fixed_chunks(source.read(0, source.n_rows, scorer.contract, read_rows=MEANS_ROWS), MEANS_ROWS):
-        for spec in scorer.contract.inputs:
-            part = batch.feeds[spec.name].sum(axis=0, dtype=np.float64)
-            sums[spec.name] = sums[spec.name] + part if spec.name in sums else part
-        count += len(batch)
-    if count == 0:
-        raise InvalidInputError(f"the dataset {source.uri} has no rows; means need at least one")
-    return {spec.name: (sums[spec.name] / count).astype(spec.dtype) for spec in scorer.contract.inputs}
-
-
 def ray_partials(
     scorer: Scorer, data: str | Path, masks: list[Mask], plan: PassPlan | None, policy: Policy, engine: EngineConfig,
     features: bool, progress: bool,
@@ -118,7 +102,7 @@ def ray_partials(
     del query_id
     if ends.shape[0] == 0:
         return
-    means = source_means(scorer, source) if any(m.strategy == "mean" and m.modalities for m in masks) else None
+    means = source.input_means(scorer.contract) if any(m.strategy == "mean" and m.modalities for m in masks) else None
     ray = connect(engine.ray_address)
     device = scorer.device
     cuda = device == "cuda"

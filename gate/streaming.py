@@ -38,7 +38,8 @@ from fusionguard.dataset import Batch, iter_batches
 from fusionguard.errors import EvaluationError, InvalidInputError
 from fusionguard.profile import feature_summaries
 from fusionguard.scorer import Mask, Scorer
-from fusionguard.streaming import query_batches
+from fusionguard.source import ParquetSource
+from fusionguard.streaming import query_batches, whole_query_batches
 
 from fusionguard.engine import EngineConfig
 from gate.measures import AttentionSummary, ModelMeasures, PassPlan, per_query_mean, plan_passes
@@ -166,8 +167,14 @@ def _run_partials(
     data = Path(data)
     workers = default_workers() if engine.workers is None else engine.workers
     rows = chunk_rows(policy, masks)
-    means = scorer.reference_means(data) if any(m.strategy == "mean" and m.modalities for m in masks) else None
-    batches = query_batches(data, scorer.contract, rows)
+    mean_masks = any(m.strategy == "mean" and m.modalities for m in masks)
+    if data.is_dir():  # a directory of files, read as their concatenation in path order
+        source = ParquetSource.open(data)
+        means = source.input_means(scorer.contract) if mean_masks else None
+        batches = whole_query_batches(source.read(0, source.n_rows, scorer.contract), rows, data)
+    else:
+        means = scorer.reference_means(data) if mean_masks else None
+        batches = query_batches(data, scorer.contract, rows)
     scorers = _worker_scorers(scorer, workers)
     local = threading.local()
     free = list(scorers)
@@ -184,9 +191,9 @@ def _run_partials(
     if progress:
         from tqdm import tqdm
 
-        from fusionguard.dataset import open_parquet
+        from fusionguard.source import open_dataset
 
-        bar = tqdm(total=int(open_parquet(data).metadata.num_rows), unit="row", desc="scoring")
+        bar = tqdm(total=int(open_dataset(data).metadata.num_rows), unit="row", desc="scoring")
     try:
         for part in _ordered(work, batches, min(workers, len(scorers))):
             if bar is not None:
@@ -209,9 +216,7 @@ def read_ids(data: str | Path) -> StreamedData:
     a Parquet file, or (for the Ray engine) a directory of files or a URI (fusionguard/source.py)."""
     if Path(data).is_file():
         parts = [b for b in iter_batches(data, None, batch_rows=1 << 20, inputs=()) if len(b)]
-    else:  # a directory of files or a URI (the Ray engine reads those)
-        from fusionguard.source import ParquetSource
-
+    else:  # a directory of files or a URI
         parts = [b for b in ParquetSource.open(data).ids() if len(b)]
     if not parts:
         raise InvalidInputError(f"the dataset {data} has no rows; nothing to score")
