@@ -111,15 +111,22 @@ def test_streamed_measures_equal_the_in_memory_ones(toys, ragged, tmp_path, monk
     assert got_profile.to_json() == ref_profile.to_json()
 
 
+def _gate_reports(toys, runs: dict, policy, tmp_path: Path) -> dict:
+    """name -> (exit code, report.json, profile.json) of a gate run per (data, engine)."""
+    out = {}
+    for name, (data, engine) in runs.items():
+        result = run_gate(toys.fusion, data, tmp_path / name, baseline=toys.v1, policy=policy, engine=engine)
+        out[name] = (result.exit_code, json.loads((tmp_path / name / "report.json").read_text()),
+                     (tmp_path / name / "profile.json").read_text())
+    return out
+
+
 def test_gate_report_identical_for_one_and_two_workers(toys, ragged, tmp_path):
-    policy = _policy(tmp_path, "permute")
-    one = run_gate(toys.fusion, ragged, tmp_path / "one", baseline=toys.v1, policy=policy, engine=EngineConfig(workers=1))
-    two = run_gate(toys.fusion, ragged, tmp_path / "two", baseline=toys.v1, policy=policy, engine=EngineConfig(workers=2))
-    assert one.exit_code == two.exit_code
-    r1 = json.loads((tmp_path / "one" / "report.json").read_text())
-    r2 = json.loads((tmp_path / "two" / "report.json").read_text())
-    assert r1["checks"] == r2["checks"]
-    assert (tmp_path / "one" / "profile.json").read_text() == (tmp_path / "two" / "profile.json").read_text()
+    got = _gate_reports(toys, {"one": (ragged, EngineConfig(workers=1)), "two": (ragged, EngineConfig(workers=2))},
+                        _policy(tmp_path, "permute"), tmp_path)
+    assert got["one"][0] == got["two"][0]
+    assert got["one"][1]["checks"] == got["two"][1]["checks"]
+    assert got["one"][2] == got["two"][2]
 
 
 def _interleaved(src: Path, dst: Path) -> Path:
@@ -257,11 +264,9 @@ def test_gate_on_a_directory_of_files_equals_the_gate_on_the_file(toys, ragged, 
     folder.mkdir()
     for i, (a, z) in enumerate([(0, 61), (61, 200), (200, table.num_rows)]):  # cuts inside queries
         pq.write_table(table.slice(a, z - a), folder / f"part-{i}.parquet", row_group_size=23)
-    policy = _policy(tmp_path, "mean")
-    one = run_gate(toys.fusion, ragged, tmp_path / "one", baseline=toys.v1, policy=policy, engine=EngineConfig(workers=2))
-    many = run_gate(toys.fusion, folder, tmp_path / "many", baseline=toys.v1, policy=policy, engine=EngineConfig(workers=2))
-    assert many.exit_code == one.exit_code
-    r1 = json.loads((tmp_path / "one" / "report.json").read_text())
-    r2 = json.loads((tmp_path / "many" / "report.json").read_text())
+    got = _gate_reports(toys, {"one": (ragged, EngineConfig(workers=2)), "many": (folder, EngineConfig(workers=2))},
+                        _policy(tmp_path, "mean"), tmp_path)
+    assert got["many"][0] == got["one"][0]
+    r1, r2 = got["one"][1], got["many"][1]
     assert r1["checks"] == r2["checks"]
     assert r2["data"]["sha256"] != r1["data"]["sha256"] and r2["data"]["n_rows"] == r1["data"]["n_rows"]
