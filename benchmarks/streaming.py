@@ -32,6 +32,7 @@ Writes benchmarks/results/streaming.json.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -223,6 +224,48 @@ def driver_plan_rate(data: Path) -> dict:
     return {"rows": int(ids.shape[0]), "batches": int(ends.shape[0]), "seconds": seconds, "rows_per_s": ids.shape[0] / seconds}
 
 
+def markdown(result: dict) -> str:
+    """The tables of docs/scale.md, from a results file (`--report FILE`)."""
+    def load(run: dict) -> str:
+        return f"{run['loadavg_before'][0]:.1f} → {run['loadavg_after'][0]:.1f}"
+
+    lines = ["| eval set | engine | wall | × floor | gate CPU-s | peak RSS, gate process | peak RSS, process tree "
+             "| scoring stage | load avg (1 min) before → after |", "|---|---|---|---|---|---|---|---|---|"]
+    for run in result["runs"]:
+        cpu = run["wall_s"] * run["cpu_percent_of_one_core"] / 100 if run.get("cpu_percent_of_one_core") else float("nan")
+        scoring = run.get("stages_s", {}).get("scoring", float("nan"))
+        lines.append(f"| {run['rows']:,} rows | {run['config']} | {run['wall_s']:.1f} s | {run['ratio_to_floor']:.2f}"
+                     f"{' (floor scaled)' if run['floor_scaled'] else ''} | {cpu:.0f} | {run['max_rss_mib']:,.0f} MiB "
+                     f"| {run['tree_peak_rss_mib']:,.0f} MiB | {scoring:.1f} s | {load(run)} |")
+    lines += ["", "| eval set | command | wall | peak RSS | load avg before → after |", "|---|---|---|---|---|"]
+    for run in result.get("other_commands", []):
+        lines.append(f"| {run['rows']:,} rows | `{run['command']}` | {run['wall_s']:.1f} s | {run['max_rss_mib']:,.0f} MiB "
+                     f"| {load(run)} |")
+    f = result["floor"]
+    lines += ["", f"Floor, {f['rows']:,} rows × 15 passes: one session with 2 threads {f['one_session_2_threads_s']:.1f} s, "
+                  f"two single-thread sessions {f['two_sessions_1_thread_s']:.1f} s, one single-thread session "
+                  f"{f['one_session_1_thread_s']:.1f} s (load avg at start {result['machine']['loadavg_at_start'][0]:.1f})."]
+    if "driver_plan" in result:
+        d = result["driver_plan"]
+        lines.append(f"Ray driver's planning (ids + batch ends): {d['rows']:,} rows in {d['seconds']:.2f} s = "
+                     f"{d['rows_per_s']:,.0f} rows/s.")
+    for run in result["runs"]:
+        if "rows_per_s_per_actor" in run:
+            lines.append(f"Ray, {run['rows']:,} rows: {run['rows_per_s_per_actor']:,.0f} rows/s per actor "
+                         "(rows / scoring stage / 2 actors; Ray's start-up included).")
+    local = {}
+    for run in result["runs"]:
+        if run["config"] == "local, 2 workers":
+            local.setdefault(run["rows"], []).append(run["max_rss_mib"])
+    if len(local) >= 2:
+        small, big = min(local), max(local)
+        deltas = [b - a for a in local[small] for b in local[big]]
+        lines.append(f"Peak RSS, local engine: {small:,} rows {', '.join(f'{v:,.0f}' for v in local[small])} MiB; "
+                     f"{big:,} rows {', '.join(f'{v:,.0f}' for v in local[big])} MiB; difference over every pair "
+                     f"{min(deltas):,.0f} to {max(deltas):,.0f} MiB.")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="rows")
@@ -233,7 +276,11 @@ def main() -> None:
                         help="sizes to run the Ray engine at (default: all; none: no Ray)")
     parser.add_argument("--memory-repeats", type=int, default=0,
                         help="extra runs of the default engine at every size, for the run-to-run spread of peak RSS")
+    parser.add_argument("--report", type=Path, default=None, help="print docs/scale.md's tables from this results file")
     args = parser.parse_args()
+    if args.report is not None:
+        print(markdown(json.loads(args.report.read_text(encoding="utf-8"))))
+        return
     args.ray_sizes = args.sizes if args.ray_sizes is None else args.ray_sizes
     if not (args.models / "baseline.onnx").is_file():
         raise SystemExit(f"{args.models}/baseline.onnx is missing: run `make demo` first")
