@@ -232,6 +232,7 @@ def markdown(result: dict) -> str:
     lines = ["| eval set | engine | wall | × floor | gate CPU-s | peak RSS, gate process | peak RSS, process tree "
              "| scoring stage | load avg (1 min) before → after |", "|---|---|---|---|---|---|---|---|---|"]
     for run in result["runs"]:
+        run = {"ratio_to_floor": float("nan"), "floor_scaled": False, **run}
         cpu = run["wall_s"] * run["cpu_percent_of_one_core"] / 100 if run.get("cpu_percent_of_one_core") else float("nan")
         scoring = run.get("stages_s", {}).get("scoring", float("nan"))
         lines.append(f"| {run['rows']:,} rows | {run['config']} | {run['wall_s']:.1f} s | {run['ratio_to_floor']:.2f}"
@@ -242,7 +243,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {run['rows']:,} rows | `{run['command']}` | {run['wall_s']:.1f} s | {run['max_rss_mib']:,.0f} MiB "
                      f"| {load(run)} |")
     f = result["floor"]
-    lines += ["", f"Floor, {f['rows']:,} rows × 15 passes: one session with 2 threads {f['one_session_2_threads_s']:.1f} s, "
+    lines += [] if not f else ["", f"Floor, {f['rows']:,} rows × 15 passes: one session with 2 threads {f['one_session_2_threads_s']:.1f} s, "
                   f"two single-thread sessions {f['two_sessions_1_thread_s']:.1f} s, one single-thread session "
                   f"{f['one_session_1_thread_s']:.1f} s (load avg at start {result['machine']['loadavg_at_start'][0]:.1f})."]
     if "driver_plan" in result:
@@ -276,6 +277,8 @@ def main() -> None:
                         help="sizes to run the Ray engine at (default: all; none: no Ray)")
     parser.add_argument("--memory-repeats", type=int, default=0,
                         help="extra runs of the default engine at every size, for the run-to-run spread of peak RSS")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="peak RSS of the default engine at every size (1 + --memory-repeats runs each), data validate, replay")
     parser.add_argument("--report", type=Path, default=None, help="print docs/scale.md's tables from this results file")
     args = parser.parse_args()
     if args.report is not None:
@@ -290,6 +293,9 @@ def main() -> None:
                     "models": str(args.models), "runs": [], "floor": {}}
     rows_min = min(args.sizes)
     data_min = make_eval_set(args.work / f"eval_{rows_min}.parquet", rows_min // CANDIDATES)
+    if args.memory_only:
+        _memory_only(args, result)
+        return
     result["floor"] = {"rows": rows_min, **floor_seconds(args.models, data_min, rows_min)}
     print(f"floor ({rows_min} rows, 15 passes, 2 cores): {result['floor']}", flush=True)
     result["driver_plan"] = driver_plan_rate(make_eval_set(args.work / f"eval_{max(args.sizes)}.parquet", max(args.sizes) // CANDIDATES))
@@ -320,6 +326,22 @@ def main() -> None:
         if rows == big and name == "ray (local cluster), 2 actors":
             _other_commands(args, result)  # data validate and monitor replay, once the headline runs are in
     write_results(args.results, result)
+
+
+def _memory_only(args: argparse.Namespace, result: dict) -> None:
+    """Peak RSS only: the default engine at every size, 1 + --memory-repeats times, interleaved
+    (small, large, small, large...), then `data validate` and `monitor replay`. No floor, no Ray."""
+    result["memory_only"] = True
+    for repeat in range(1 + args.memory_repeats):
+        for rows in sorted(args.sizes):
+            data = make_eval_set(args.work / f"eval_{rows}.parquet", rows // CANDIDATES)
+            run = run_gate(args.models, data, args.work / f"mem_{rows}_{repeat}", ["--workers", "2"])
+            run.update({"rows": rows, "config": "local, 2 workers", "repeat": repeat})
+            result["runs"].append(run)
+            print(f"{rows:>9} local, 2 workers (memory {repeat})  wall {run['wall_s']:7.1f} s  max RSS {run['max_rss_mib']:.0f} MiB  "
+                  f"exit {run['exit_code']}  load {run['loadavg_before'][0]:.1f}->{run['loadavg_after'][0]:.1f}", flush=True)
+            write_results(args.results, result)
+    _other_commands(args, result)
 
 
 def _other_commands(args: argparse.Namespace, result: dict) -> None:

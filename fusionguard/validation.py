@@ -25,6 +25,7 @@ GE takes ~5 s to import, so it is imported inside `validate_dataset`, never when
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -135,13 +136,18 @@ def _ge_run(frames: Mapping[str, tuple[pd.DataFrame, list[Any]]]) -> dict[str, l
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     source = context.data_sources.add_pandas("fusionguard")
     results: dict[str, list[Any]] = {}
-    for name, (frame, expectations) in frames.items():
-        definition = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
-        suite = gx.ExpectationSuite(name=f"fusionguard-{name}")
-        for expectation in expectations:
-            suite.add_expectation(expectation)
-        outcome = definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite, result_format="BASIC")
-        results[name] = list(outcome.results)
+    try:
+        for name, (frame, expectations) in frames.items():
+            definition = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
+            suite = gx.ExpectationSuite(name=f"fusionguard-{name}")
+            for expectation in expectations:
+                suite.add_expectation(expectation)
+            outcome = definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite, result_format="BASIC")
+            results[name] = list(outcome.results)
+    finally:
+        # GE keeps the last context as its project (a module global), and through the data source
+        # every validated frame: 69 MiB at 1,000,000 rows, held while the gate then scores.
+        context.data_sources.delete("fusionguard")
     return results
 
 
@@ -168,6 +174,16 @@ def validate_dataset(
     Returns:
         A ValidationReport; `ok` is False when `problems` is non-empty. Never raises for a bad file.
     """
+    report = _validate(path, contracts, max_label, batch_rows)
+    # The per-row frame sits in reference cycles (GE's data source, pandas' group-by), so it would
+    # outlive this call until a full collection: 120-190 MiB at 1,000,000 rows, while the gate
+    # scores. Collect now.
+    gc.collect()
+    return report
+
+
+def _validate(path: str | Path, contracts: Sequence[ModelContract], max_label: int | None, batch_rows: int
+              ) -> ValidationReport:
     label = str(path)
     path = Path(path)
     try:
