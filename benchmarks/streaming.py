@@ -235,7 +235,8 @@ def markdown(result: dict) -> str:
         run = {"ratio_to_floor": float("nan"), "floor_scaled": False, **run}
         cpu = run["wall_s"] * run["cpu_percent_of_one_core"] / 100 if run.get("cpu_percent_of_one_core") else float("nan")
         scoring = run.get("stages_s", {}).get("scoring", float("nan"))
-        lines.append(f"| {run['rows']:,} rows | {run['config']} | {run['wall_s']:.1f} s | {'—' if run['ratio_to_floor'] != run['ratio_to_floor'] else f"{run['ratio_to_floor']:.2f}"}"
+        ratio = "—" if run["ratio_to_floor"] != run["ratio_to_floor"] else f"{run['ratio_to_floor']:.2f}"  # NaN: no floor
+        lines.append(f"| {run['rows']:,} rows | {run['config']} | {run['wall_s']:.1f} s | {ratio}"
                      f"{' (floor scaled)' if run['floor_scaled'] else ''} | {cpu:.0f} | {run['max_rss_mib']:,.0f} MiB "
                      f"| {run['tree_peak_rss_mib']:,.0f} MiB | {scoring:.1f} s | {load(run)} |")
     lines += ["", "| eval set | command | wall | peak RSS | load avg before → after |", "|---|---|---|---|---|"]
