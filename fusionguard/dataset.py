@@ -360,8 +360,12 @@ def load_dataset(
 
 
 def dataset_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """SHA-256 of the file's bytes, read in chunks."""
+    """SHA-256 of the file's bytes, read in chunks (a directory of Parquet files: `ParquetSource.sha256`)."""
     path = Path(path)
+    if path.is_dir():
+        from fusionguard.source import ParquetSource
+
+        return ParquetSource.open(path).sha256(chunk_bytes)
     if not path.is_file():
         raise InvalidInputError(f"dataset {path} does not exist; check the path")
     digest = hashlib.sha256()
@@ -378,12 +382,13 @@ def validate_dataset(
     contracts: Sequence[ModelContract] = (),
     *,
     max_label: int | None = None,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
+    batch_rows: int | None = None,
 ) -> ValidationReport:
-    """Check a dataset and report every problem at once; see `fusionguard.validation`."""
+    """Check a dataset and report every problem at once; see `fusionguard.validation`
+    (`batch_rows` None: its SCAN_ROWS, which bounds the scan's memory)."""
     from fusionguard.validation import validate_dataset as _validate
 
-    return _validate(path, contracts, max_label=max_label, batch_rows=batch_rows)
+    return _validate(path, contracts, max_label=max_label, **({} if batch_rows is None else {"batch_rows": batch_rows}))
 
 
 def ensure_valid(
@@ -391,9 +396,9 @@ def ensure_valid(
     contracts: Sequence[ModelContract] = (),
     *,
     max_label: int | None = None,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
+    batch_rows: int | None = None,
 ) -> ValidationReport:
     """Like `validate_dataset`, but raise DataValidationError (exit 2) listing every problem."""
     from fusionguard.validation import ensure_valid as _ensure
 
-    return _ensure(path, contracts, max_label=max_label, batch_rows=batch_rows)
+    return _ensure(path, contracts, max_label=max_label, **({} if batch_rows is None else {"batch_rows": batch_rows}))

@@ -21,9 +21,10 @@ file that is already grouped comes out unchanged.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,17 @@ logger = logging.getLogger(__name__)
 READ_ROWS = 8192  # rows per Parquet read (bounds the decoded columns); the chunks are cut from these
 GROUP_BUCKET_ROWS = 262_144  # rows sorted in memory at a time by `group_queries`
 
-__all__ = ["GroupingReport", "UnsortedDataError", "check_grouped", "fixed_chunks", "group_queries", "query_batches", "whole_query_batches"]
+__all__ = [
+    "GroupingReport",
+    "UnsortedDataError",
+    "batch_ends",
+    "check_grouped",
+    "fixed_chunks",
+    "group_queries",
+    "query_batches",
+    "sized_chunks",
+    "whole_query_batches",
+]
 
 
 class UnsortedDataError(InvalidInputError):
@@ -81,21 +92,64 @@ def fixed_chunks(batches: Iterator[Batch], rows: int) -> Iterator[Batch]:
     whatever the sizes of the incoming batches (Parquet readers stop at row-group ends)."""
     if rows < 1:
         raise InvalidInputError(f"rows must be >= 1, got {rows}")
+    return sized_chunks(batches, itertools.repeat(rows))
+
+
+def sized_chunks(batches: Iterator[Batch], sizes: Iterable[int]) -> Iterator[Batch]:
+    """Re-cut a stream of batches into chunks of the given sizes, in order; rows left over
+    when `sizes` runs out come as one last chunk."""
+    sizes = iter(sizes)
+    want = next(sizes, None)
     pending: list[Batch] = []
     have = 0
     for batch in batches:
         start = 0
         n = len(batch)
         while start < n:
-            take = min(rows - have, n - start)
+            take = n - start if want is None else min(want - have, n - start)
             pending.append(_slice(batch, start, start + take))
             have += take
             start += take
-            if have == rows:
+            if have == want:
                 yield _concat(pending)
                 pending, have = [], 0
+                want = next(sizes, None)
     if have:
         yield _concat(pending)
+
+
+def batch_ends(query_id: np.ndarray, rows: int, source: str | Path) -> np.ndarray:
+    """Where `query_batches` (fixed chunks of `rows` rows, each extended to the end of its last
+    query) ends each batch, computed from the query ids alone: (n_batches,) row indices, the last
+    equal to the row count. A reader that knows these can cut the same batches from any range
+    of rows, so the Ray engine's actors read their own rows and still score the local engine's
+    batches (the ``permute`` shuffles depend on them).
+
+    Raises:
+        UnsortedDataError: a query's rows are not one contiguous run.
+    """
+    n = query_id.shape[0]
+    starts = _run_starts(query_id)
+    runs = query_id[starts]
+    if len(set(runs.tolist())) != runs.shape[0]:
+        seen: set = set()
+        split = []
+        for q in runs.tolist():
+            if q in seen:
+                split.append(q)
+            seen.add(q)
+        raise UnsortedDataError(source, split[0], len(set(split)))
+    ends: list[int] = []
+    pos = 0
+    for end in range(rows, n + rows, rows):  # the fixed chunks' ends
+        end = min(end, n)
+        run = int(starts[np.searchsorted(starts, end - 1, side="right") - 1])  # the last row's query starts here
+        if run > pos:  # the batch ends before that query, which moves on to the next batch
+            ends.append(run)
+            pos = run
+    if pos < n:
+        ends.append(n)
+    return np.asarray(ends, dtype=np.int64)
 
 
 def query_batches(
@@ -198,7 +252,9 @@ def check_grouped(path: str | Path, *, read_rows: int = READ_ROWS) -> GroupingRe
     Raises:
         InvalidInputError: the file is missing or not Parquet, or has no query_id column.
     """
-    pf = open_parquet(path)
+    from fusionguard.source import open_dataset
+
+    pf = open_dataset(path)  # a file, or a directory of files read as one
     if "query_id" not in pf.schema_arrow.names:
         raise InvalidInputError(f"dataset {path} has no query_id column; see DESIGN.md, Dataset")
     seen: set = set()

@@ -25,6 +25,7 @@ GE takes ~5 s to import, so it is imported inside `validate_dataset`, never when
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -38,8 +39,9 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from fusionguard.contract import ModelContract
-from fusionguard.dataset import ID_COLUMNS, open_parquet, read_batches
+from fusionguard.dataset import ID_COLUMNS, read_batches
 from fusionguard.errors import DataValidationError, InvalidInputError
+from fusionguard.source import open_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -134,13 +136,18 @@ def _ge_run(frames: Mapping[str, tuple[pd.DataFrame, list[Any]]]) -> dict[str, l
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     source = context.data_sources.add_pandas("fusionguard")
     results: dict[str, list[Any]] = {}
-    for name, (frame, expectations) in frames.items():
-        definition = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
-        suite = gx.ExpectationSuite(name=f"fusionguard-{name}")
-        for expectation in expectations:
-            suite.add_expectation(expectation)
-        outcome = definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite, result_format="BASIC")
-        results[name] = list(outcome.results)
+    try:
+        for name, (frame, expectations) in frames.items():
+            definition = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
+            suite = gx.ExpectationSuite(name=f"fusionguard-{name}")
+            for expectation in expectations:
+                suite.add_expectation(expectation)
+            outcome = definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite, result_format="BASIC")
+            results[name] = list(outcome.results)
+    finally:
+        # GE keeps the last context as its project (a module global), and through the data source
+        # every validated frame: 69 MiB at 1,000,000 rows, held while the gate then scores.
+        context.data_sources.delete("fusionguard")
     return results
 
 
@@ -167,10 +174,20 @@ def validate_dataset(
     Returns:
         A ValidationReport; `ok` is False when `problems` is non-empty. Never raises for a bad file.
     """
+    report = _validate(path, contracts, max_label, batch_rows)
+    # The per-row frame sits in reference cycles (GE's data source, pandas' group-by), so it would
+    # outlive this call until a full collection: 120-190 MiB at 1,000,000 rows, while the gate
+    # scores. Collect now.
+    gc.collect()
+    return report
+
+
+def _validate(path: str | Path, contracts: Sequence[ModelContract], max_label: int | None, batch_rows: int
+              ) -> ValidationReport:
     label = str(path)
     path = Path(path)
     try:
-        pf = open_parquet(path)
+        pf = open_dataset(path)  # a file, or a directory of files read as one
     except InvalidInputError as err:
         return ValidationReport(label, (str(err),), 0, 0, {"unreadable": 1})
 

@@ -225,7 +225,7 @@ def run_gate(
 
 
 def _data_check(data: Path, contracts: list, policy: Policy, info: dict[str, Any]) -> CheckResult:
-    if not data.is_file():
+    if not data.exists():  # a Parquet file, or a directory of Parquet files read as one
         return errored("data", f"eval set {data} does not exist; check --data", EXIT_INVALID)
     info["sha256"] = dataset_sha256(data)
     report = validate_dataset(data, contracts, max_label=policy.label_limit)

@@ -38,9 +38,10 @@ from fusionguard.dataset import Batch, iter_batches
 from fusionguard.errors import EvaluationError, InvalidInputError
 from fusionguard.profile import feature_summaries
 from fusionguard.scorer import Mask, Scorer
-from fusionguard.streaming import query_batches
+from fusionguard.source import ParquetSource
+from fusionguard.streaming import query_batches, whole_query_batches
 
-from gate.engine import EngineConfig
+from fusionguard.engine import EngineConfig
 from gate.measures import AttentionSummary, ModelMeasures, PassPlan, per_query_mean, plan_passes
 from gate.policy import Policy
 
@@ -166,8 +167,14 @@ def _run_partials(
     data = Path(data)
     workers = default_workers() if engine.workers is None else engine.workers
     rows = chunk_rows(policy, masks)
-    means = scorer.reference_means(data) if any(m.strategy == "mean" and m.modalities for m in masks) else None
-    batches = query_batches(data, scorer.contract, rows)
+    mean_masks = any(m.strategy == "mean" and m.modalities for m in masks)
+    if data.is_dir():  # a directory of files, read as their concatenation in path order
+        source = ParquetSource.open(data)
+        means = source.input_means(scorer.contract) if mean_masks else None
+        batches = whole_query_batches(source.read(0, source.n_rows, scorer.contract), rows, data)
+    else:
+        means = scorer.reference_means(data) if mean_masks else None
+        batches = query_batches(data, scorer.contract, rows)
     scorers = _worker_scorers(scorer, workers)
     local = threading.local()
     free = list(scorers)
@@ -184,9 +191,9 @@ def _run_partials(
     if progress:
         from tqdm import tqdm
 
-        from fusionguard.dataset import open_parquet
+        from fusionguard.source import open_dataset
 
-        bar = tqdm(total=int(open_parquet(data).metadata.num_rows), unit="row", desc="scoring")
+        bar = tqdm(total=int(open_dataset(data).metadata.num_rows), unit="row", desc="scoring")
     try:
         for part in _ordered(work, batches, min(workers, len(scorers))):
             if bar is not None:
@@ -205,8 +212,12 @@ class StreamedData:
 
 
 def read_ids(data: str | Path) -> StreamedData:
-    """query_id, item_id and label of every row (the only per-row columns the statistics need)."""
-    parts = [b for b in iter_batches(data, None, batch_rows=1 << 20, inputs=()) if len(b)]
+    """query_id, item_id and label of every row (the only per-row columns the statistics need):
+    a Parquet file, or (for the Ray engine) a directory of files or a URI (fusionguard/source.py)."""
+    if Path(data).is_file():
+        parts = [b for b in iter_batches(data, None, batch_rows=1 << 20, inputs=()) if len(b)]
+    else:  # a directory of files or a URI
+        parts = [b for b in ParquetSource.open(data).ids() if len(b)]
     if not parts:
         raise InvalidInputError(f"the dataset {data} has no rows; nothing to score")
     qid = np.concatenate([p.query_id for p in parts])
@@ -234,56 +245,77 @@ class _HeadSums:
         return self.total / self.n  # type: ignore[operator]
 
 
-def _check_row_order(groups: metrics.QueryGroups, qids: list[np.ndarray], iids: list[np.ndarray]) -> None:
-    """Fail closed unless the partials' rows are the file's rows in the file's order (every
-    per-row array is aligned by position with the other model's and with the grouping).
-    Compared part by part against the file order rebuilt from the grouping (16 bytes a row)."""
-    order = groups.order
-    query = np.empty(order.shape[0], dtype=np.int64)  # file row -> index into groups.query_ids
-    query[order] = groups.query_index_sorted
-    item = np.empty(order.shape[0], dtype=groups.item_id_sorted.dtype)
-    item[order] = groups.item_id_sorted
-    start = 0
-    for q, i in zip(qids, iids):
-        stop = start + q.shape[0]
-        if not (np.array_equal(groups.query_ids[query[start:stop]], q) and np.array_equal(item[start:stop], i)):
+class _FileOrder:
+    """Checks, part by part, that the partials' rows are the file's rows in the file's order
+    (every per-row array is aligned by position with the other model's and with the grouping);
+    fails closed otherwise. The file order is rebuilt from the grouping once (16 bytes a row)."""
+
+    def __init__(self, groups: metrics.QueryGroups) -> None:
+        order = groups.order
+        self.query_ids = groups.query_ids
+        self.query = np.empty(order.shape[0], dtype=np.int64)  # file row -> index into groups.query_ids
+        self.query[order] = groups.query_index_sorted
+        self.item = np.empty(order.shape[0], dtype=groups.item_id_sorted.dtype)
+        self.item[order] = groups.item_id_sorted
+        self.start = 0
+
+    def check(self, query_id: np.ndarray, item_id: np.ndarray) -> slice:
+        """The file rows of the next part; raises unless they hold these ids."""
+        rows = slice(self.start, self.start + query_id.shape[0])
+        if rows.stop > self.query.shape[0] or not (
+            np.array_equal(self.query_ids[self.query[rows]], query_id) and np.array_equal(self.item[rows], item_id)
+        ):
             raise EvaluationError("the scored rows came back in another order than the file's; the per-row "
                                   "measures would be misaligned, so nothing is reported")
-        start = stop
+        self.start = rows.stop
+        return rows
+
+
+class _Rows:
+    """Per-row values written into arrays of the dataset's length as the parts arrive: no list of
+    parts and no final concatenation (which held every per-row value twice at the end)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def put(self, name: str, rows: slice, values: np.ndarray, dtype: type = np.float64) -> None:
+        if name not in self.arrays:
+            self.arrays[name] = np.empty(self.n, dtype=dtype)
+        self.arrays[name][rows] = values
 
 
 def assemble(
     parts: Iterable[BatchPartial], data: StreamedData, plan: PassPlan, masks: list[Mask], n_passes: int, provider: str
 ) -> tuple[ModelMeasures, dict[str, np.ndarray]]:
     """Partials (in file order) -> the ModelMeasures `measure_model` gives, plus per-row feature norms."""
+    groups = data.groups
     qids, ndcgs, shares, masses, entropies = [], [], [], [], []
-    rows: dict[str, list[np.ndarray]] = {"score": [], "phi_t": [], "phi_v": [], "share": [], "mass_row": []}
-    feats: dict[str, list[np.ndarray]] = {}
+    rows, feats = _Rows(groups.n_rows), _Rows(groups.n_rows)
     mass_heads, entropy_heads = _HeadSums(), _HeadSums()
-    row_qids: list[np.ndarray] = []
-    row_iids: list[np.ndarray] = []
+    file_order = _FileOrder(groups)
     n = 0
     for p in parts:
+        n += p.label.shape[0]
+        if n > groups.n_rows:
+            break
+        at = file_order.check(p.row_query_id, p.item_id)
         qids.append(p.query_id)
         ndcgs.append(p.ndcg)
         shares.append(p.share_per_query)
-        for key, value in (("score", p.score), ("phi_t", p.phi_text), ("phi_v", p.phi_visual), ("share", p.share)):
-            rows[key].append(value)
+        rows.put("score", at, p.score)  # float32 -> float64, exactly
+        for key, value in (("phi_t", p.phi_text), ("phi_v", p.phi_visual), ("share", p.share)):
+            rows.put(key, at, value)
         if p.mass_rows is not None and p.entropy_rows is not None:
             masses.append(p.mass_per_query)
             entropies.append(p.entropy_per_query)
             mass_heads.add(p.mass_rows)
             entropy_heads.add(p.entropy_rows)
-            rows["mass_row"].append(p.mass_rows.mean(axis=1))
+            rows.put("mass_row", at, p.mass_rows.mean(axis=1))
         for name, v in p.features.items():
-            feats.setdefault(name, []).append(v)
-        n += p.label.shape[0]
-        row_qids.append(p.row_query_id)
-        row_iids.append(p.item_id)
-    groups = data.groups
+            feats.put(name, at, v)
     if n != groups.n_rows:
         raise InvalidInputError(f"streaming read {n} rows but the dataset has {groups.n_rows}; was the file modified?")
-    _check_row_order(groups, row_qids, row_iids)
     # Per-query values come in batch order; the global QueryGroups orders queries by id.
     q = np.concatenate(qids)
     order = np.argsort(q, kind="stable")
@@ -301,18 +333,17 @@ def assemble(
     attention = None
     if masses:
         attention = AttentionSummary(by_query(masses), by_query(entropies), mass_heads.mean(), entropy_heads.mean(),
-                                     np.concatenate(rows["mass_row"]))
-    share = np.concatenate(rows["share"])
+                                     rows.arrays["mass_row"])
     m = ModelMeasures(
-        scores=np.concatenate(rows["score"]).astype(np.float64),
+        scores=rows.arrays["score"],
         ndcg=ndcg,
         ndcg_visual_masked=ndcg_v,
         ndcg_text_masked=ndcg_t,
         visual_drop=metrics.ablation_drop(ndcg, ndcg_v),
         text_drop=metrics.ablation_drop(ndcg, ndcg_t),
-        phi_text=np.concatenate(rows["phi_t"]),
-        phi_visual=np.concatenate(rows["phi_v"]),
-        visual_share=share,
+        phi_text=rows.arrays["phi_t"],
+        phi_visual=rows.arrays["phi_v"],
+        visual_share=rows.arrays["share"],
         visual_share_per_query=by_query(shares),
         attention_mass=None,
         attention_entropy=None,
@@ -320,7 +351,7 @@ def assemble(
         provider=provider,
         attention=attention,
     )
-    return m, {name: np.concatenate(v) for name, v in feats.items()}
+    return m, feats.arrays
 
 
 def _source(engine: EngineConfig | None):  # noqa: ANN202
@@ -356,9 +387,15 @@ def stream_baseline(
 ) -> np.ndarray:
     """`score_baseline`, streamed: (N,) unmasked scores in file order (float32)."""
     source, engine = _source(engine)
-    parts = list(source(scorer, data, [Mask()], None, policy, engine, False, False))  # (n,) scalars per batch
-    scores = np.concatenate([p.score for p in parts])
-    if scores.shape[0] != streamed.groups.n_rows:
-        raise InvalidInputError(f"streaming read {scores.shape[0]} rows but the dataset has {streamed.groups.n_rows}")
-    _check_row_order(streamed.groups, [p.row_query_id for p in parts], [p.item_id for p in parts])
+    groups = streamed.groups
+    scores = np.empty(groups.n_rows, dtype=np.float32)
+    file_order = _FileOrder(groups)
+    n = 0
+    for p in source(scorer, data, [Mask()], None, policy, engine, False, False):
+        n += p.label.shape[0]
+        if n > groups.n_rows:
+            break
+        scores[file_order.check(p.row_query_id, p.item_id)] = p.score
+    if n != groups.n_rows:
+        raise InvalidInputError(f"streaming read {n} rows but the dataset has {groups.n_rows}")
     return scores

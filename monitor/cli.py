@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from fusionguard.cli import LazyGroup, envvar, progress_option
+from fusionguard.engine import EngineConfig, engine_options
 from monitor.app import AppConfig
 from monitor.batching import BatchingConfig
 from monitor.service import ServiceConfig
@@ -137,12 +138,14 @@ def serve(registry, model, name, shadow, profile, device, threads, telemetry_sha
 @click.option("--telemetry-share", type=float, default=1.0, show_default=True,
               help="Share of requests with telemetry (offline, every request by default).")
 @_telemetry_seed
+@engine_options
 @progress_option
 def replay(registry, model, name, shadow, profile, device, threads, data, out, pushgateway, job,  # noqa: ANN001
-           telemetry_share, telemetry_seed, progress) -> None:
+           telemetry_share, telemetry_seed, engine, workers, ray_address, progress) -> None:
     """Score logged traffic through the serving code and write the same metrics.
 
-    Each query's rows are one request.
+    Each query's rows are one request. With --engine ray the model passes run in an actor pool
+    on a Ray cluster and the metrics are the same (docs/scale.md).
 
     Example: fusionguard monitor replay --model v2.onnx --data traffic.parquet --out metrics.prom
     """
@@ -153,6 +156,7 @@ def replay(registry, model, name, shadow, profile, device, threads, data, out, p
             data=data,
             service=_service(registry, model, name, shadow, profile, device, threads, telemetry_share, telemetry_seed),
             out=out, pushgateway=pushgateway, job=job, progress=progress,
+            engine=EngineConfig(engine, workers, ray_address),
         )
     )
     click.echo(result.summary())

@@ -100,3 +100,71 @@ def test_cli_validate_notes_an_unsorted_file(tmp_path):
     result = CliRunner().invoke(cli, ["data", "validate", str(path)])
     assert result.exit_code == 0, result.output
     assert "12 queries (first 'q0') have rows spread" in result.output and "fusionguard data group" in result.output
+
+
+# ----- batch ends from the ids, and row ranges read from a source --------------------------------
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("rows", [1, 3, 10, 64])
+def test_batch_ends_are_where_query_batches_cut(tmp_path, seed, rows):
+    """The ends computed from the ids alone are those of the streamed whole-query batches."""
+    from fusionguard.streaming import batch_ends
+
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 25, size=int(rng.integers(1, 15)))
+    qid = np.repeat(rng.permutation(1000)[: sizes.shape[0]], sizes)
+    n = qid.shape[0]
+    path = write_dataset(tmp_path / "q.parquet", qid, np.arange(n), np.zeros(n, np.int64),
+                         {"x": np.zeros((n, 1), np.float32)})
+    streamed = np.cumsum([len(b) for b in query_batches(path, None, rows, read_rows=7)])
+    np.testing.assert_array_equal(batch_ends(qid, rows, path), streamed)
+
+
+def test_batch_ends_refuse_a_split_query(tmp_path):
+    from fusionguard.streaming import UnsortedDataError, batch_ends
+
+    with pytest.raises(UnsortedDataError, match="1 query \\(first 'b'\\)"):
+        batch_ends(np.array(["a", "b", "c", "b"], dtype=object), 2, tmp_path / "x.parquet")
+
+
+def _split_files(tmp_path, n: int = 50):
+    """One dataset as a file, and as a directory of three files (with a _SUCCESS marker and
+    row groups of 4 rows), the rows in the same order."""
+    b = _batch(n)
+    one = write_dataset(tmp_path / "one.parquet", b.query_id, b.item_id, b.label, b.feeds)
+    table = pq.read_table(one)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for i, (a, z) in enumerate([(0, 13), (13, 31), (31, n)]):
+        pq.write_table(table.slice(a, z - a), folder / f"part-{i}.parquet", row_group_size=4)
+    (folder / "_SUCCESS").write_text("")
+    return one, folder
+
+
+@pytest.mark.parametrize(("start", "stop"), [(0, 50), (0, 1), (3, 17), (12, 14), (13, 31), (30, 50), (49, 50), (5, 5)])
+@pytest.mark.parametrize("uri", [False, True])
+def test_source_reads_any_row_range_of_a_directory(tmp_path, start, stop, uri):
+    from fusionguard.source import ParquetSource
+
+    one, folder = _split_files(tmp_path)
+    source = ParquetSource.open(folder.as_uri() if uri else folder)
+    assert source.n_rows == 50 and len(source.files) == 3
+    got = list(source.read(start, stop, None, read_rows=3))
+    want = load_dataset(one)
+    ids = np.concatenate([g.item_id for g in got]) if got else np.zeros(0, np.int64)
+    np.testing.assert_array_equal(ids, want.item_id[start:stop])
+    np.testing.assert_array_equal(np.concatenate([g.query_id for g in got]) if got else ids, want.query_id[start:stop])
+
+
+def test_source_refuses_what_it_cannot_read(tmp_path):
+    from fusionguard.errors import InvalidInputError
+    from fusionguard.source import ParquetSource
+
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        ParquetSource.open(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidInputError, match="holds no Parquet files"):
+        ParquetSource.open(tmp_path / "empty")
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    with pytest.raises(InvalidInputError, match="cannot read the Parquet dataset"):
+        ParquetSource.open(tmp_path / "bad.parquet")

@@ -69,7 +69,7 @@ def test_rayjob_paths_sit_on_mounted_volumes() -> None:
         mounts = pod["containers"][0]["volumeMounts"]
         return next((m for m in mounts if path.is_relative_to(m["mountPath"])), None)
 
-    # The driver (head) reads models and data and writes reports; Ray Data reads the data on workers.
+    # The driver (head) reads models and data and writes reports; the scorer actors read the data on workers.
     for key in ("candidate", "baseline", "data"):
         assert mount_of(head, Path(params[key])) is not None, key
     for pod in workers:
@@ -82,5 +82,5 @@ def test_the_image_can_be_built_with_the_ray_extra() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     assert "ARG WITH_RAY=0" in dockerfile and '".[serve,gpu,gate,ray]"' in dockerfile
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    assert 'ray = ["ray[data]' in pyproject
+    assert 'ray = ["ray>=' in pyproject
     assert "--build-arg WITH_RAY=1" in RAYJOB.read_text(encoding="utf-8")

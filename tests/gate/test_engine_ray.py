@@ -1,4 +1,7 @@
-"""The Ray engine gives the local engine's per-query values and verdict, on a local Ray."""
+"""The Ray engine gives the local engine's per-query values and verdict, on a local Ray.
+
+The actors read their rows themselves (gate/engine_ray.py); the data comes as one file with
+small row groups, as a directory of files and as a file:// URI."""
 
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ def _row_groups(src, dst, size: int = 37):
     return dst
 
 
+@pytest.mark.slow
 def test_ray_gate_equals_the_local_gate(local_ray, toys, ragged, tmp_path):  # noqa: F811
     policy = _policy(tmp_path, "permute")
     ragged = _row_groups(ragged, tmp_path / "row_groups.parquet")
@@ -75,3 +79,46 @@ def test_ray_engine_refuses_a_split_query(local_ray, toys, tmp_path):
     cand = Scorer(toys.fusion, device="cpu")
     with pytest.raises(UnsortedDataError):
         stream_measures(cand, unsorted, read_ids(unsorted), load_policy(toys.policy), engine=EngineConfig("ray"))
+
+
+def _as_directory(src, folder, cuts=(0, 61, 200, 333)):
+    """The same rows as three files (row groups of 23 rows) in a directory; the cuts fall inside
+    queries, so a batch spans files."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(src)
+    folder.mkdir()
+    bounds = [*cuts, table.num_rows]
+    for i, (a, z) in enumerate(zip(bounds[:-1], bounds[1:])):
+        pq.write_table(table.slice(a, z - a), folder / f"part-{i:02d}.parquet", row_group_size=23)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["directory", "uri"])
+def test_ray_reads_a_directory_or_uri_in_the_actors(local_ray, toys, ragged, tmp_path, form):  # noqa: F811
+    policy = load_policy(_policy(tmp_path, "permute"))
+    cand = Scorer(toys.fusion, device="cpu")
+    folder = _as_directory(ragged, tmp_path / "parts")
+    data = folder.as_uri() if form == "uri" else folder
+    a, fa = stream_measures(cand, ragged, read_ids(ragged), policy, engine=EngineConfig(workers=1), features=True)
+    b, fb = stream_measures(cand, data, read_ids(data), policy, engine=EngineConfig("ray", workers=2), features=True)
+    for name in ("ndcg", "ndcg_visual_masked", "ndcg_text_masked", "scores", "phi_visual", "visual_share_per_query"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    for name in fa:
+        np.testing.assert_array_equal(fa[name], fb[name])
+
+
+@pytest.mark.slow
+def test_ray_refuses_a_query_split_over_two_files(local_ray, toys, tmp_path):
+    """Each file is grouped, but one query has rows in both: refused before any actor starts."""
+    from fusionguard.errors import InvalidInputError
+    from fusionguard.streaming import UnsortedDataError
+
+    unsorted = _interleaved(toys.data, tmp_path / "unsorted.parquet")  # first halves, then second halves
+    n = len(read_ids(unsorted).groups.order)
+    folder = _as_directory(unsorted, tmp_path / "parts", cuts=(0, n // 2))
+    cand = Scorer(toys.fusion, device="cpu")
+    with pytest.raises(UnsortedDataError, match="fusionguard data group") as err:
+        stream_measures(cand, folder, read_ids(folder), load_policy(toys.policy), engine=EngineConfig("ray"))
+    assert isinstance(err.value, InvalidInputError) and err.value.exit_code == 2

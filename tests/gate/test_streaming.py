@@ -111,15 +111,22 @@ def test_streamed_measures_equal_the_in_memory_ones(toys, ragged, tmp_path, monk
     assert got_profile.to_json() == ref_profile.to_json()
 
 
+def _gate_reports(toys, runs: dict, policy, tmp_path: Path) -> dict:
+    """name -> (exit code, report.json, profile.json) of a gate run per (data, engine)."""
+    out = {}
+    for name, (data, engine) in runs.items():
+        result = run_gate(toys.fusion, data, tmp_path / name, baseline=toys.v1, policy=policy, engine=engine)
+        out[name] = (result.exit_code, json.loads((tmp_path / name / "report.json").read_text()),
+                     (tmp_path / name / "profile.json").read_text())
+    return out
+
+
 def test_gate_report_identical_for_one_and_two_workers(toys, ragged, tmp_path):
-    policy = _policy(tmp_path, "permute")
-    one = run_gate(toys.fusion, ragged, tmp_path / "one", baseline=toys.v1, policy=policy, engine=EngineConfig(workers=1))
-    two = run_gate(toys.fusion, ragged, tmp_path / "two", baseline=toys.v1, policy=policy, engine=EngineConfig(workers=2))
-    assert one.exit_code == two.exit_code
-    r1 = json.loads((tmp_path / "one" / "report.json").read_text())
-    r2 = json.loads((tmp_path / "two" / "report.json").read_text())
-    assert r1["checks"] == r2["checks"]
-    assert (tmp_path / "one" / "profile.json").read_text() == (tmp_path / "two" / "profile.json").read_text()
+    got = _gate_reports(toys, {"one": (ragged, EngineConfig(workers=1)), "two": (ragged, EngineConfig(workers=2))},
+                        _policy(tmp_path, "permute"), tmp_path)
+    assert got["one"][0] == got["two"][0]
+    assert got["one"][1]["checks"] == got["two"][1]["checks"]
+    assert got["one"][2] == got["two"][2]
 
 
 def _interleaved(src: Path, dst: Path) -> Path:
@@ -201,11 +208,65 @@ def test_rows_out_of_file_order_are_refused(toys, ragged, tmp_path):
     """The order guard: partials that cover every query but not in the file's row order fail closed."""
     from fusionguard.errors import EvaluationError
 
-    from gate.streaming import _check_row_order
+    from gate.streaming import _FileOrder
 
     streamed = read_ids(ragged)
     batch = load_dataset(ragged, inputs=[])
-    _check_row_order(streamed.groups, [batch.query_id[:50], batch.query_id[50:]], [batch.item_id[:50], batch.item_id[50:]])
+    order = _FileOrder(streamed.groups)
+    assert order.check(batch.query_id[:50], batch.item_id[:50]) == slice(0, 50)
+    assert order.check(batch.query_id[50:], batch.item_id[50:]) == slice(50, len(batch))
     swapped = np.r_[50:len(batch), 0:50]
     with pytest.raises(EvaluationError, match="another order"):
-        _check_row_order(streamed.groups, [batch.query_id[swapped]], [batch.item_id[swapped]])
+        _FileOrder(streamed.groups).check(batch.query_id[swapped], batch.item_id[swapped])
+
+
+def test_actor_spans_give_the_local_partials(toys, ragged, tmp_path):
+    """The Ray engine's actor code without Ray (fast): spans read from the source and cut at the
+    planned batch ends reduce to the local engine's partials, batch for batch."""
+    import pyarrow.parquet as pq
+
+    from fusionguard.source import ParquetSource
+    from fusionguard.streaming import batch_ends
+
+    from gate.engine_ray import ScorerActor, plan_spans
+    from gate.measures import plan_passes
+    from gate.streaming import _run_partials, chunk_rows
+
+    policy = load_policy(_policy(tmp_path, "permute"))
+    plan = plan_passes(policy)
+    small_groups = tmp_path / "rg.parquet"
+    pq.write_table(pq.read_table(ragged), small_groups, row_group_size=17)
+    cand = Scorer(toys.fusion, device="cpu")
+    local = list(_run_partials(cand, small_groups, plan.masks, plan, policy, EngineConfig(workers=1), True, False))
+    source = ParquetSource.open(small_groups)
+    ids = np.concatenate([b.query_id for b in source.ids()])
+    ends = batch_ends(ids, chunk_rows(policy, plan.masks), small_groups)
+    actor = ScorerActor(toys.fusion.read_bytes(), cand.contract, "cpu")
+    spans = plan_spans(ends, 50)
+    assert len(spans) > 3
+    remote = [p for start, e in spans for p in actor.reduce_span(source, start, e, plan.masks, plan, policy, True, None)]
+    assert len(remote) == len(local)
+    for a, b in zip(local, remote):
+        for name in ("query_id", "item_id", "ndcg", "score", "phi_text", "share", "mass_rows"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+        for name in a.features:
+            np.testing.assert_array_equal(a.features[name], b.features[name])
+
+
+def test_gate_on_a_directory_of_files_equals_the_gate_on_the_file(toys, ragged, tmp_path):
+    """--data DIR: the files read in path order as one eval set (the local engine, the data
+    check and the grouping check alike); the reports equal those of the concatenated file,
+    the dataset hash aside."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(ragged)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for i, (a, z) in enumerate([(0, 61), (61, 200), (200, table.num_rows)]):  # cuts inside queries
+        pq.write_table(table.slice(a, z - a), folder / f"part-{i}.parquet", row_group_size=23)
+    got = _gate_reports(toys, {"one": (ragged, EngineConfig(workers=2)), "many": (folder, EngineConfig(workers=2))},
+                        _policy(tmp_path, "mean"), tmp_path)
+    assert got["many"][0] == got["one"][0]
+    r1, r2 = got["one"][1], got["many"][1]
+    assert r1["checks"] == r2["checks"]
+    assert r2["data"]["sha256"] != r1["data"]["sha256"] and r2["data"]["n_rows"] == r1["data"]["n_rows"]

@@ -130,3 +130,43 @@ def test_replay_counts_invalid_requests(models, toy, tmp_path):
     m = samples(out.read_text())
     assert m[("fusionguard_invalid_requests_total", (("model", "ranker"), ("reason", "non_finite")))] == 1
     assert m[("fusionguard_requests_total", (("model", "ranker"), ("outcome", "ok")))] == 11
+
+
+def test_replay_workers_need_the_ray_engine(models, traffic, tmp_path):
+    r = CliRunner().invoke(cli, ["monitor", "replay", "--model", str(models["fusion"]), "--data", str(traffic),
+                                 "--out", str(tmp_path / "m.prom"), "--workers", "2"])
+    assert r.exit_code == 2 and "--workers is the Ray engine's actor count" in r.output
+
+
+@pytest.mark.slow
+def test_ray_replay_exports_the_local_metrics(models, toy, tmp_path, monkeypatch):
+    """Same requests, telemetry draws, shares, shadow correlations and invalid counts; only the
+    timing histograms differ. Several chunks over two actors, with an invalid request among them."""
+    ray = pytest.importorskip("ray")
+    import monitor.replay_ray
+
+    from fusionguard.engine import EngineConfig
+
+    monkeypatch.setattr(monitor.replay_ray, "CHUNK_ROWS", 10)
+    feeds = {k: v.copy() for k, v in toy.feeds.items()}
+    feeds["visual_tokens"][7, 1, 2] = np.nan  # row 7 belongs to the second query
+    path = write_dataset(tmp_path / "bad.parquet", toy.query_id, toy.item_id, toy.label, feeds)
+    service = ServiceConfig(model=models["fusion_w0.3"], shadow=models["text"], telemetry_share=0.5, telemetry_seed=4,
+                            device="cpu")
+
+    def run(engine: EngineConfig, name: str) -> tuple:
+        result = replay(ReplayConfig(path, service, out=tmp_path / name, engine=engine))
+        m = samples((tmp_path / name).read_text())
+        timing = ("duration", "created")
+        return (result.requests, result.rows, result.invalid, result.telemetry), {
+            k: v for k, v in m.items() if not any(t in k[0] for t in timing)}
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        remote = run(EngineConfig("ray", workers=2), "ray.prom")
+    finally:
+        ray.shutdown()
+    local = run(EngineConfig(), "local.prom")
+    assert local[0] == remote[0] and local[0][2] == 1
+    assert local[1] == remote[1]
+    assert any(k[0] == "fusionguard_shadow_spearman_per_request_count" for k in local[1])
