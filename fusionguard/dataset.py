@@ -45,6 +45,8 @@ _READ_BUFFER_BYTES = 1 << 22  # buffered column-chunk reads: bounds the memory o
 __all__ = [
     "Batch",
     "ID_COLUMNS",
+    "concat_batches",
+    "slice_batch",
     "dataset_sha256",
     "ensure_valid",
     "iter_batches",
@@ -66,6 +68,28 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
+
+
+def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
+    """Rows [start, stop) of `batch` (numpy views, no copy)."""
+    return Batch(
+        query_id=batch.query_id[start:stop],
+        item_id=batch.item_id[start:stop],
+        label=batch.label[start:stop],
+        feeds={name: value[start:stop] for name, value in batch.feeds.items()},
+    )
+
+
+def concat_batches(parts: Sequence[Batch]) -> Batch:
+    """The rows of `parts`, in order, as one Batch (a single part is returned as it is)."""
+    if len(parts) == 1:
+        return parts[0]
+    return Batch(
+        query_id=np.concatenate([p.query_id for p in parts]),
+        item_id=np.concatenate([p.item_id for p in parts]),
+        label=np.concatenate([p.label for p in parts]),
+        feeds={name: np.concatenate([p.feeds[name] for p in parts]) for name in parts[0].feeds},
+    )
 
 
 # ----- writing ----------------------------------------------------------------------------------
@@ -348,15 +372,7 @@ def load_dataset(
     path: str | Path, contract: ModelContract | None = None, inputs: Sequence[str] | None = None
 ) -> Batch:
     """The whole dataset as one Batch (see `iter_batches` for the arguments)."""
-    batches = list(iter_batches(path, contract=contract, inputs=inputs))
-    if len(batches) == 1:
-        return batches[0]
-    return Batch(
-        query_id=np.concatenate([b.query_id for b in batches]),
-        item_id=np.concatenate([b.item_id for b in batches]),
-        label=np.concatenate([b.label for b in batches]),
-        feeds={name: np.concatenate([b.feeds[name] for b in batches]) for name in batches[0].feeds},
-    )
+    return concat_batches(list(iter_batches(path, contract=contract, inputs=inputs)))
 
 
 def dataset_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:

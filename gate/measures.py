@@ -17,8 +17,8 @@ import numpy as np
 from fusionguard import metrics, stats
 from fusionguard.dataset import Batch
 from fusionguard.errors import EvaluationError
-from fusionguard.masking import ShapleyPasses, shapley_passes
-from fusionguard.scorer import Mask, Scorer
+from fusionguard.masking import Mask, ShapleyPasses, ablation_masks, shapley_passes
+from fusionguard.scorer import Scorer
 
 from gate.policy import Policy
 
@@ -44,12 +44,10 @@ class PassPlan:
 def plan_passes(policy: Policy) -> PassPlan:
     """The passes a fusion candidate needs under `policy`."""
     a, s = policy.ablation, policy.shapley
-    repeats = a.n_permutations if a.strategy == "permute" else 1
-    seeds = [policy.seed + i for i in range(repeats)]
     return PassPlan(
         full=Mask(),
-        visual=tuple(Mask(frozenset({"visual"}), a.strategy, seed) for seed in seeds),
-        text=tuple(Mask(frozenset({"text"}), a.strategy, seed) for seed in seeds),
+        visual=ablation_masks("visual", a.strategy, policy.seed, a.n_permutations),
+        text=ablation_masks("text", a.strategy, policy.seed, a.n_permutations),
         shapley=shapley_passes(s.strategy, policy.seed),
     )
 

@@ -27,10 +27,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from fusionguard.devices import DEVICES
 from fusionguard.errors import ConfigError, InvalidInputError
+from fusionguard.masking import STRATEGIES
 from fusionguard.metrics import MAX_EXPONENTIAL_LABEL
 
-STRATEGIES = ("zero", "mean", "permute")
 MAX_RESAMPLES = 1_000_000  # the resample matrix is (n_resamples, n_queries): 1e6 x 1e4 queries is ~80 GB already
 
 
@@ -153,7 +154,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "attention.min_visual_mass": (_unit, "a number in [0, 1]"),
     "attention.min_entropy": (_unit, "a number in [0, 1]"),
     "attention.max_entropy": (_unit, "a number in [0, 1]"),
-    "scoring.device": (lambda x: x in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'"),
+    "scoring.device": (lambda x: x in DEVICES, ", ".join(repr(d) for d in DEVICES[:-1]) + f" or {DEVICES[-1]!r}"),
     "scoring.batch_rows": (lambda x: x >= 1, "an integer >= 1"),
     "scoring.threads": (lambda x: 1 <= x <= 1024, "an integer in [1, 1024]"),
 }

@@ -16,11 +16,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from fusionguard.devices import DEVICES
 from fusionguard.errors import ConfigError
+from fusionguard.masking import REFERENCE_FREE_STRATEGIES
 from training.variants import VARIANTS
 
-DEVICES = ("auto", "cpu", "cuda")
-MASKS = ("zero", "permute")
+MASKS = REFERENCE_FREE_STRATEGIES  # a split is masked on its own: no reference means
 OPTIMIZERS = ("adamw", "sgd")
 WARM_START_INITS = ("fresh", "zero-values")
 
