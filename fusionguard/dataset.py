@@ -8,8 +8,8 @@ not stored in the file; they come from the model contract.
 Reading streams record batches with pyarrow and reads only the columns asked for, so a file of a
 million rows never needs all its columns in memory at once. Each list column is turned into an
 ``(n, *spec.shape)`` array through its flat values buffer plus one length check: no Python loop
-per row. Validation lives in `fusionguard.validation` (Great Expectations, imported lazily) and is
-re-exported here.
+per row. Validation lives in `fusionguard.validation` (Great Expectations, imported lazily), which
+reads through this module.
 """
 
 from __future__ import annotations
@@ -32,12 +32,10 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from fusionguard.validation import ValidationReport
-
 logger = logging.getLogger(__name__)
 
 ID_COLUMNS = ("query_id", "item_id", "label")
-DEFAULT_BATCH_ROWS = 65_536
+READ_BATCH_ROWS = 65_536  # rows per record batch read from Parquet (iter_batches, validation's scan)
 _ROW_GROUP_ROWS = 65_536  # rows per Parquet row group written; bounds the memory of one read batch
 _INT32_MAX = 2**31 - 1
 _READ_BUFFER_BYTES = 1 << 22  # buffered column-chunk reads: bounds the memory of streaming
@@ -48,11 +46,9 @@ __all__ = [
     "concat_batches",
     "slice_batch",
     "dataset_sha256",
-    "ensure_valid",
     "iter_batches",
     "load_dataset",
     "open_parquet",
-    "validate_dataset",
     "write_dataset",
 ]
 
@@ -315,7 +311,7 @@ def _resolve_inputs(
 def iter_batches(
     path: str | Path,
     contract: ModelContract | None = None,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
+    batch_rows: int = READ_BATCH_ROWS,
     inputs: Sequence[str] | None = None,
 ) -> Iterator[Batch]:
     """Stream a dataset in batches of at most `batch_rows` rows, reading only the needed columns.
@@ -385,31 +381,3 @@ def dataset_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
         for chunk in iter(lambda: fh.read(chunk_bytes), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-# ----- validation (Great Expectations is slow to import: fusionguard.validation loads it lazily) --
-
-def validate_dataset(
-    path: str | Path,
-    contracts: Sequence[ModelContract] = (),
-    *,
-    max_label: int | None = None,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
-) -> ValidationReport:
-    """Check a dataset and report every problem at once; see `fusionguard.validation`."""
-    from fusionguard.validation import validate_dataset as _validate
-
-    return _validate(path, contracts, max_label=max_label, batch_rows=batch_rows)
-
-
-def ensure_valid(
-    path: str | Path,
-    contracts: Sequence[ModelContract] = (),
-    *,
-    max_label: int | None = None,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
-) -> ValidationReport:
-    """Like `validate_dataset`, but raise DataValidationError (exit 2) listing every problem."""
-    from fusionguard.validation import ensure_valid as _ensure
-
-    return _ensure(path, contracts, max_label=max_label, batch_rows=batch_rows)

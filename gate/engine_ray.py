@@ -38,7 +38,7 @@ from fusionguard.streaming import READ_ROWS, query_batches, whole_query_batches
 from gate.engine import EngineConfig
 from gate.measures import PassPlan
 from gate.policy import Policy
-from gate.streaming import BatchPartial, chunk_rows, reduce_batch
+from gate.partials import BatchPartial, chunk_rows, reduce_batch
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from gate.checks import CheckResult
     from gate.measures import ModelMeasures
     from gate.policy import Policy
-    from gate.runner import GateResult
+    from gate.result import GateResult
 
 NDCG_DIFF_PNG = "ndcg_difference.png"
 CONTRIBUTION_PNG = "contributions.png"

@@ -29,7 +29,7 @@ from fusionguard.profile import build_profile, feature_summaries
 from gate.checks import clean
 
 if TYPE_CHECKING:
-    from gate.runner import GateResult
+    from gate.result import GateResult
 
 logger = logging.getLogger(__name__)
 

@@ -211,7 +211,7 @@ def write_table(frame: pd.DataFrame, stem: Path, caption: str) -> list[Path]:
 
 def build_report(out: str | Path) -> ReportResult:
     """Rebuild every table and figure of the experiment in `out` from its stored result files."""
-    from training.experiment_figures import draw_figures
+    from recipes.experiment_figures import draw_figures
 
     out = Path(out)
     manifest, data = _load(out)

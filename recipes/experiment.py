@@ -4,7 +4,7 @@
     Flickr8k import) -> for each run: reuse when its `complete.json` matches its key, else
     train -> export (verified ONNX) -> ONNX Runtime latency + mean attention map -> complete.json
     -> per seed: `gate.evaluation.evaluate` on the test split (per-query results kept)
-    -> `training.experiment_report.build_report` (tables + figures from the stored files only).
+    -> `recipes.experiment_report.build_report` (tables + figures from the stored files only).
 
 A run's key is the SHA-256 of its resolved training config and the data hashes, so a changed
 config or dataset trains again while an unchanged finished run is reused; `complete.json` is
@@ -215,7 +215,7 @@ class ExperimentResult:
     trained: int
     reused: int
     seconds: float
-    report: Any  # training.experiment_report.ReportResult
+    report: Any  # recipes.experiment_report.ReportResult
     exit_code: int = 0
 
     def summary(self) -> str:
@@ -326,7 +326,8 @@ def execute_run(spec: RunSpec, key: str, data_dir: Path, run_dir: Path, grid: Gr
     marker = run_dir / COMPLETE
     if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("key") == key and onnx_path.is_file():
         return RunRecord(key, run_dir, onnx_path, True, 0.0)
-    from export.pipeline import ExportConfig, export_checkpoint
+    from export.pipeline import ExportConfig
+    from recipes.exporting import export_checkpoint
 
     t0 = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -412,7 +413,7 @@ def run_experiment(config: str | Path, out: str | Path, scale: str = "small", ml
     """
     from tqdm import tqdm
 
-    from training.experiment_report import build_report
+    from recipes.experiment_report import build_report
 
     grid = load_grid(config, scale)
     if mlflow_uri:
