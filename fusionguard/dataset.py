@@ -1,6 +1,6 @@
 """The dataset: Parquet, one row per (query, candidate) pair.
 
-Schema (DESIGN.md): `query_id`, `item_id` (int64 or string), `label` (int64, graded relevance
+Schema (docs/interfaces.md, "dataset.py"): `query_id`, `item_id` (int64 or string), `label` (int64, graded relevance
 >= 0) and one column per model input, named like the input, holding the row's tensor flattened
 as a ``list<float32>`` (floating inputs) or ``list<int64>`` (integer inputs). Per-row shapes are
 not stored in the file; they come from the model contract.

@@ -159,7 +159,7 @@ def check_grouped(path: str | Path, *, read_rows: int = READ_ROWS) -> GroupingRe
     """
     pf = open_parquet(path)
     if "query_id" not in pf.schema_arrow.names:
-        raise InvalidInputError(f"dataset {path} has no query_id column; see DESIGN.md, Dataset")
+        raise InvalidInputError(f"dataset {path} has no query_id column; see docs/interfaces.md, \"dataset.py\"")
     seen: set = set()
     split: set = set()
     first = None

@@ -85,7 +85,7 @@ def run_gate(
             (gate/engine.py). Either way the eval set is streamed in whole-query batches
             (gate/streaming.py), so memory does not grow with its feature columns.
     Returns:
-        GateResult; `exit_code` follows DESIGN.md (0 passed, 1 blocked, 2 invalid input, 3 not evaluable).
+        GateResult; `exit_code` follows fusionguard/errors.py (0 passed, 1 blocked, 2 invalid input, 3 not evaluable).
     Raises:
         ConfigError / InvalidInputError: the policy is invalid, or no baseline was given while the
             policy requires one (nothing is written then).

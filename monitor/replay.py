@@ -1,6 +1,6 @@
 """Replay logged traffic offline through the serving code path and export the same metrics.
 
-The traffic file is a Parquet dataset in the project's schema (DESIGN.md, "Dataset"): one row per
+The traffic file is a Parquet dataset in the project's schema (docs/interfaces.md, "dataset.py"): one row per
 (query, candidate), one column per model input. Each query's rows form one request, scored by the
 same `ModelService.score` the server calls, recorded by the same `record_scored`, with telemetry
 processed synchronously by the same `TelemetryWorker.process`. The metrics go to a Prometheus
