@@ -22,7 +22,7 @@ from fusionguard.errors import CheckFailedError, ConfigError, InvalidInputError
 from fusionguard.modelfiles import check_manifest, regular_file
 from fusionguard.registry import MODEL_FILE, PROFILE_FILE, REPORT_FILE, Registry, Verdict, VersionInfo
 
-from gate.checks import CHECK_NAMES, FAILED, PASSED, SKIPPED
+from gate.checks import CHECK_NAMES, FAILED, PASSED, SKIPPED, GateOutcome
 from gate.policy import Policy, load_policy, policy_from_dict
 from gate.report import REPORT_VERSION
 
@@ -74,7 +74,7 @@ def report_problems(report: Mapping[str, Any], expected_policy: Policy | None = 
     problems: list[str] = []
     if report.get("report_version") != REPORT_VERSION:
         problems.append(f"report_version is {report.get('report_version')!r}; this fusionguard reads {REPORT_VERSION}")
-    if report.get("outcome") != "passed" or report.get("exit_code") != 0 or isinstance(report.get("exit_code"), bool):
+    if report.get("outcome") != GateOutcome.PASSED or report.get("exit_code") != 0 or isinstance(report.get("exit_code"), bool):
         problems.append(f"outcome {report.get('outcome')!r} with exit_code {report.get('exit_code')!r} is not a pass")
     raw_policy = report.get("policy")
     if not isinstance(raw_policy, Mapping):
@@ -187,7 +187,7 @@ def read_report(report_dir: str | Path) -> dict[str, Any]:
 def structural_problems(report: Mapping[str, Any]) -> list[str]:
     """What makes a report not a passing one, before any threshold is looked at."""
     problems = []
-    if report.get("outcome") != "passed":
+    if report.get("outcome") != GateOutcome.PASSED:
         problems.append(f"outcome is {report.get('outcome')!r}, not 'passed'")
     if report.get("exit_code") != 0 or isinstance(report.get("exit_code"), bool):
         problems.append(f"exit_code is {report.get('exit_code')!r}, not 0")
@@ -198,7 +198,7 @@ def structural_problems(report: Mapping[str, Any]) -> list[str]:
         if not isinstance(c, dict):
             problems.append("a check entry is not an object")
             continue
-        if c.get("outcome") not in ("passed", "skipped") or c.get("exit_code", 0) != 0:
+        if c.get("outcome") not in (PASSED, SKIPPED) or c.get("exit_code", 0) != 0:
             problems.append(f"check {c.get('name')!r} is {c.get('outcome')!r}")
     return problems
 

@@ -15,13 +15,18 @@ import numpy as np
 from fusionguard import metrics
 from fusionguard.errors import EXIT_BLOCKED, EXIT_INVALID, EXIT_PASSED, EXIT_UNEVALUABLE
 
-from gate.checks import CheckResult
+from gate.checks import CheckResult, GateOutcome, Outcome
 from gate.measures import ModelMeasures
 from gate.policy import Policy
 
 __all__ = ["GateResult", "ModelInfo", "OUTCOME_BY_EXIT", "exit_code"]
 
-OUTCOME_BY_EXIT = {EXIT_PASSED: "passed", EXIT_BLOCKED: "blocked", EXIT_INVALID: "invalid", EXIT_UNEVALUABLE: "unevaluated"}
+
+
+OUTCOME_BY_EXIT = {
+    EXIT_PASSED: GateOutcome.PASSED, EXIT_BLOCKED: GateOutcome.BLOCKED,
+    EXIT_INVALID: GateOutcome.INVALID, EXIT_UNEVALUABLE: GateOutcome.UNEVALUATED,
+}
 
 
 @dataclass
@@ -47,7 +52,7 @@ class GateResult:
     """The verdict of one gate run."""
 
     exit_code: int
-    outcome: str  # passed | blocked | invalid | unevaluated
+    outcome: GateOutcome
     checks: list[CheckResult]
     candidate: ModelInfo
     baseline: ModelInfo | None
@@ -64,7 +69,7 @@ class GateResult:
     @property
     def message(self) -> str:
         """One line per check that did not pass."""
-        lines = [f"{c.name}: {r}" for c in self.checks if c.outcome in ("failed", "error") for r in c.reasons]
+        lines = [f"{c.name}: {r}" for c in self.checks if c.outcome in (Outcome.FAILED, Outcome.ERROR) for r in c.reasons]
         return "\n".join(lines)
 
 

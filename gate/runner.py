@@ -29,7 +29,7 @@ from fusionguard.streaming import UnsortedDataError, check_grouped
 from fusionguard.validation import validate_dataset
 
 from gate import checks
-from gate.checks import CheckResult, errored, skipped
+from gate.checks import CheckResult, GateOutcome, errored, skipped
 from gate.engine import EngineConfig, require_engine
 from gate.result import OUTCOME_BY_EXIT, GateResult, ModelInfo, exit_code
 from gate.streaming import StreamedData, read_ids, stream_baseline, stream_measures
@@ -110,7 +110,7 @@ def run_gate(
     base_info = _model_info(Path(baseline)) if baseline is not None else None
     data_info: dict[str, Any] = {"path": str(data.resolve()) if data.exists() else str(data)}
     results: dict[str, CheckResult] = {}
-    result = GateResult(EXIT_PASSED, "passed", [], cand_info, base_info, data_info, policy, None, timings)
+    result = GateResult(EXIT_PASSED, GateOutcome.PASSED, [], cand_info, base_info, data_info, policy, None, timings)
 
     # ----- load models (reported under "contract") and validate the data ---------------------
     load_problems: list[tuple[str, int]] = []
