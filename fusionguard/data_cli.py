@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from fusionguard.cli import DATA_COMMANDS_GROUP, LazyGroup, Subcommand
+from fusionguard.cli import LazyGroup
+from fusionguard.commands import DATA_COMMANDS_GROUP, Subcommand
 
 COMMAND = Subcommand("fusionguard.data_cli:data", "Generate and validate datasets.")
 

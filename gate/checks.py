@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -35,37 +34,9 @@ from gate.measures import (
     pearson_statistic,
     per_query_mean,
 )
+from gate.outcomes import ERROR, FAILED, PASSED, SKIPPED, VERDICT_TITLE, GateOutcome, Outcome  # noqa: F401 - re-exported
 from gate.policy import Policy
 
-
-
-class Outcome(StrEnum):
-    """A check's outcome. A StrEnum: it compares equal to, and serialises as, its string, so the
-    report's JSON and a parsed report's strings meet the same names."""
-
-    PASSED = "passed"
-    FAILED = "failed"
-    ERROR = "error"
-    SKIPPED = "skipped"
-
-
-PASSED, FAILED, ERROR, SKIPPED = Outcome.PASSED, Outcome.FAILED, Outcome.ERROR, Outcome.SKIPPED
-
-
-class GateOutcome(StrEnum):
-    """The verdict of a gate run, one per exit code (a StrEnum, like `gate.checks.Outcome`)."""
-
-    PASSED = "passed"  # exit 0
-    BLOCKED = "blocked"  # exit 1: a check failed
-    INVALID = "invalid"  # exit 2: invalid input
-    UNEVALUATED = "unevaluated"  # exit 3: a check could not be evaluated
-
-
-# The verdict as the report's heading and the plots' title say it.
-VERDICT_TITLE = {
-    GateOutcome.PASSED: "PASSED", GateOutcome.BLOCKED: "BLOCKED",
-    GateOutcome.INVALID: "INVALID INPUT", GateOutcome.UNEVALUATED: "COULD NOT EVALUATE",
-}
 CHECK_NAMES = ("data", "contract", "visual_ablation", "integrity", "quality", "attention")
 
 

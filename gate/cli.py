@@ -16,7 +16,7 @@ from fusionguard.cli import LazyGroup, envvar, progress_option
 from fusionguard.errors import FusionGuardError, InvalidInputError
 from fusionguard.registry import Registry
 
-from gate.checks import GateOutcome
+from gate.outcomes import GateOutcome
 from gate.engine import EngineConfig, engine_options
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 Read by `fusionguard --help` without importing `gate.cli` (nothing here but the specs).
 """
 
-from fusionguard.cli import Subcommand
+from fusionguard.commands import Subcommand
 
 GATE = Subcommand("gate.cli:gate", "Release gate: block collapsed or V1-in-disguise candidates.")
 PROMOTE = Subcommand("gate.cli:promote", "Promote a model whose gate report passed into a registry.")

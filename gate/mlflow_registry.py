@@ -115,7 +115,7 @@ def promote_to_mlflow(name: str, report_dir: str | Path, model: str | Path | Non
             bytes than were sent (exit 1).
     """
     from gate.policy import load_policy
-    from gate.checks import GateOutcome
+    from gate.outcomes import GateOutcome
     from gate.promotion import read_report, report_problems
 
     report_dir = Path(report_dir)

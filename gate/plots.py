@@ -33,7 +33,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gate.checks import VERDICT_TITLE, GateOutcome, Outcome
+from gate.outcomes import VERDICT_TITLE, GateOutcome, Outcome
 
 if TYPE_CHECKING:
     from gate.checks import CheckResult

@@ -26,7 +26,8 @@ from fusionguard import __version__, metrics, signing
 from fusionguard.errors import FusionGuardError, InvalidInputError
 from fusionguard.profile import build_profile, feature_summaries
 
-from gate.checks import VERDICT_TITLE, GateOutcome, Outcome, clean
+from gate.checks import clean
+from gate.outcomes import VERDICT_TITLE, GateOutcome, Outcome
 
 if TYPE_CHECKING:
     from gate.result import GateResult

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gate.checks import Outcome
+from gate.outcomes import Outcome
 from gate.report import PLOT_CAPTIONS, markdown, verdict_sentence
 
 SUMMARY_MODES = ("plain", "github", "gitlab")

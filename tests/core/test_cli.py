@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from fusionguard import __version__
-from fusionguard.cli import COMMANDS_GROUP, LazyGroup, Subcommand, cli, subcommands
+from fusionguard.cli import LazyGroup, cli
+from fusionguard.commands import COMMANDS_GROUP, Subcommand, subcommands
 from fusionguard.errors import CheckFailedError, DataValidationError, EvaluationError
 
 
@@ -45,10 +46,10 @@ def test_subcommands_come_from_entry_points_and_each_loads(monkeypatch):
 def test_an_entry_point_of_a_missing_package_is_listed_and_names_what_to_install(monkeypatch):
     from importlib.metadata import EntryPoint
 
-    import fusionguard.cli as cli_module
+    import fusionguard.commands as commands_module
 
     absent = EntryPoint("frob", "fusionguard_absent_package.commands:FROB", "fusionguard.test_commands")
-    monkeypatch.setattr(cli_module, "entry_points", lambda group: [absent] if group == "fusionguard.test_commands" else [])
+    monkeypatch.setattr(commands_module, "entry_points", lambda group: [absent] if group == "fusionguard.test_commands" else [])
     root = LazyGroup(name="root", entry_points="fusionguard.test_commands")
     assert "Not in this install" in CliRunner().invoke(root, ["--help"]).stdout
     result = CliRunner().invoke(root, ["frob"])
