@@ -27,7 +27,7 @@ from benchmarks._common import best_time  # noqa: E402
 import scipy  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
-from fusionguard.stats import CHUNK_ELEMENTS, paired_bootstrap_ci  # noqa: E402
+from fusionguard.stats import CHUNK_ELEMENTS, BootstrapSettings, paired_bootstrap_ci  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bootstrap.json"
 
@@ -50,7 +50,7 @@ def run(n_queries: int, n_resamples: int, repeats: int, seed: int) -> dict:
     rows = []
     for method, scipy_method in (("percentile", "percentile"), ("bca", "BCa")):
         t_ours, ours = best_time(
-            lambda m=method: paired_bootstrap_ci(a, b, n_resamples=n_resamples, seed=seed, method=m), repeats
+            lambda m=method: paired_bootstrap_ci(a, b, settings=BootstrapSettings(n_resamples=n_resamples, seed=seed, method=m)), repeats
         )
         t_scipy, res = best_time(
             lambda m=scipy_method: sps.bootstrap(

@@ -34,7 +34,7 @@ from fusionguard.contract import load_contract  # noqa: E402
 from fusionguard.dataset import load_dataset  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402
 from training.config import ModelConfig, OptimConfig, TrainConfig  # noqa: E402
-from training.late_fusion import train_late_fusion  # noqa: E402
+from training.trainer import train_late_fusion  # noqa: E402
 from training.synth import SynthConfig, write_benchmark  # noqa: E402
 from training.trainer import train  # noqa: E402
 

@@ -88,7 +88,7 @@ def toy_setup(sizes: tuple[int, int, int], queries: int, candidates: int, seed: 
 
 def exported_setup(queries: int, candidates: int, seed: int, root: Path):
     """The real V2 baseline and V1 architectures, trained one epoch and exported (needs torch)."""
-    from export.pipeline import export_checkpoint
+    from recipes.exporting import export_checkpoint
     from fusionguard.contract import load_contract
     from fusionguard.dataset import load_dataset
     from training.config import OptimConfig, TrainConfig

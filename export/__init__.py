@@ -1,8 +1,12 @@
-"""Export: trained rankers to ONNX with the modality contract, verified against torch."""
+"""Export: trained rankers to ONNX with the modality contract, verified against torch.
+
+The package takes any model that follows the training seam (docs/interfaces.md) and never imports
+`training`: loading a training checkpoint and exporting it is the recipe
+`recipes.exporting.export_checkpoint` (the `fusionguard export` command)."""
 
 from export.errors import ExportFailedError, ExportVerificationError
 from export.exporter import contract_for, to_onnx
-from export.pipeline import ExportConfig, ExportResult, export_checkpoint, export_model
+from export.pipeline import ExportConfig, ExportResult, export_model
 from export.quantize import QuantizationReport, compare_int8, quantize_int8
 from export.verify import BatchParity, Check, VerificationReport, verify_model
 
@@ -17,7 +21,6 @@ __all__ = [
     "VerificationReport",
     "compare_int8",
     "contract_for",
-    "export_checkpoint",
     "export_model",
     "quantize_int8",
     "to_onnx",

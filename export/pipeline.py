@@ -1,4 +1,4 @@
-"""Export a checkpoint end to end: contract, ONNX, verification, atomic rename, optional int8.
+"""Export a trained model end to end: contract, ONNX, verification, atomic rename, optional int8.
 
 The model is written to a temporary file in the destination folder and renamed to the requested
 name only after every check in `export.verify` passed. A model that fails is renamed to
@@ -72,7 +72,7 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class ExportResult:
-    """What `export_checkpoint` wrote and measured."""
+    """What `export_model` (and `recipes.exporting.export_checkpoint`) wrote and measured."""
 
     path: Path  # the verified ONNX model
     variant: str
@@ -219,11 +219,3 @@ def export_model(
         q_path = quantize_int8(out, int8_path(out), contract)
         quantization = compare_int8(out, q_path, data, contract, threads=config.threads)
     return ExportResult(out, contract.variant, report, quantization, dict(contract.provenance))
-
-
-def export_checkpoint(checkpoint: str | Path, out: str | Path, config: ExportConfig = ExportConfig()) -> ExportResult:
-    """Load a training checkpoint (`training.checkpoint.load_checkpoint`) and `export_model` it."""
-    from training.checkpoint import load_checkpoint  # the training package needs torch; import on use
-
-    ckpt = load_checkpoint(checkpoint)
-    return export_model(ckpt.model, ckpt.meta, out, config)

@@ -11,21 +11,10 @@ import sys
 import click
 
 from fusionguard import __version__
+from fusionguard.commands import _ABSENT_PACKAGE_HINT, _ABSENT_PACKAGES, COMMANDS_GROUP, subcommands
 from fusionguard.errors import FusionGuardError
 
-# name -> ("module:attribute", one-line help shown by --help without importing the module)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("fusionguard.data_cli:data", "Generate and validate datasets."),
-    "train": ("training.cli:train", "Train a fusion model variant (needs the 'train' extra)."),
-    "export": ("export.cli:export", "Export a checkpoint to ONNX with its modality contract."),
-    "gate": ("gate.cli:gate", "Release gate: block collapsed or V1-in-disguise candidates."),
-    "promote": ("gate.cli:promote", "Promote a model whose gate report passed into a registry."),
-    "registry": ("gate.cli:registry", "List, show and roll back promoted models."),
-    "eval": ("gate.cli:eval_command", "Offline evaluation table of several models."),
-    "monitor": ("monitor.cli:monitor", "Serve models over the Open Inference Protocol with telemetry."),
-    "experiment": ("training.experiment_cli:experiment", "Run the paper's experiment grid and report."),
-}
-
+# Subcommands arrive through entry points: see fusionguard/commands.py.
 # The extra that brings each optional top-level package (pyproject.toml), for the message a
 # command gives when it is missing.
 _EXTRAS = {
@@ -37,8 +26,6 @@ _EXTRAS = {
 _EXTRA_HINT = {pkg: f"pip install 'fusionguard[{extra},cpu]'" for extra, pkgs in _EXTRAS.items() for pkg in pkgs}
 _EXTRA_HINT["onnxruntime"] = "pip install 'fusionguard[cpu]' or 'fusionguard[gpu]'"
 _EXTRA_HINT["torch"] = _EXTRA_HINT["onnxscript"] = "pip install 'fusionguard[train,cpu]' (or `make install`)"
-# The serving image installs only fusionguard, gate and monitor (Dockerfile): training commands are absent.
-_EXTRA_HINT["training"] = _EXTRA_HINT["export"] = "install fusionguard from a full checkout with the train extra: pip install '.[train,cpu]'"
 
 
 def envvar(option: str) -> dict:
@@ -59,7 +46,7 @@ class MissingExtraError(click.ClickException):
 def missing_extra(err: ModuleNotFoundError, command: str) -> MissingExtraError | None:
     """The MissingExtraError for an import of an optional extra's package, else None."""
     missing = (err.name or "").split(".")[0]
-    hint = _EXTRA_HINT.get(missing)
+    hint = _EXTRA_HINT.get(missing) or (_ABSENT_PACKAGE_HINT if missing in _ABSENT_PACKAGES else None)
     return None if hint is None else MissingExtraError(command, missing, hint)
 
 
@@ -87,13 +74,23 @@ def run_guarded(ctx: click.Context, fn, *args, **kwargs):
 class LazyGroup(click.Group):
     """A click group whose subcommands are imported on first use.
 
-    `lazy` maps a subcommand name to ("module:attr", short help). FusionGuardError raised anywhere
-    below becomes `error: <message>` on stderr and the error's exit code.
+    `lazy` maps a subcommand name to ("module:attr", short help); `entry_points` names an
+    entry-point group whose `Subcommand` specs are added to it when the commands are first asked
+    for. FusionGuardError raised anywhere below becomes `error: <message>` on stderr and the
+    error's exit code.
     """
 
-    def __init__(self, *args, lazy: dict[str, tuple[str, str]] | None = None, **kwargs) -> None:
+    def __init__(self, *args, lazy: dict[str, tuple[str, str]] | None = None, entry_points: str | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.lazy = dict(lazy or {})
+        self._lazy = dict(lazy or {})
+        self._group = entry_points
+
+    @property
+    def lazy(self) -> dict[str, tuple[str, str]]:
+        if self._group is not None:  # read once, on first use (not at import)
+            self._lazy.update({name: (spec.target, spec.help) for name, spec in subcommands(self._group).items()})
+            self._group = None
+        return self._lazy
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))
@@ -147,7 +144,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(
-    cls=LazyGroup, lazy=SUBCOMMANDS,
+    cls=LazyGroup, entry_points=COMMANDS_GROUP,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @click.version_option(__version__, "--version", prog_name="fusionguard")

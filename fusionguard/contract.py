@@ -2,8 +2,10 @@
 
 Every model fusionguard exports carries the contract as JSON in the ONNX `metadata_props` under
 the key ``fusionguard.contract``. Third-party models that lack it get the same facts from a
-sidecar JSON file or from CLI options (`contract_from_graph`). The contract is read and checked
-here, and only here.
+sidecar JSON file, passed to the commands as `--candidate-contract` / `--baseline-contract`
+(gate) or `--contract` (data validate); `contract_from_graph` writes one from the graph and a
+modality assignment (Python only: no command option builds a contract). The contract is read and
+checked here, and only here.
 
 Conventions (all models, all subsystems):
 - the batch axis is axis 0 and counts candidate rows (one row = one (query, candidate) pair);
@@ -296,7 +298,8 @@ def load_contract(model: str | Path | onnx.ModelProto, sidecar: str | Path | Non
                 source,
                 [
                     f"the model has no '{METADATA_KEY}' entry in metadata_props; export it with "
-                    "`fusionguard export`, or describe it in a sidecar JSON file (--contract FILE)"
+                    "`fusionguard export`, or describe it in a sidecar JSON file (gate: --candidate-contract / "
+                    "--baseline-contract FILE; data validate: --contract FILE)"
                 ],
             )
     validate_contract(proto, contract, source)
@@ -396,8 +399,8 @@ def contract_from_graph(
     variant: str = "third-party",
 ) -> ModelContract:
     """Describe a model that has no contract from the graph plus the user's modality assignment
-    (the CLI's `--text-inputs/--visual-inputs` options). Per-row shapes come from the graph and
-    must be static."""
+    (a Python helper: write its `to_json()` as a sidecar for the commands' contract options).
+    Per-row shapes come from the graph and must be static."""
     proto, source = _load_model(model)
     initializers = {init.name for init in proto.graph.initializer}
     specs: list[TensorSpec] = []

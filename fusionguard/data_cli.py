@@ -1,4 +1,5 @@
-"""`fusionguard data ...`: dataset commands. `synth` lives in training/ and loads lazily."""
+"""`fusionguard data ...`: dataset commands. Other packages add theirs through the
+`fusionguard.data_commands` entry points (training's `synth`), loaded lazily."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from pathlib import Path
 import click
 
 from fusionguard.cli import LazyGroup
+from fusionguard.commands import DATA_COMMANDS_GROUP, Subcommand
+
+COMMAND = Subcommand("fusionguard.data_cli:data", "Generate and validate datasets.")
 
 
-@click.group(cls=LazyGroup, lazy={"synth": ("training.cli:synth", "Generate the synthetic image-search benchmark (needs the 'train' extra).")})
+@click.group(cls=LazyGroup, entry_points=DATA_COMMANDS_GROUP)
 def data() -> None:
     """Generate and validate datasets (Parquet, one row per query-candidate pair)."""
 
@@ -30,7 +34,7 @@ def validate(file: Path, models: tuple[Path, ...], sidecar: Path | None, max_lab
     Example: fusionguard data validate eval.parquet --model v2.onnx --model v1.onnx
     """
     from fusionguard.contract import ModelContract, load_contract
-    from fusionguard.dataset import ensure_valid
+    from fusionguard.validation import ensure_valid
     from fusionguard.errors import InvalidInputError
 
     if sidecar is not None and len(models) > 1:

@@ -1,6 +1,6 @@
 """The dataset: Parquet, one row per (query, candidate) pair.
 
-Schema (DESIGN.md): `query_id`, `item_id` (int64 or string), `label` (int64, graded relevance
+Schema (docs/interfaces.md, "dataset.py"): `query_id`, `item_id` (int64 or string), `label` (int64, graded relevance
 >= 0) and one column per model input, named like the input, holding the row's tensor flattened
 as a ``list<float32>`` (floating inputs) or ``list<int64>`` (integer inputs). Per-row shapes are
 not stored in the file; they come from the model contract.
@@ -8,8 +8,8 @@ not stored in the file; they come from the model contract.
 Reading streams record batches with pyarrow and reads only the columns asked for, so a file of a
 million rows never needs all its columns in memory at once. Each list column is turned into an
 ``(n, *spec.shape)`` array through its flat values buffer plus one length check: no Python loop
-per row. Validation lives in `fusionguard.validation` (Great Expectations, imported lazily) and is
-re-exported here.
+per row. Validation lives in `fusionguard.validation` (Great Expectations, imported lazily), which
+reads through this module.
 """
 
 from __future__ import annotations
@@ -32,12 +32,10 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from fusionguard.validation import ValidationReport
-
 logger = logging.getLogger(__name__)
 
 ID_COLUMNS = ("query_id", "item_id", "label")
-DEFAULT_BATCH_ROWS = 65_536
+READ_BATCH_ROWS = 65_536  # rows per record batch read from Parquet (iter_batches, validation's scan)
 _ROW_GROUP_ROWS = 65_536  # rows per Parquet row group written; bounds the memory of one read batch
 _INT32_MAX = 2**31 - 1
 _READ_BUFFER_BYTES = 1 << 22  # buffered column-chunk reads: bounds the memory of streaming
@@ -45,12 +43,12 @@ _READ_BUFFER_BYTES = 1 << 22  # buffered column-chunk reads: bounds the memory o
 __all__ = [
     "Batch",
     "ID_COLUMNS",
+    "concat_batches",
+    "slice_batch",
     "dataset_sha256",
-    "ensure_valid",
     "iter_batches",
     "load_dataset",
     "open_parquet",
-    "validate_dataset",
     "write_dataset",
 ]
 
@@ -66,6 +64,28 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
+
+
+def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
+    """Rows [start, stop) of `batch` (numpy views, no copy)."""
+    return Batch(
+        query_id=batch.query_id[start:stop],
+        item_id=batch.item_id[start:stop],
+        label=batch.label[start:stop],
+        feeds={name: value[start:stop] for name, value in batch.feeds.items()},
+    )
+
+
+def concat_batches(parts: Sequence[Batch]) -> Batch:
+    """The rows of `parts`, in order, as one Batch (a single part is returned as it is)."""
+    if len(parts) == 1:
+        return parts[0]
+    return Batch(
+        query_id=np.concatenate([p.query_id for p in parts]),
+        item_id=np.concatenate([p.item_id for p in parts]),
+        label=np.concatenate([p.label for p in parts]),
+        feeds={name: np.concatenate([p.feeds[name] for p in parts]) for name in parts[0].feeds},
+    )
 
 
 # ----- writing ----------------------------------------------------------------------------------
@@ -291,7 +311,7 @@ def _resolve_inputs(
 def iter_batches(
     path: str | Path,
     contract: ModelContract | None = None,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
+    batch_rows: int = READ_BATCH_ROWS,
     inputs: Sequence[str] | None = None,
 ) -> Iterator[Batch]:
     """Stream a dataset in batches of at most `batch_rows` rows, reading only the needed columns.
@@ -348,15 +368,7 @@ def load_dataset(
     path: str | Path, contract: ModelContract | None = None, inputs: Sequence[str] | None = None
 ) -> Batch:
     """The whole dataset as one Batch (see `iter_batches` for the arguments)."""
-    batches = list(iter_batches(path, contract=contract, inputs=inputs))
-    if len(batches) == 1:
-        return batches[0]
-    return Batch(
-        query_id=np.concatenate([b.query_id for b in batches]),
-        item_id=np.concatenate([b.item_id for b in batches]),
-        label=np.concatenate([b.label for b in batches]),
-        feeds={name: np.concatenate([b.feeds[name] for b in batches]) for name in batches[0].feeds},
-    )
+    return concat_batches(list(iter_batches(path, contract=contract, inputs=inputs)))
 
 
 def dataset_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
@@ -373,32 +385,3 @@ def dataset_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
         for chunk in iter(lambda: fh.read(chunk_bytes), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-# ----- validation (Great Expectations is slow to import: fusionguard.validation loads it lazily) --
-
-def validate_dataset(
-    path: str | Path,
-    contracts: Sequence[ModelContract] = (),
-    *,
-    max_label: int | None = None,
-    batch_rows: int | None = None,
-) -> ValidationReport:
-    """Check a dataset and report every problem at once; see `fusionguard.validation`
-    (`batch_rows` None: its SCAN_ROWS, which bounds the scan's memory)."""
-    from fusionguard.validation import validate_dataset as _validate
-
-    return _validate(path, contracts, max_label=max_label, **({} if batch_rows is None else {"batch_rows": batch_rows}))
-
-
-def ensure_valid(
-    path: str | Path,
-    contracts: Sequence[ModelContract] = (),
-    *,
-    max_label: int | None = None,
-    batch_rows: int | None = None,
-) -> ValidationReport:
-    """Like `validate_dataset`, but raise DataValidationError (exit 2) listing every problem."""
-    from fusionguard.validation import ensure_valid as _ensure
-
-    return _ensure(path, contracts, max_label=max_label, **({} if batch_rows is None else {"batch_rows": batch_rows}))

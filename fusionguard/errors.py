@@ -1,6 +1,6 @@
 """The error hierarchy. The exit code belongs to the exception type, so the CLI has one `except`.
 
-Exit codes (DESIGN.md): 0 passed · 1 blocked (a check failed) · 2 bad usage or invalid input ·
+Exit codes (the README and every command's --help say the same): 0 passed · 1 blocked (a check failed) · 2 bad usage or invalid input ·
 3 a check could not be evaluated.
 """
 

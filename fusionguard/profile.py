@@ -43,7 +43,7 @@ import numpy as np
 
 from fusionguard import jsonio
 from fusionguard.errors import EvaluationError, InvalidInputError, ProblemsError
-from fusionguard.scorer import STRATEGIES
+from fusionguard.masking import STRATEGIES
 
 PROFILE_VERSION = 2
 UNIT = "request"  # what one summarised value stands for (see the module docstring)

@@ -35,14 +35,14 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from fusionguard import jsonio, signing
+from fusionguard import jsonio
 from fusionguard.errors import CheckFailedError, FusionGuardError, InvalidInputError
 from fusionguard.modelfiles import (  # re-exported: callers import these from the registry
     FILE_MODE,
@@ -59,7 +59,7 @@ from fusionguard.modelfiles import (  # re-exported: callers import these from t
 
 __all__ = [
     "META_FILE", "MODEL_FILE", "PROFILE_FILE", "REPORT_FILE", "VERSION_PATTERN", "Registry", "VersionInfo",
-    "external_data_files", "file_sha256", "model_manifest", "read_report",
+    "Verdict", "external_data_files", "file_sha256", "model_manifest",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,28 @@ META_FILE = "meta.json"
 DIR_MODE = 0o755
 MAX_CURRENT_BYTES = 64  # `current` holds one version id and a newline
 
-ReportVerifier = Callable[[Mapping[str, Any], str], None]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The gate's decision about one candidate, as promotion needs it (`gate.promotion` builds it
+    from a gate report; the registry never reads the report's format).
+
+    A registry refuses a verdict that did not pass, and a model whose files differ from
+    `model_files`; it copies `evidence` (the report file) into the version and checks that the
+    bytes it copied hash to `evidence_sha256`.
+    """
+
+    passed: bool
+    reason: str  # why it did not pass, as the refusal says it ("" when it passed)
+    source: str  # where the evidence lies, for messages: "gate report DIR/report.json"
+    model_files: Manifest  # model.onnx and each external-data file the gate evaluated -> sha256
+    model_path: str | None  # the candidate path the gate recorded (used when no model is given)
+    variant: str  # the candidate's variant, recorded in meta.json
+    signed: bool  # the evidence was signed and its signature verified
+    evidence: Path  # the report file copied into the version as report.json
+    evidence_sha256: str  # of the evidence bytes the verdict was read from
+    profile: Path | None = None  # reference profile to install next to the model
 
 
 # ----- versions ---------------------------------------------------------------------------------
@@ -114,45 +135,6 @@ class VersionInfo:
             "variant": self.variant,
             "is_current": self.is_current,
         }
-
-
-def read_report(report_dir: str | Path) -> dict[str, Any]:
-    """The parsed `report.json` of a gate run (a regular file, a JSON object with a candidate).
-
-    Raises:
-        InvalidInputError: missing, symlinked, unreadable or malformed report (exit 2).
-    """
-    path = Path(report_dir) / REPORT_FILE
-    if not path.exists() and not path.is_symlink():
-        raise InvalidInputError(f"no gate report at {path}; run `fusionguard gate ... --out {report_dir}` first")
-    regular_file(path, "gate report")
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise InvalidInputError(f"gate report {path} is unreadable ({err}); rerun the gate") from None
-    data = jsonio.loads(raw, f"gate report {path}")
-    if not isinstance(data, dict) or not isinstance(data.get("candidate"), dict):
-        raise InvalidInputError(f"gate report {path} has no 'candidate' section; it was not written by `fusionguard gate`")
-    return data
-
-
-def _structural_problems(report: Mapping[str, Any]) -> list[str]:
-    """What makes a report not a passing one, before any threshold is looked at."""
-    problems = []
-    if report.get("outcome") != "passed":
-        problems.append(f"outcome is {report.get('outcome')!r}, not 'passed'")
-    if report.get("exit_code") != 0 or isinstance(report.get("exit_code"), bool):
-        problems.append(f"exit_code is {report.get('exit_code')!r}, not 0")
-    checks = report.get("checks")
-    if not isinstance(checks, list) or not checks:
-        return problems + ["it lists no checks"]
-    for c in checks:
-        if not isinstance(c, dict):
-            problems.append("a check entry is not an object")
-            continue
-        if c.get("outcome") not in ("passed", "skipped") or c.get("exit_code", 0) != 0:
-            problems.append(f"check {c.get('name')!r} is {c.get('outcome')!r}")
-    return problems
 
 
 def _now() -> str:
@@ -418,57 +400,31 @@ class Registry:
         numbers = [int(p.name[1:]) for p in self.versions_dir.iterdir() if VERSION_PATTERN.match(p.name)]
         return f"v{max(numbers, default=0) + 1:04d}"
 
-    def promote(
-        self,
-        model_path: str | Path | None,
-        report_dir: str | Path,
-        *,
-        verify_report: ReportVerifier,
-        environ: Mapping[str, str] | None = None,
-    ) -> VersionInfo:
-        """Promote the model a passing gate report describes and make it current.
+    def promote(self, model_path: str | Path | None, verdict: Verdict) -> VersionInfo:
+        """Promote the model a passing verdict describes and make it current.
 
-        The decision rests on evidence: the report must be signed when `FUSIONGUARD_SIGNING_KEY`
-        is set, say passed with every check passed or skipped, pass `verify_report` (the gate's
-        re-validation of each recorded number against the policy the report records), and name
-        a model whose files (model.onnx and every external-data file) hash to the report's
+        The decision rests on evidence: the verdict must have passed (`gate.promotion.read_verdict`
+        re-validates the report's signature and every recorded number before it says so), and the
+        model's files (model.onnx and every external-data file) must hash to the verdict's
         manifest. The bytes copied into the registry are hashed again while they are copied.
 
         Args:
-            model_path: the model file; None takes the candidate path recorded in the report.
-            report_dir: the gate's output directory (report.json, optional profile.json).
-            verify_report: called with (report, source); raises when the numbers do not pass.
-            environ: environment to read the signing key from (default: os.environ).
+            model_path: the model file; None takes the candidate path the verdict records.
+            verdict: the gate's verdict on the candidate.
         Returns:
             The new current version.
         Raises:
-            InvalidInputError: missing/unreadable/malformed report or model, symlinks, an
-                unwritable registry (exit 2).
-            CheckFailedError: the report did not pass, is unsigned or mis-signed while a key is
-                set, or the model's files differ from those the gate evaluated (exit 1).
-                Nothing is written in either case.
+            InvalidInputError: a missing or unreadable model, symlinks, an unwritable registry (exit 2).
+            CheckFailedError: the verdict did not pass, or the model's files differ from those the
+                gate evaluated (exit 1). Nothing is written in either case.
         """
-        report_dir = Path(report_dir)
-        report = read_report(report_dir)
-        source = f"gate report {report_dir / REPORT_FILE}"
-        key = signing.signing_key(environ)
-        if key is not None:
-            signing.verify(report, key, source)
-        problems = _structural_problems(report)
-        if problems:
-            raise CheckFailedError(
-                f"refusing to promote: the {source} does not describe a passing candidate ({'; '.join(problems)}); "
-                "only a passing candidate can be promoted"
-            )
-        verify_report(report, source)
-        candidate = report["candidate"]
-        expected = check_manifest(candidate.get("files"), f"{source} (candidate.files)")
-        if candidate.get("sha256") != expected[MODEL_FILE]:
-            raise CheckFailedError(f"refusing to promote: {source} records two different sha256 for the model")
-        recorded = candidate.get("path")
-        if model_path is None and not isinstance(recorded, str):
+        if not verdict.passed:
+            raise CheckFailedError(verdict.reason)
+        source = verdict.source
+        expected = dict(verdict.model_files)
+        if model_path is None and verdict.model_path is None:
             raise InvalidInputError(f"{source} records no candidate path; pass --model")
-        model = Path(model_path) if model_path is not None else Path(str(recorded))
+        model = Path(model_path) if model_path is not None else Path(str(verdict.model_path))
         actual = model_manifest(model)
         if actual != expected:
             changed = sorted(k for k in set(actual) | set(expected) if actual.get(k) != expected.get(k))
@@ -477,10 +433,10 @@ class Registry:
                 "files the gate evaluated (sha256 manifest in the report); the model changed since the gate ran, or "
                 "it is another model: gate it again"
             )
-        profile_src = report_dir / PROFILE_FILE
-        if profile_src.is_symlink():
+        profile_src = verdict.profile
+        if profile_src is not None and profile_src.is_symlink():
             raise InvalidInputError(f"{profile_src} is a symbolic link; the gate writes profile.json as a regular file")
-        if profile_src.exists():
+        if profile_src is not None and profile_src.exists():
             from fusionguard.profile import ReferenceProfile
 
             profile = ReferenceProfile.read(profile_src)
@@ -501,10 +457,10 @@ class Registry:
                         )
                 for folder in {parent for name in expected for parent in PurePosixPath(name).parents} - {PurePosixPath(".")}:
                     os.chmod(tmp / folder, DIR_MODE)  # mkdir honoured the umask; the serving uid must enter
-                report_sha = copy_hashed(report_dir / REPORT_FILE, tmp / REPORT_FILE)
-                if jsonio.loads((tmp / REPORT_FILE).read_bytes(), source) != report:
+                report_sha = copy_hashed(verdict.evidence, tmp / REPORT_FILE)
+                if report_sha != verdict.evidence_sha256:
                     raise CheckFailedError(f"refusing to promote: {source} changed while it was being promoted")
-                if profile_src.exists():
+                if profile_src is not None and profile_src.exists():
                     copy_hashed(profile_src, tmp / PROFILE_FILE)
                 version = self._next_id()
                 meta = {
@@ -512,11 +468,11 @@ class Registry:
                     "sha256": expected[MODEL_FILE],
                     "files": expected,
                     "report_sha256": report_sha,
-                    "signed": key is not None,
+                    "signed": verdict.signed,
                     "promoted_at": _now(),
                     "source": str(model.resolve()),
-                    "variant": str(candidate.get("variant") or "unknown"),
-                    "report_dir": str(report_dir.resolve()),
+                    "variant": verdict.variant,
+                    "report_dir": str(verdict.evidence.parent.resolve()),
                 }
                 (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
                 os.chmod(tmp / META_FILE, FILE_MODE)

@@ -5,52 +5,44 @@ The gate, the offline evaluation and the monitor all score through `Scorer`. One
 single `session.run`, so the unmasked pass and the ablations of a request share one kernel
 launch (and, on a GPU, one host-to-device copy).
 
-Masking strategies (DESIGN.md, "Modality ablation drop"); masking a modality masks every input
-the contract lists under it:
-- ``zero``: the inputs are replaced by zeros;
-- ``mean``: by the per-row mean tensor of a reference set (`Scorer.reference_means`);
-- ``permute``: rows are shuffled across candidates, within each query when `groups` is given,
-  with a numpy Generator seeded by `Mask.seed`. All inputs of one modality get the same
-  permutation (so a candidate's tokens stay together); each masked modality draws its own.
+The concepts around it live in their own modules: what a mask means (`fusionguard.masking`),
+feed validation (`fusionguard.feeds`), providers and the session (`fusionguard.session`), and
+how a dataset is cut into batches (`fusionguard.batches`). This module re-exports the names it
+used to define, so `from fusionguard.scorer import Mask, Scorer, feed_problems` keeps working.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
+from fusionguard.batches import data_batches, describe, row_count, whole_queries
 from fusionguard.contract import ModelContract, load_contract, validate_contract
-from fusionguard.dataset import Batch, iter_batches, open_parquet
+from fusionguard.dataset import Batch
+from fusionguard.devices import DEVICES
 from fusionguard.errors import EvaluationError, InvalidInputError, ProblemsError
+from fusionguard.feeds import InvalidFeedsError, check_feeds, feed_problems
 from fusionguard.iobinding import CudaIOBinding
+from fusionguard.masking import STRATEGIES, Mask, fill_masked, permutation
+from fusionguard.session import CPU, CUDA, ORT_ERRORS, file_sha256, make_session, select_providers
 
 logger = logging.getLogger(__name__)
 
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-DEVICES = ("auto", "cpu", "cuda")
-STRATEGIES = ("zero", "mean", "permute")
-DEFAULT_BATCH_ROWS = 4096  # rows per session.run in score_dataset, counting every masked copy
+SESSION_BATCH_ROWS = 4096  # rows per session.run in score_dataset, counting every masked copy
 
-# The exceptions ONNX Runtime raises from C++ (they derive from Exception, not RuntimeError).
-_ORT_ERRORS: tuple[type[BaseException], ...] = (RuntimeError,) + tuple(
-    getattr(_ort_state, name)
-    for name in (
-        "Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
-        "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail",
-    )
-    if isinstance(getattr(_ort_state, name, None), type)
-)
-
+# Re-exported: the scorer's public surface before feeds, masking and session had modules of their own.
 __all__ = [
+    "CPU",
+    "CUDA",
+    "DEVICES",
+    "STRATEGIES",
+    "SESSION_BATCH_ROWS",
     "Mask",
     "Outputs",
     "Scorer",
@@ -63,34 +55,7 @@ __all__ = [
 ]
 
 
-# ----- masks and outputs ------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Mask:
-    """Which modalities to mask in one pass, and how. Hashable, so it keys result dicts."""
-
-    modalities: frozenset[str] = frozenset()  # empty = the real, unmasked pass
-    strategy: str = "zero"  # "zero" | "mean" | "permute"
-    seed: int = 0  # for "permute"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.modalities, str):  # Mask("visual") would otherwise become {"v", "i", ...}
-            object.__setattr__(self, "modalities", frozenset({self.modalities}))
-        elif not isinstance(self.modalities, frozenset):
-            object.__setattr__(self, "modalities", frozenset(self.modalities))
-        if self.strategy not in STRATEGIES:
-            raise InvalidInputError(f"mask strategy '{self.strategy}' is unknown; use one of {list(STRATEGIES)}")
-
-    @property
-    def is_unmasked(self) -> bool:
-        return not self.modalities
-
-    def __str__(self) -> str:
-        if not self.modalities:
-            return "full"
-        seed = f"/seed{self.seed}" if self.strategy == "permute" else ""
-        return f"-{'+'.join(sorted(self.modalities))}({self.strategy}{seed})"
-
+# ----- outputs ---------------------------------------------------------------------------------
 
 @dataclass
 class Outputs:
@@ -98,175 +63,6 @@ class Outputs:
 
     score: np.ndarray  # (N,) float32
     attention: np.ndarray | None  # (N, H, K) float32, or None when the model has no attention output
-
-
-# ----- providers --------------------------------------------------------------------------------
-
-def select_providers(device: str = "auto") -> list[str]:
-    """The provider list to ask ONNX Runtime for.
-
-    Args:
-        device: "auto" (CUDA when onnxruntime-gpu is installed and sees a GPU, else CPU),
-            "cpu", or "cuda" (CUDA required).
-    Raises:
-        InvalidInputError: an unknown device, or "cuda" when the CUDA provider is unavailable.
-    """
-    if device not in DEVICES:
-        raise InvalidInputError(f"device '{device}' is unknown; use one of {list(DEVICES)}")
-    available = ort.get_available_providers()
-    if device == "cpu":
-        return [CPU]
-    if CUDA in available:
-        return [CUDA, CPU]
-    if device == "cuda":
-        raise InvalidInputError(
-            f"device 'cuda' was requested but ONNX Runtime offers only {available}; install the 'gpu' extra "
-            "(onnxruntime-gpu, never together with onnxruntime) on a machine with an NVIDIA GPU, or use --device cpu"
-        )
-    return [CPU]
-
-
-# ----- feed validation (shared with the monitor's HTTP path) --------------------------------------
-
-class InvalidFeedsError(ProblemsError):
-    """Model inputs that do not match the contract. `reasons` holds one low-cardinality tag per
-    problem (missing_input, unexpected_input, not_an_array, wrong_dtype, wrong_shape,
-    row_mismatch, empty, non_finite), e.g. for a Prometheus label."""
-
-    def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
-        self.reasons = tuple(reason for reason, _ in problems)
-        super().__init__("invalid model inputs", [message for _, message in problems])
-
-
-def feed_problems(contract: ModelContract, feeds: Mapping[str, object]) -> list[tuple[str, str]]:
-    """Every way `feeds` disagrees with the contract, as (reason, message) pairs; [] when fine."""
-    problems: list[tuple[str, str]] = []
-    expected = list(contract.input_names)
-    for name in expected:
-        if name not in feeds:
-            problems.append(("missing_input", f"input '{name}' is missing; the model needs {expected}"))
-    for name in feeds:
-        if name not in expected:
-            problems.append(("unexpected_input", f"input '{name}' is not a model input; the model takes {expected}"))
-    rows: dict[str, int] = {}
-    for spec in contract.inputs:
-        value = feeds.get(spec.name)
-        if value is None:
-            continue
-        if not isinstance(value, np.ndarray):
-            problems.append(("not_an_array", f"input '{spec.name}' is a {type(value).__name__}; pass a numpy array"))
-            continue
-        want = ("N", *spec.shape)
-        if value.dtype != np.dtype(spec.dtype):
-            problems.append(
-                ("wrong_dtype", f"input '{spec.name}' has dtype {value.dtype}; the contract says {spec.dtype} "
-                 f"(convert with .astype('{spec.dtype}'))")
-            )
-        if value.ndim != 1 + len(spec.shape) or tuple(value.shape[1:]) != spec.shape:
-            problems.append(
-                ("wrong_shape", f"input '{spec.name}' has shape {list(value.shape)}; the contract says "
-                 f"{list(want)} (N rows, one per candidate)")
-            )
-            continue
-        rows[spec.name] = int(value.shape[0])
-        # a finite sum proves every value finite without a full-size boolean temporary; only a
-        # non-finite sum (a NaN/inf, or an overflow) pays for the exact count
-        if value.dtype.kind == "f" and not _sum_is_finite(value):
-            bad = ~np.isfinite(value)
-            n_bad = int(np.count_nonzero(bad))
-            if n_bad:
-                first_row = int(np.argwhere(bad)[0][0])
-                problems.append(
-                    ("non_finite", f"input '{spec.name}' holds {n_bad} NaN/inf values (first in row {first_row}); "
-                     "every value must be finite")
-                )
-    if len(set(rows.values())) > 1:
-        problems.append(("row_mismatch", f"inputs disagree on the number of rows N: {rows}; axis 0 must count the same candidates"))
-    elif rows and next(iter(rows.values())) == 0:
-        problems.append(("empty", "the inputs have 0 rows; send at least one candidate"))
-    return problems
-
-
-def _sum_is_finite(value: np.ndarray) -> bool:
-    with np.errstate(over="ignore", invalid="ignore"):
-        return bool(np.isfinite(value.sum()))
-
-
-def check_feeds(contract: ModelContract, feeds: Mapping[str, object]) -> int:
-    """Validate `feeds` against the contract and return the number of rows N.
-
-    Raises:
-        InvalidFeedsError: (exit 2) listing every problem, each naming its tensor.
-    """
-    problems = feed_problems(contract, feeds)
-    if problems:
-        raise InvalidFeedsError(problems)
-    return int(next(iter(feeds.values())).shape[0])  # type: ignore[union-attr]
-
-
-def permutation(n: int, seed: int | np.random.Generator, groups: np.ndarray | None = None) -> np.ndarray:
-    """A random permutation of range(n) that maps each row to a row of the same group.
-
-    perm[i] is the row whose values row i receives. Without groups it is rng.permutation(n).
-    """
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    if groups is None:
-        return rng.permutation(n)
-    return _GroupOrder(groups).permutation(rng)
-
-
-class _GroupOrder:
-    """The query-group structure of a batch, computed once and reused by every permuted mask.
-
-    `permutation(rng)` is, for a given generator state, the same permutation whatever integer
-    labels the groups get: within each group the k-th row (in row order) receives the row of
-    that group with the k-th smallest random key, so only the partition into groups matters.
-    """
-
-    def __init__(self, groups: np.ndarray) -> None:
-        self.codes = _group_codes(np.asarray(groups))
-        self.n = int(self.codes.shape[0])
-        # Rows sorted by group; None when the groups are already contiguous and in label order.
-        self.by_group = None if bool(np.all(self.codes[1:] >= self.codes[:-1])) else np.argsort(self.codes, kind="stable")
-        # Whether a group label fits above the 53 random bits of a uint64 sort key.
-        self.packable = self.n == 0 or int(self.codes.max()) < 2**11
-
-    def permutation(self, rng: np.random.Generator) -> np.ndarray:
-        keys = rng.random(self.n)
-        if self.packable:
-            # rng.random returns k * 2^-53 for an integer k < 2^53, so (code << 53) | k orders rows
-            # exactly as lexsort((keys, codes)) does, ties included (both stable), in one integer sort.
-            packed = (self.codes.astype(np.uint64) << np.uint64(53)) | (keys * 2.0**53).astype(np.uint64)
-            shuffled = np.argsort(packed, kind="stable")
-        else:
-            shuffled = np.lexsort((keys, self.codes))  # rows sorted by group, random inside each group
-        if self.by_group is None:
-            return shuffled
-        perm = np.empty(self.n, dtype=np.int64)
-        perm[self.by_group] = shuffled  # the k-th row of a group receives the k-th shuffled row of that group
-        return perm
-
-
-def _group_codes(groups: np.ndarray) -> np.ndarray:
-    """(n,) int64 labels, equal exactly for rows of the same group.
-
-    Queries usually arrive as contiguous runs of rows: then the run index is the label, found with
-    one vectorised comparison of neighbours (no sort of, say, string ids). A group split over
-    several runs falls back to `np.unique`.
-    """
-    g = groups.reshape(-1)
-    if g.shape[0] == 0:
-        return np.zeros(0, dtype=np.int64)
-    if g.dtype.kind in "iubUSO":
-        change = np.asarray(g[1:] != g[:-1], dtype=bool)
-        starts = g[np.concatenate(([0], np.flatnonzero(change) + 1))]
-        if len(set(starts.tolist())) == starts.shape[0]:  # every group is one run
-            codes = np.empty(g.shape[0], dtype=np.int64)
-            codes[0] = 0
-            np.cumsum(change, out=codes[1:])
-            return codes
-    _, codes = np.unique(g, return_inverse=True)
-    return codes.reshape(-1).astype(np.int64, copy=False)
 
 
 # ----- dataset results --------------------------------------------------------------------------
@@ -335,12 +131,12 @@ class Scorer:
                 contract = load_contract(self.path, sidecar)  # also checks that the file exists and parses
             else:
                 validate_contract(onnx.load(str(self.path), load_external_data=False), contract, str(self.path))
-            self.sha256 = _file_sha256(self.path)
+            self.sha256 = file_sha256(self.path)
             source = str(self.path)
             session_input = str(self.path)
         self.contract: ModelContract = contract
         self.device = device
-        self._session = _make_session(session_input, source, device, threads)
+        self._session = make_session(session_input, source, device, threads)
         self.provider: str = self._session.get_providers()[0]
         self._outputs = [contract.score_output] + ([contract.attention_output] if contract.attention_output else [])
         # On CUDA: I/O binding with pinned staging buffers (fusionguard.iobinding); on CPU, plain run.
@@ -486,7 +282,7 @@ class Scorer:
             if self._binding is not None:
                 return self._binding.run(feeds)
             return self._session.run(self._outputs, dict(feeds))
-        except _ORT_ERRORS as err:
+        except ORT_ERRORS as err:
             raise EvaluationError(f"ONNX Runtime failed to score {what}: {err}") from None
 
     def _check_masks(
@@ -552,27 +348,7 @@ class Scorer:
         means: Mapping[str, np.ndarray] | None,
     ) -> None:
         """Write the masked copies of `feeds` into rows [start, start + len(masks) * n) of `stacked`."""
-        # Group labels once per batch, shared by every permuted mask and modality.
-        order = _GroupOrder(groups) if groups is not None and any(m.strategy == "permute" for m in masks) else None
-        for i, mask in enumerate(masks):
-            masked: dict[str, np.ndarray | None] = {}  # input -> row permutation (None for zero/mean)
-            rng = np.random.default_rng(mask.seed)
-            for modality in sorted(mask.modalities):
-                perm = None
-                if mask.strategy == "permute":
-                    perm = order.permutation(rng) if order is not None else rng.permutation(n)
-                for name in self.contract.modalities[modality]:
-                    masked[name] = perm
-            for name, x in ((spec.name, feeds[spec.name]) for spec in self.contract.inputs):
-                block = stacked[name][start + i * n:start + (i + 1) * n]
-                if name not in masked:
-                    block[...] = x
-                elif mask.strategy == "zero":
-                    block.fill(0)
-                elif mask.strategy == "mean":
-                    block[...] = np.asarray(means[name], dtype=x.dtype)  # type: ignore[index]
-                else:
-                    np.take(x, masked[name], axis=0, out=block)
+        fill_masked(stacked, start, feeds, masks, n, self.contract.modalities, groups, means)
 
     def _check_outputs(self, raw: list[np.ndarray], rows: int) -> tuple[np.ndarray, np.ndarray | None]:
         score = np.asarray(raw[0])
@@ -598,13 +374,13 @@ class Scorer:
         """Per-row mean tensor of each input over a reference set (Parquet path or Batch), for "mean" masks."""
         sums: dict[str, np.ndarray] = {}
         count = 0
-        for batch in self._batches(data, batch_rows):
+        for batch in data_batches(data, self.contract, batch_rows):
             for spec in self.contract.inputs:
                 part = batch.feeds[spec.name].sum(axis=0, dtype=np.float64)
                 sums[spec.name] = sums[spec.name] + part if spec.name in sums else part
             count += len(batch)
         if count == 0:
-            raise InvalidInputError(f"the reference set {_describe(data)} has no rows; means need at least one")
+            raise InvalidInputError(f"the reference set {describe(data)} has no rows; means need at least one")
         return {spec.name: (sums[spec.name] / count).astype(spec.dtype) for spec in self.contract.inputs}
 
     def score_dataset(
@@ -612,7 +388,7 @@ class Scorer:
         data: str | Path | Batch,
         masks: Sequence[Mask] = (Mask(),),
         *,
-        batch_rows: int = DEFAULT_BATCH_ROWS,
+        batch_rows: int = SESSION_BATCH_ROWS,
         progress: bool = False,
         means: Mapping[str, np.ndarray] | None = None,
         keep_attention: bool = True,
@@ -642,9 +418,9 @@ class Scorer:
         ids: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         parts: list[list[np.ndarray]] = [[] for _ in masks]
         attn_parts: list[np.ndarray] = []
-        bar = _progress(progress, _row_count(data))
+        bar = _progress(progress, row_count(data))
         try:
-            for batch in _whole_queries(self._batches(data, rows_per_read)):
+            for batch in whole_queries(data_batches(data, self.contract, rows_per_read)):
                 outs = self.run(batch.feeds, masks, groups=batch.query_id, means=means)
                 ids.append((batch.query_id, batch.item_id, batch.label))
                 for i, out in enumerate(outs):
@@ -657,7 +433,7 @@ class Scorer:
             if bar is not None:
                 bar.close()
         if not ids:
-            raise InvalidInputError(f"the dataset {_describe(data)} has no rows; nothing to score")
+            raise InvalidInputError(f"the dataset {describe(data)} has no rows; nothing to score")
         return DatasetScores(
             query_id=np.concatenate([q for q, _, _ in ids]),
             item_id=np.concatenate([it for _, it, _ in ids]),
@@ -666,108 +442,8 @@ class Scorer:
             attention=np.concatenate(attn_parts) if attn_parts else None,
         )
 
-    def _batches(self, data: str | Path | Batch, batch_rows: int) -> Iterator[Batch]:
-        """Non-empty Batches of at most batch_rows rows from a path or an in-memory Batch."""
-        if isinstance(data, Batch):
-            n = len(data)
-            for start in range(0, n, batch_rows):
-                yield _slice(data, start, min(start + batch_rows, n))
-        elif isinstance(data, (str, Path)):
-            # Exact chunks across row-group ends: the same batches as for the loaded dataset, so
-            # "permute" shuffles and "mean" sums do not depend on how the file was written.
-            from fusionguard.streaming import fixed_chunks  # pyarrow: not in the serving install
-
-            yield from fixed_chunks((b for b in iter_batches(data, self.contract, batch_rows=batch_rows) if len(b)), batch_rows)
-        else:
-            raise InvalidInputError(
-                f"cannot score a {type(data).__name__}; pass a Parquet dataset path or a fusionguard.dataset.Batch"
-            )
-
 
 # ----- helpers ----------------------------------------------------------------------------------
-
-def _make_session(model: str | bytes, source: str, device: str, threads: int | None) -> ort.InferenceSession:
-    providers = select_providers(device)
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    try:
-        session = ort.InferenceSession(model, sess_options=options, providers=providers)
-    except _ORT_ERRORS as err:
-        if providers[0] != CUDA:
-            raise InvalidInputError(f"ONNX Runtime cannot load {source}: {err}") from None
-        if device == "cuda":
-            raise InvalidInputError(
-                f"device 'cuda' was requested but ONNX Runtime could not create a CUDA session for {source} ({err}); "
-                "check the CUDA/cuDNN libraries that onnxruntime-gpu needs, or use --device cpu"
-            ) from None
-        logger.warning("CUDA session for %s failed (%s); falling back to the CPU provider", source, err)
-        return _make_session(model, source, "cpu", threads)
-    got = session.get_providers()
-    if providers[0] == CUDA and (not got or got[0] != CUDA):
-        if device == "cuda":
-            raise InvalidInputError(
-                f"device 'cuda' was requested but the session for {source} got {got}; check the CUDA/cuDNN "
-                "libraries that onnxruntime-gpu needs, or use --device cpu"
-            )
-        logger.warning("CUDA provider is installed but unusable for %s (session got %s); using the CPU", source, got)
-    return session
-
-
-def _file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _slice(batch: Batch, start: int, stop: int) -> Batch:
-    return Batch(
-        query_id=batch.query_id[start:stop],
-        item_id=batch.item_id[start:stop],
-        label=batch.label[start:stop],
-        feeds={name: value[start:stop] for name, value in batch.feeds.items()},
-    )
-
-
-def _concat(a: Batch, b: Batch) -> Batch:
-    return Batch(
-        query_id=np.concatenate([a.query_id, b.query_id]),
-        item_id=np.concatenate([a.item_id, b.item_id]),
-        label=np.concatenate([a.label, b.label]),
-        feeds={name: np.concatenate([a.feeds[name], b.feeds[name]]) for name in a.feeds},
-    )
-
-
-def _whole_queries(batches: Iterator[Batch]) -> Iterator[Batch]:
-    """Re-cut batches so that a query whose rows are contiguous is never split between two
-    batches: the trailing rows of each batch that share its last query id move to the next."""
-    carry = None
-    for batch in batches:
-        if carry is not None:
-            batch = _concat(carry, batch)
-            carry = None
-        qid = batch.query_id
-        others = np.flatnonzero(qid != qid[-1])
-        start = int(others[-1]) + 1 if others.size else 0  # first row of the trailing run of the last query
-        if start == 0:  # the whole batch is one query: keep accumulating
-            carry = batch
-            continue
-        if start < len(batch):
-            carry = _slice(batch, start, len(batch))
-            batch = _slice(batch, 0, start)
-        yield batch
-    if carry is not None:
-        yield carry
-
-
-def _row_count(data: object) -> int | None:
-    if isinstance(data, (str, Path)):
-        return int(open_parquet(data).metadata.num_rows)
-    length = getattr(data, "__len__", None)
-    return int(length()) if length is not None else None
-
 
 def _progress(enabled: bool, total: int | None):  # noqa: ANN202
     if not enabled:
@@ -775,7 +451,3 @@ def _progress(enabled: bool, total: int | None):  # noqa: ANN202
     from tqdm import tqdm
 
     return tqdm(total=total, unit="row", desc="scoring")
-
-
-def _describe(data: object) -> str:
-    return str(data) if isinstance(data, (str, Path)) else f"<{type(data).__name__}>"

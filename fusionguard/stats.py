@@ -34,6 +34,7 @@ from fusionguard.errors import EvaluationError, InvalidInputError
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BootstrapSettings",
     "CHUNK_ELEMENTS",
     "Interval",
     "binomial_ci",
@@ -55,6 +56,20 @@ CHUNK_ELEMENTS = 1 << 22
 
 Statistic = Literal["mean", "median"] | Callable[..., np.ndarray]
 Method = Literal["percentile", "bca"]
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    """How a bootstrap is drawn; passed by keyword (`settings=`) to every bootstrap CI here."""
+
+    n_resamples: int = 10_000  # bootstrap resamples
+    confidence: float = 0.95  # two-sided confidence level
+    seed: int = 0  # seed of `numpy.random.default_rng`
+    method: Method = "percentile"  # "percentile" or "bca" (the hierarchical bootstrap is percentile only)
+    chunk_elements: int = CHUNK_ELEMENTS  # resample-matrix entries drawn per vectorised chunk (memory bound)
+
+
+DEFAULT_BOOTSTRAP = BootstrapSettings()
 
 
 @dataclass(frozen=True)
@@ -189,27 +204,15 @@ def _jackknife(x: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], statisti
     return out
 
 
-def bootstrap_ci(
-    values: object,
-    statistic: Statistic = "mean",
-    n_resamples: int = 10_000,
-    confidence: float = 0.95,
-    seed: int = 0,
-    method: Method = "percentile",
-    *,
-    chunk_elements: int = CHUNK_ELEMENTS,
-) -> Interval:
+def bootstrap_ci(values: object, statistic: Statistic = "mean", *, settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> Interval:
     """Bootstrap confidence interval of a statistic over independent units (queries).
 
     Args:
         values: (n,) one value per query; NaN entries are dropped.
         statistic: "mean", "median", or a callable f(x, axis) reducing the last axis.
-        n_resamples: bootstrap resamples (10,000 by default).
-        confidence: two-sided confidence level.
-        seed: seed for `numpy.random.default_rng`.
-        method: "percentile" (quantiles of the bootstrap distribution, linear interpolation as
-            `np.quantile`) or "bca" (bias-corrected and accelerated, jackknife acceleration).
-        chunk_elements: resample-matrix entries drawn per vectorised chunk (memory bound).
+        settings: resamples, confidence, seed, chunk size and method: "percentile" (quantiles
+            of the bootstrap distribution, linear interpolation as `np.quantile`) or "bca"
+            (bias-corrected and accelerated, jackknife acceleration).
 
     Returns:
         Interval. A sample whose values are all equal gives a zero-width interval at that value.
@@ -218,20 +221,14 @@ def bootstrap_ci(
         InvalidInputError: bad shape, infinite values, bad options.
         EvaluationError: no finite values at all.
     """
-    return bootstrap_cis(
-        [values], statistic, n_resamples, confidence, seed, method, chunk_elements=chunk_elements, names=["values"]
-    )[0]
+    return bootstrap_cis([values], statistic, settings=settings, names=["values"])[0]
 
 
 def bootstrap_cis(
     values: Sequence[object],
     statistic: Statistic = "mean",
-    n_resamples: int = 10_000,
-    confidence: float = 0.95,
-    seed: int = 0,
-    method: Method = "percentile",
     *,
-    chunk_elements: int = CHUNK_ELEMENTS,
+    settings: BootstrapSettings = DEFAULT_BOOTSTRAP,
     names: Sequence[str] | None = None,
     count_statistics: Sequence[tuple[int, CountStatistic]] = (),
 ) -> list[Interval]:
@@ -245,7 +242,7 @@ def bootstrap_cis(
 
     Args:
         values: a sequence of (n_k,) vectors, one value per query each; NaN entries are dropped.
-        statistic, n_resamples, confidence, seed, method, chunk_elements: as for `bootstrap_ci`.
+        statistic, settings: as for `bootstrap_ci`.
         names: a name per vector for error messages (default "values[k]").
         count_statistics: (n, f) pairs, each a statistic of n units' resample counts as for
             `count_bootstrap_ci(n, f, ...)`; it gets the counts of the resamples the vectors of
@@ -259,6 +256,8 @@ def bootstrap_cis(
         InvalidInputError: bad shape, infinite values, bad options (naming the vector).
         EvaluationError: a vector with no finite values at all.
     """
+    n_resamples, confidence, seed, method = settings.n_resamples, settings.confidence, settings.seed, settings.method
+    chunk_elements = settings.chunk_elements
     _check_common(n_resamples, confidence)
     if method not in ("percentile", "bca"):
         raise InvalidInputError(f"unknown method {method!r}; use 'percentile' or 'bca'")
@@ -333,13 +332,9 @@ def _bounds(
 
 def count_bootstrap_ci(
     n: int,
-    statistic: Callable[[np.ndarray], np.ndarray],
-    n_resamples: int = 10_000,
-    confidence: float = 0.95,
-    seed: int = 0,
-    method: Method = "percentile",
+    statistic: CountStatistic,
     *,
-    chunk_elements: int = CHUNK_ELEMENTS,
+    settings: BootstrapSettings = DEFAULT_BOOTSTRAP,
 ) -> Interval:
     """Bootstrap CI of a statistic written as a function of how often each of n units is drawn.
 
@@ -352,16 +347,14 @@ def count_bootstrap_ci(
         n: number of units (queries) resampled.
         statistic: f(counts (c, n)) -> (c,); f(ones((1, n))) is the point estimate, and for BCa the
             jackknife rows are ones with a single zero.
-        n_resamples, confidence, seed, method, chunk_elements: as for `bootstrap_ci`.
+        settings: as for `bootstrap_ci`.
 
     Raises:
         InvalidInputError: bad options, n < 1, or a statistic that does not return (c,) values.
     """
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise InvalidInputError(f"n must be a positive integer (units to resample), got {n!r}")
-    return bootstrap_cis(
-        [], "mean", n_resamples, confidence, seed, method, chunk_elements=chunk_elements, count_statistics=[(n, statistic)]
-    )[0]
+    return bootstrap_cis([], "mean", settings=settings, count_statistics=[(n, statistic)])[0]
 
 
 def _checked(statistic: CountStatistic) -> CountStatistic:
@@ -410,24 +403,13 @@ def _paired_diff(a: object, b: object) -> np.ndarray:
     return xa - xb  # NaN in either -> NaN, dropped downstream
 
 
-def paired_bootstrap_ci(
-    a: object,
-    b: object,
-    n_resamples: int = 10_000,
-    confidence: float = 0.95,
-    seed: int = 0,
-    method: Method = "percentile",
-    *,
-    chunk_elements: int = CHUNK_ELEMENTS,
-) -> Interval:
+def paired_bootstrap_ci(a: object, b: object, *, settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> Interval:
     """CI of mean(a - b) with queries resampled in pairs.
 
     Resampling pairs (a_i, b_i) and averaging a - b is the same as resampling the differences,
     which is what is done. Pairs with NaN on either side are dropped.
     """
-    return bootstrap_ci(
-        _paired_diff(a, b), "mean", n_resamples, confidence, seed, method, chunk_elements=chunk_elements
-    )
+    return bootstrap_ci(_paired_diff(a, b), "mean", settings=settings)
 
 
 def randomization_test(
@@ -551,17 +533,19 @@ def _runs_by_queries(name: str, values: object) -> np.ndarray:
     return arr[keep]
 
 
-def hierarchical_bootstrap_ci(
-    values: object, n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0, *, chunk_elements: int = CHUNK_ELEMENTS
-) -> Interval:
+def hierarchical_bootstrap_ci(values: object, *, settings: BootstrapSettings = DEFAULT_BOOTSTRAP) -> Interval:
     """Percentile CI of the grand mean of a (runs x queries) matrix with both levels resampled:
     each resample draws runs (training seeds) with replacement, then, inside every drawn run,
     that run's queries with replacement. The estimate is the mean over runs of each run's
     query mean, so seed-to-seed spread widens the interval (a single escaping seed cannot make a
     tight CI). NaN entries (excluded queries, ragged runs) are skipped within their run; a run
     that is all NaN is dropped. For paired comparisons pass the (run, query) differences.
-    `n` is the number of runs used."""
+    `n` is the number of runs used. `settings.method` must be "percentile" (the only one here).
+    """
+    n_resamples, confidence, seed, chunk_elements = settings.n_resamples, settings.confidence, settings.seed, settings.chunk_elements
     _check_common(n_resamples, confidence)
+    if settings.method != "percentile":
+        raise InvalidInputError(f"the hierarchical bootstrap is percentile only; got method {settings.method!r}")
     x = _runs_by_queries("values", values)
     s = x.shape[0]
     rows = [r[~np.isnan(r)] for r in x]

@@ -21,10 +21,9 @@ file that is already grouped comes out unchanged.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fusionguard.batches import fixed_chunks, sized_chunks, whole_queries
 from fusionguard.contract import ModelContract
 from fusionguard.dataset import Batch, iter_batches, open_parquet, read_batches
 from fusionguard.errors import InvalidInputError
@@ -67,55 +67,6 @@ class UnsortedDataError(InvalidInputError):
             f"query's rows contiguous; write a grouped copy with `fusionguard data group {path} GROUPED.parquet` "
             "and pass that"
         )
-
-
-# ----- batches ----------------------------------------------------------------------------------
-
-def _slice(b: Batch, start: int, stop: int) -> Batch:
-    return Batch(b.query_id[start:stop], b.item_id[start:stop], b.label[start:stop],
-                 {k: v[start:stop] for k, v in b.feeds.items()})
-
-
-def _concat(parts: Sequence[Batch]) -> Batch:
-    if len(parts) == 1:
-        return parts[0]
-    return Batch(
-        np.concatenate([p.query_id for p in parts]),
-        np.concatenate([p.item_id for p in parts]),
-        np.concatenate([p.label for p in parts]),
-        {k: np.concatenate([p.feeds[k] for p in parts]) for k in parts[0].feeds},
-    )
-
-
-def fixed_chunks(batches: Iterator[Batch], rows: int) -> Iterator[Batch]:
-    """Re-cut a stream of batches into chunks of exactly `rows` rows (the last may be shorter),
-    whatever the sizes of the incoming batches (Parquet readers stop at row-group ends)."""
-    if rows < 1:
-        raise InvalidInputError(f"rows must be >= 1, got {rows}")
-    return sized_chunks(batches, itertools.repeat(rows))
-
-
-def sized_chunks(batches: Iterator[Batch], sizes: Iterable[int]) -> Iterator[Batch]:
-    """Re-cut a stream of batches into chunks of the given sizes, in order; rows left over
-    when `sizes` runs out come as one last chunk."""
-    sizes = iter(sizes)
-    want = next(sizes, None)
-    pending: list[Batch] = []
-    have = 0
-    for batch in batches:
-        start = 0
-        n = len(batch)
-        while start < n:
-            take = n - start if want is None else min(want - have, n - start)
-            pending.append(_slice(batch, start, start + take))
-            have += take
-            start += take
-            if have == want:
-                yield _concat(pending)
-                pending, have = [], 0
-                want = next(sizes, None)
-    if have:
-        yield _concat(pending)
 
 
 def batch_ends(query_id: np.ndarray, rows: int, source: str | Path) -> np.ndarray:
@@ -180,11 +131,9 @@ def whole_query_batches(batches: Iterator[Batch], rows: int, source: str | Path)
     Raises:
         UnsortedDataError: a query's rows are not contiguous in the stream.
     """
-    from fusionguard.scorer import _whole_queries
-
     chunks = fixed_chunks((b for b in batches if len(b)), rows)
     seen: set = set()
-    for batch in _whole_queries(chunks):
+    for batch in whole_queries(chunks):
         runs = _run_starts(batch.query_id)
         ids = batch.query_id[runs].tolist()
         fresh = set(ids)
@@ -256,7 +205,7 @@ def check_grouped(path: str | Path, *, read_rows: int = READ_ROWS) -> GroupingRe
 
     pf = open_dataset(path)  # a file, or a directory of files read as one
     if "query_id" not in pf.schema_arrow.names:
-        raise InvalidInputError(f"dataset {path} has no query_id column; see DESIGN.md, Dataset")
+        raise InvalidInputError(f"dataset {path} has no query_id column; see docs/interfaces.md, \"dataset.py\"")
     seen: set = set()
     split: set = set()
     first = None

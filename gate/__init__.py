@@ -5,14 +5,13 @@ The public names load on first use (PEP 562 module `__getattr__`): `promote` and
 stack (pandas, pyarrow, scipy, Great Expectations, matplotlib).
 """
 
-from importlib import import_module
-from typing import Any
+from fusionguard.lazy import lazy_exports
 
 _EXPORTS = {
     "CheckResult": "gate.checks",
     "EvalResult": "gate.evaluation",
     "EvalRow": "gate.evaluation",
-    "GateResult": "gate.runner",
+    "GateResult": "gate.result",
     "ModelMeasures": "gate.measures",
     "Policy": "gate.policy",
     "evaluate": "gate.evaluation",
@@ -23,10 +22,4 @@ _EXPORTS = {
     "write_eval": "gate.evaluation",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'gate' has no attribute {name!r}")
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

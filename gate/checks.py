@@ -34,9 +34,9 @@ from gate.measures import (
     pearson_statistic,
     per_query_mean,
 )
+from gate.outcomes import ERROR, FAILED, PASSED, SKIPPED, VERDICT_TITLE, GateOutcome, Outcome  # noqa: F401 - re-exported
 from gate.policy import Policy
 
-PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
 CHECK_NAMES = ("data", "contract", "visual_ablation", "integrity", "quality", "attention")
 
 

@@ -16,6 +16,7 @@ from fusionguard.cli import LazyGroup, envvar, progress_option
 from fusionguard.errors import FusionGuardError, InvalidInputError
 from fusionguard.registry import Registry
 
+from gate.outcomes import GateOutcome
 from gate.engine import EngineConfig, engine_options
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def gate(candidate, baseline, data, policy, candidate_contract, baseline_contrac
         # click drops ANSI codes when stdout is no terminal (a CI log); GitLab's section markers need them.
         click.echo(line, color=True if summary == "gitlab" else None)
     if result.exit_code:
-        label = "blocked" if result.outcome == "blocked" else "error"
+        label = "blocked" if result.outcome == GateOutcome.BLOCKED else "error"
         for line in result.message.splitlines():
             click.echo(f"{label}: {line}", err=True)
     raise SystemExit(result.exit_code)

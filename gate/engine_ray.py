@@ -47,7 +47,7 @@ from fusionguard.streaming import batch_ends, sized_chunks
 
 from gate.measures import PassPlan
 from gate.policy import Policy
-from gate.streaming import BatchPartial, chunk_rows, reduce_batch
+from gate.partials import BatchPartial, chunk_rows, reduce_batch
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import numpy as np
 from fusionguard import metrics, stats
 from fusionguard.dataset import Batch
 from fusionguard.errors import EvaluationError
-from fusionguard.masking import ShapleyPasses, shapley_passes
-from fusionguard.scorer import Mask, Scorer
+from fusionguard.masking import Mask, ShapleyPasses, ablation_masks, shapley_passes
+from fusionguard.scorer import Scorer
 
 from gate.policy import Policy
 
@@ -44,12 +44,10 @@ class PassPlan:
 def plan_passes(policy: Policy) -> PassPlan:
     """The passes a fusion candidate needs under `policy`."""
     a, s = policy.ablation, policy.shapley
-    repeats = a.n_permutations if a.strategy == "permute" else 1
-    seeds = [policy.seed + i for i in range(repeats)]
     return PassPlan(
         full=Mask(),
-        visual=tuple(Mask(frozenset({"visual"}), a.strategy, seed) for seed in seeds),
-        text=tuple(Mask(frozenset({"text"}), a.strategy, seed) for seed in seeds),
+        visual=ablation_masks("visual", a.strategy, policy.seed, a.n_permutations),
+        text=ablation_masks("text", a.strategy, policy.seed, a.n_permutations),
         shapley=shapley_passes(s.strategy, policy.seed),
     )
 
@@ -150,10 +148,15 @@ def measure_model(
 
 # ----- intervals ----------------------------------------------------------------------------------
 
+def bootstrap_settings(policy: Policy) -> stats.BootstrapSettings:
+    """The policy's [bootstrap] section and its seed, as the stats functions take them."""
+    b = policy.bootstrap
+    return stats.BootstrapSettings(n_resamples=b.n_resamples, confidence=b.confidence, seed=policy.seed, method=b.method)
+
+
 def interval(values: np.ndarray, policy: Policy) -> stats.Interval:
     """Bootstrap CI of the mean over queries (NaN dropped) under the policy's settings."""
-    b = policy.bootstrap
-    return stats.bootstrap_ci(values, "mean", b.n_resamples, b.confidence, policy.seed, b.method)
+    return stats.bootstrap_ci(values, "mean", settings=bootstrap_settings(policy))
 
 
 def intervals(
@@ -165,11 +168,10 @@ def intervals(
     per length (`stats.bootstrap_cis`): each result equals `interval(vectors[name], policy)` (to
     BLAS rounding). `count_statistics` (name -> (n, f)) share those resamples too, each equal to
     `stats.count_bootstrap_ci(n, f, ...)` under the policy's settings."""
-    b = policy.bootstrap
     names = list(vectors)
     extra = dict(count_statistics or {})
     cis = stats.bootstrap_cis(
-        [vectors[name] for name in names], "mean", b.n_resamples, b.confidence, policy.seed, b.method, names=names,
+        [vectors[name] for name in names], "mean", settings=bootstrap_settings(policy), names=names,
         count_statistics=list(extra.values()),
     )
     return dict(zip([*names, *extra], cis))
@@ -177,8 +179,7 @@ def intervals(
 
 def paired_interval(a: np.ndarray, b: np.ndarray, policy: Policy) -> stats.Interval:
     """Paired bootstrap CI of mean(a - b) over queries."""
-    p = policy.bootstrap
-    return stats.paired_bootstrap_ci(a, b, p.n_resamples, p.confidence, policy.seed, p.method)
+    return stats.paired_bootstrap_ci(a, b, settings=bootstrap_settings(policy))
 
 
 def pearson_statistic(groups: metrics.QueryGroups, a: np.ndarray, b: np.ndarray) -> stats.CountStatistic:
@@ -221,10 +222,7 @@ def pearson_interval(
         raise EvaluationError("the Pearson correlation is undefined: one model gives every row the same score")
     ci = resampled
     if ci is None:
-        p = policy.bootstrap
-        ci = stats.count_bootstrap_ci(
-            groups.n_queries, pearson_statistic(groups, a, b), p.n_resamples, p.confidence, policy.seed, p.method
-        )
+        ci = stats.count_bootstrap_ci(groups.n_queries, pearson_statistic(groups, a, b), settings=bootstrap_settings(policy))
     return stats.Interval(estimate, ci.low, ci.high, ci.confidence, ci.n_resamples, ci.method, groups.n_queries)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from fusionguard import signing
 from fusionguard.errors import CheckFailedError, InvalidInputError
 from fusionguard.registry import MODEL_FILE as REGISTRY_MODEL_FILE
-from fusionguard.registry import check_manifest, model_manifest, read_report
+from fusionguard.registry import check_manifest, model_manifest
 from fusionguard.tracking import MODEL_FILE, connect, save_onnx_model
 
 SCHEME = "mlflow://"
@@ -115,7 +115,8 @@ def promote_to_mlflow(name: str, report_dir: str | Path, model: str | Path | Non
             bytes than were sent (exit 1).
     """
     from gate.policy import load_policy
-    from gate.promotion import report_problems
+    from gate.outcomes import GateOutcome
+    from gate.promotion import read_report, report_problems
 
     report_dir = Path(report_dir)
     report = read_report(report_dir)
@@ -138,7 +139,8 @@ def promote_to_mlflow(name: str, report_dir: str | Path, model: str | Path | Non
     mlflow = connect(tracking_uri, option="--mlflow-uri")
     client = mlflow.MlflowClient()
     passed = not problems
-    outcome = "passed" if passed else str(report.get("outcome")) if report.get("outcome") != "passed" else "unverified"
+    recorded = str(report.get("outcome"))
+    outcome = GateOutcome.PASSED if passed else recorded if recorded != GateOutcome.PASSED else "unverified"
     tags = {**_version_tags(report, actual), "fusionguard.gate.outcome": outcome}
     mlflow.set_experiment(EXPERIMENT)
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"promote-{name}") as run:

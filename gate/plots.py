@@ -33,20 +33,21 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from gate.outcomes import VERDICT_TITLE, GateOutcome, Outcome
+
 if TYPE_CHECKING:
     from gate.checks import CheckResult
     from gate.measures import ModelMeasures
     from gate.policy import Policy
-    from gate.runner import GateResult
+    from gate.result import GateResult
 
 NDCG_DIFF_PNG = "ndcg_difference.png"
 CONTRIBUTION_PNG = "contributions.png"
 INTEGRITY_PNG = "integrity.png"
 DPI = 100  # 640 x 420 and 960 x 420 pixels: legible in a pull-request comment
 AXES_BOTTOM, AXES_HEIGHT = 0.3, 0.58  # fixed margins: the legend sits under the x label, clear of the data
-VERDICT = {"passed": "PASSED", "blocked": "BLOCKED", "invalid": "INVALID INPUT", "unevaluated": "COULD NOT EVALUATE"}
-VERDICT_COLOR = {"passed": "#2e7d32", "blocked": "#c62828"}
-OUTCOME_COLOR = {"passed": "#2e7d32", "failed": "#c62828"}  # a check's decision marker
+VERDICT_COLOR = {GateOutcome.PASSED: "#2e7d32", GateOutcome.BLOCKED: "#c62828"}
+OUTCOME_COLOR = {Outcome.PASSED: "#2e7d32", Outcome.FAILED: "#c62828"}  # a check's decision marker
 NEUTRAL = "#555555"
 
 
@@ -58,7 +59,7 @@ class Title:
     outcome: str  # passed | blocked | invalid | unevaluated
 
     def text(self) -> str:
-        return f"{self.model}: gate {VERDICT.get(self.outcome, self.outcome)}"
+        return f"{self.model}: gate {VERDICT_TITLE.get(self.outcome, self.outcome)}"
 
 
 def _figure(width: float, height: float, title: Title | None) -> Figure:

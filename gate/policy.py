@@ -17,20 +17,17 @@ Example `gate.toml`::
 
 from __future__ import annotations
 
-import difflib
-import math
-import tomllib
-import types
-import typing
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fusionguard.devices import DEVICES
+from fusionguard.config import Rule, build, read_toml
 from fusionguard.errors import ConfigError, InvalidInputError
+from fusionguard.masking import STRATEGIES
 from fusionguard.metrics import MAX_EXPONENTIAL_LABEL
 
-STRATEGIES = ("zero", "mean", "permute")
 MAX_RESAMPLES = 1_000_000  # the resample matrix is (n_resamples, n_queries): 1e6 x 1e4 queries is ~80 GB already
 
 
@@ -133,7 +130,7 @@ def _unit(x: float) -> bool:
     return 0.0 <= x <= 1.0
 
 
-_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+_RULES: dict[str, Rule] = {
     "seed": (lambda x: x >= 0, "an integer >= 0"),
     "data.min_queries": (lambda x: x >= 2, "an integer >= 2 (a CI needs several queries)"),
     "data.max_label": (lambda x: x >= 0, "an integer >= 0"),
@@ -153,71 +150,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "attention.min_visual_mass": (_unit, "a number in [0, 1]"),
     "attention.min_entropy": (_unit, "a number in [0, 1]"),
     "attention.max_entropy": (_unit, "a number in [0, 1]"),
-    "scoring.device": (lambda x: x in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'"),
+    "scoring.device": (lambda x: x in DEVICES, ", ".join(repr(d) for d in DEVICES[:-1]) + f" or {DEVICES[-1]!r}"),
     "scoring.batch_rows": (lambda x: x >= 1, "an integer >= 1"),
     "scoring.threads": (lambda x: 1 <= x <= 1024, "an integer in [1, 1024]"),
 }
-
-
-def _type_name(tp: Any) -> str:
-    names = {int: "an integer", float: "a finite number", bool: "true or false", str: "a string"}
-    args = [a for a in typing.get_args(tp) if a is not type(None)] if _is_optional(tp) else [tp]
-    return " or ".join(names.get(a, str(a)) for a in args)
-
-
-def _is_optional(tp: Any) -> bool:
-    return isinstance(tp, types.UnionType) and type(None) in typing.get_args(tp)
-
-
-def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
-    """(ok, value) for a TOML value against a field type (int accepted where float is)."""
-    if value is None:  # TOML has no null; a dict from Policy.to_dict can hold None for optional fields
-        return _is_optional(tp), value
-    base = [a for a in typing.get_args(tp) if a is not type(None)][0] if _is_optional(tp) else tp
-    if base is bool:
-        return isinstance(value, bool), value
-    if base is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if base is float:  # TOML allows inf and nan; no threshold may be either (inf would disable a check)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        return ok, float(value) if ok else value
-    if base is str:
-        return isinstance(value, str), value
-    return False, value
-
-
-def _suggest(key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(sorted(known))})"
-
-
-def _build(cls: type, table: Mapping[str, Any], prefix: str, problems: list[str]) -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in table.items():
-        path = f"{prefix}{key}"
-        if key not in known:
-            kind = "section" if isinstance(value, Mapping) else "key"
-            problems.append(f"unknown {kind} '{path}'{_suggest(key, list(known))}")
-            continue
-        tp = hints[key]
-        if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
-            if not isinstance(value, Mapping):
-                problems.append(f"'{path}' must be a [{path}] table, got {type(value).__name__}")
-                continue
-            kwargs[key] = _build(tp, value, f"{path}.", problems)
-            continue
-        ok, coerced = _coerce(value, tp)
-        if not ok:
-            problems.append(f"'{path}' must be {_type_name(tp)}, got {value!r}")
-            continue
-        rule = _RULES.get(path)
-        if rule is not None and coerced is not None and not rule[0](coerced):
-            problems.append(f"'{path}' must be {rule[1]}, got {value!r}")
-            continue
-        kwargs[key] = coerced
-    return cls(**kwargs)
 
 
 def policy_from_dict(data: Mapping[str, Any], source: str = "<policy>") -> Policy:
@@ -227,7 +163,7 @@ def policy_from_dict(data: Mapping[str, Any], source: str = "<policy>") -> Polic
         ConfigError: unknown keys, wrong types, out-of-range or inconsistent values (exit 2).
     """
     problems: list[str] = []
-    policy = _build(Policy, data, "", problems)
+    policy = build(Policy, data, problems, _RULES)
     a = policy.attention
     if a.min_entropy is not None and a.max_entropy is not None and a.min_entropy > a.max_entropy:
         problems.append(f"'attention.min_entropy' ({a.min_entropy}) is above 'attention.max_entropy' ({a.max_entropy})")
@@ -255,12 +191,10 @@ def load_policy(path: str | Path | None) -> Policy:
     if not path.is_file():
         raise InvalidInputError(f"policy file {path} does not exist; check the path or omit --policy for the defaults")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(str(path), [f"not valid TOML: {err}"]) from None
-    except (OSError, UnicodeDecodeError) as err:
+        path.read_bytes()
+    except OSError as err:
         raise InvalidInputError(f"policy file {path} is unreadable ({err})") from None
-    return policy_from_dict(data, str(path))
+    return policy_from_dict(read_toml(path, "policy file"), str(path))
 
 
 def with_overrides(policy: Policy, **sections: Mapping[str, Any]) -> Policy:

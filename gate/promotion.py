@@ -4,22 +4,29 @@
 (validated like a policy file), requires every check the gate runs to be present, passed (or
 skipped only where the policy allows it), and each recorded number to sit on the passing side
 of the threshold the policy sets, with the same decision rules as `gate.checks`. Only then does
-the registry hash and copy the model (see `fusionguard.registry.Registry.promote`).
+the registry hash and copy the model: `read_verdict` turns the report into a
+`fusionguard.registry.Verdict`, which `Registry.promote` receives (the registry never reads the
+report's format).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from fusionguard.errors import CheckFailedError, ConfigError
-from fusionguard.registry import Registry, VersionInfo
+from fusionguard import jsonio, signing
+from fusionguard.errors import CheckFailedError, ConfigError, InvalidInputError
+from fusionguard.modelfiles import check_manifest, regular_file
+from fusionguard.registry import MODEL_FILE, PROFILE_FILE, REPORT_FILE, Registry, Verdict, VersionInfo
 
-from gate.checks import CHECK_NAMES, FAILED, PASSED, SKIPPED
+from gate.checks import CHECK_NAMES, FAILED, PASSED, SKIPPED, GateOutcome
 from gate.policy import Policy, load_policy, policy_from_dict
 from gate.report import REPORT_VERSION
+
+ReportVerifier = Callable[[Mapping[str, Any], str], None]  # raises CheckFailedError when the numbers do not pass
 
 
 def _number(value: Any) -> float | None:
@@ -67,7 +74,7 @@ def report_problems(report: Mapping[str, Any], expected_policy: Policy | None = 
     problems: list[str] = []
     if report.get("report_version") != REPORT_VERSION:
         problems.append(f"report_version is {report.get('report_version')!r}; this fusionguard reads {REPORT_VERSION}")
-    if report.get("outcome") != "passed" or report.get("exit_code") != 0 or isinstance(report.get("exit_code"), bool):
+    if report.get("outcome") != GateOutcome.PASSED or report.get("exit_code") != 0 or isinstance(report.get("exit_code"), bool):
         problems.append(f"outcome {report.get('outcome')!r} with exit_code {report.get('exit_code')!r} is not a pass")
     raw_policy = report.get("policy")
     if not isinstance(raw_policy, Mapping):
@@ -130,8 +137,8 @@ def report_problems(report: Mapping[str, Any], expected_policy: Policy | None = 
     return problems + ev.problems
 
 
-def verifier(expected_policy: Policy | None = None):  # noqa: ANN201 - a ReportVerifier
-    """The `verify_report` callback for `Registry.promote`."""
+def verifier(expected_policy: Policy | None = None) -> ReportVerifier:
+    """The `verify_report` callback of `read_verdict`."""
 
     def verify(report: Mapping[str, Any], source: str) -> None:
         problems = report_problems(report, expected_policy)
@@ -143,6 +150,109 @@ def verifier(expected_policy: Policy | None = None):  # noqa: ANN201 - a ReportV
             )
 
     return verify
+
+
+# ----- reading a report: the gate's format, decoded here and nowhere else ------------------------
+
+def _read_report(report_dir: str | Path) -> tuple[dict[str, Any], str]:
+    """The parsed `report.json` of a gate run (a regular file, a JSON object with a candidate) and
+    the sha256 of its bytes.
+
+    Raises:
+        InvalidInputError: missing, symlinked, unreadable or malformed report (exit 2).
+    """
+    path = Path(report_dir) / REPORT_FILE
+    if not path.exists() and not path.is_symlink():
+        raise InvalidInputError(f"no gate report at {path}; run `fusionguard gate ... --out {report_dir}` first")
+    regular_file(path, "gate report")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise InvalidInputError(f"gate report {path} is unreadable ({err}); rerun the gate") from None
+    data = jsonio.loads(raw, f"gate report {path}")
+    if not isinstance(data, dict) or not isinstance(data.get("candidate"), dict):
+        raise InvalidInputError(f"gate report {path} has no 'candidate' section; it was not written by `fusionguard gate`")
+    return data, hashlib.sha256(raw).hexdigest()
+
+
+def read_report(report_dir: str | Path) -> dict[str, Any]:
+    """The parsed `report.json` of a gate run (see `_read_report`).
+
+    Raises:
+        InvalidInputError: missing, symlinked, unreadable or malformed report (exit 2).
+    """
+    return _read_report(report_dir)[0]
+
+
+def structural_problems(report: Mapping[str, Any]) -> list[str]:
+    """What makes a report not a passing one, before any threshold is looked at."""
+    problems = []
+    if report.get("outcome") != GateOutcome.PASSED:
+        problems.append(f"outcome is {report.get('outcome')!r}, not 'passed'")
+    if report.get("exit_code") != 0 or isinstance(report.get("exit_code"), bool):
+        problems.append(f"exit_code is {report.get('exit_code')!r}, not 0")
+    checks = report.get("checks")
+    if not isinstance(checks, list) or not checks:
+        return problems + ["it lists no checks"]
+    for c in checks:
+        if not isinstance(c, dict):
+            problems.append("a check entry is not an object")
+            continue
+        if c.get("outcome") not in (PASSED, SKIPPED) or c.get("exit_code", 0) != 0:
+            problems.append(f"check {c.get('name')!r} is {c.get('outcome')!r}")
+    return problems
+
+
+def read_verdict(
+    report_dir: str | Path,
+    expected_policy: Policy | None = None,
+    *,
+    verify_report: ReportVerifier | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Verdict:
+    """The verdict a gate report in `report_dir` supports, for `Registry.promote`.
+
+    The report must be signed when `FUSIONGUARD_SIGNING_KEY` is set (in `environ`, default
+    os.environ), say passed with every check passed or skipped, and pass `verify_report`
+    (default: `verifier(expected_policy)`, the re-validation of each recorded number against the
+    policy the report records). A report that does not gives a verdict that did not pass, whose
+    reason the registry's refusal states.
+
+    Raises:
+        InvalidInputError: missing, unreadable or malformed report or manifest (exit 2).
+        CheckFailedError: a bad signature, or a report recording two sha256 for the model (exit 1).
+    """
+    report_dir = Path(report_dir)
+    report, report_sha = _read_report(report_dir)
+    source = f"gate report {report_dir / REPORT_FILE}"
+    key = signing.signing_key(environ)
+    if key is not None:
+        signing.verify(report, key, source)
+    candidate = report["candidate"]
+
+    def verdict(passed: bool, reason: str = "", files: Mapping[str, str] | None = None) -> Verdict:
+        recorded = candidate.get("path")
+        return Verdict(
+            passed=passed, reason=reason, source=source, model_files=dict(files or {}),
+            model_path=recorded if isinstance(recorded, str) else None,
+            variant=str(candidate.get("variant") or "unknown"), signed=key is not None,
+            evidence=report_dir / REPORT_FILE, evidence_sha256=report_sha, profile=report_dir / PROFILE_FILE,
+        )
+
+    problems = structural_problems(report)
+    if problems:
+        return verdict(False, (
+            f"refusing to promote: the {source} does not describe a passing candidate ({'; '.join(problems)}); "
+            "only a passing candidate can be promoted"
+        ))
+    try:
+        (verify_report or verifier(expected_policy))(report, source)
+    except CheckFailedError as err:
+        return verdict(False, str(err))
+    expected = check_manifest(candidate.get("files"), f"{source} (candidate.files)")
+    if candidate.get("sha256") != expected[MODEL_FILE]:
+        raise CheckFailedError(f"refusing to promote: {source} records two different sha256 for the model")
+    return verdict(True, files=expected)
 
 
 def promote(
@@ -163,4 +273,4 @@ def promote(
         CheckFailedError: the evidence does not show a pass, or the model differs (exit 1).
     """
     expected = load_policy(policy) if policy is not None else None
-    return Registry(registry_dir).promote(model, report_dir, verify_report=verifier(expected))
+    return Registry(registry_dir).promote(model, read_verdict(report_dir, expected))

@@ -27,15 +27,16 @@ from fusionguard.errors import FusionGuardError, InvalidInputError
 from fusionguard.profile import build_profile, feature_summaries
 
 from gate.checks import clean
+from gate.outcomes import VERDICT_TITLE, GateOutcome, Outcome
 
 if TYPE_CHECKING:
-    from gate.runner import GateResult
+    from gate.result import GateResult
 
 logger = logging.getLogger(__name__)
 
 REPORT_VERSION = 1
 _PACKAGES = ("numpy", "scipy", "pandas", "pyarrow", "onnx", "onnxruntime", "onnxruntime-gpu", "great-expectations", "click")
-_MARK = {"passed": "✅", "failed": "❌", "error": "⚠️", "skipped": "⏭️"}
+_MARK = {Outcome.PASSED: "✅", Outcome.FAILED: "❌", Outcome.ERROR: "⚠️", Outcome.SKIPPED: "⏭️"}
 
 
 def package_versions() -> dict[str, str]:
@@ -77,8 +78,7 @@ def report_dict(result: GateResult, profile_note: str | None = None) -> dict[str
     )
 
 
-_VERDICT = {"passed": "PASSED", "blocked": "BLOCKED", "invalid": "INVALID INPUT", "unevaluated": "COULD NOT EVALUATE"}
-_VERDICT_MARK = {"passed": "✅", "blocked": "❌", "invalid": "⚠️", "unevaluated": "⚠️"}
+_VERDICT_MARK = {GateOutcome.PASSED: "✅", GateOutcome.BLOCKED: "❌", GateOutcome.INVALID: "⚠️", GateOutcome.UNEVALUATED: "⚠️"}
 # Captions of the plots by file name (gate/plots.py writes them; importing it would load matplotlib).
 PLOT_CAPTIONS = {
     "ndcg_difference.png": "NDCG@k difference (candidate − baseline) per query",
@@ -92,11 +92,11 @@ def verdict_sentence(report: dict[str, Any]) -> str:
         return ", ".join(c["name"] for c in report["checks"] if c["outcome"] in outcomes)
 
     outcome = report["outcome"]
-    if outcome == "passed":
+    if outcome == GateOutcome.PASSED:
         return "Every check passed (or was skipped by the policy): the candidate may be promoted."
-    if outcome == "blocked":
+    if outcome == GateOutcome.BLOCKED:
         return f"Blocked by {names('failed')}: the candidate must not be promoted."
-    if outcome == "unevaluated":
+    if outcome == GateOutcome.UNEVALUATED:
         return (
             f"Could not evaluate {names('error')}: this is no verdict on the model. Fix the cause below "
             "(scoring or statistics failed) and rerun; nothing may be promoted meanwhile."
@@ -117,7 +117,7 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = (), *, link_plots: b
     cand, base, data = report["candidate"], report["baseline"], report["data"]
     outcome = report["outcome"]
     lines = [
-        f"## {_VERDICT_MARK.get(outcome, '')} fusionguard gate: **{_VERDICT.get(outcome, outcome)}** (exit {report['exit_code']})",
+        f"## {_VERDICT_MARK.get(outcome, '')} fusionguard gate: **{VERDICT_TITLE.get(outcome, outcome)}** (exit {report['exit_code']})",
         "",
         verdict_sentence(report),
         "",
@@ -126,7 +126,7 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = (), *, link_plots: b
     ]
     for c in report["checks"]:
         lines.append(f"| {c['name']} | {_MARK.get(c['outcome'], '')} {c['outcome']} | {_cell(c['summary'])} |")
-    details = [c for c in report["checks"] if c["reasons"] and c["outcome"] != "passed"]
+    details = [c for c in report["checks"] if c["reasons"] and c["outcome"] != Outcome.PASSED]
     if details:
         lines += ["", "### Why"]
         for c in details:
@@ -181,9 +181,9 @@ def junit(report: dict[str, Any], timings: dict[str, float] | None = None) -> st
         "testsuite",
         name="fusionguard.gate",
         tests=str(len(cs)),
-        failures=str(sum(c["outcome"] == "failed" for c in cs)),
-        errors=str(sum(c["outcome"] == "error" for c in cs)),
-        skipped=str(sum(c["outcome"] == "skipped" for c in cs)),
+        failures=str(sum(c["outcome"] == Outcome.FAILED for c in cs)),
+        errors=str(sum(c["outcome"] == Outcome.ERROR for c in cs)),
+        skipped=str(sum(c["outcome"] == Outcome.SKIPPED for c in cs)),
         time=f"{timings.get('total_checks', 0.0):.4f}",
         timestamp=str(report.get("created_at", "")),
     )
@@ -196,11 +196,11 @@ def junit(report: dict[str, Any], timings: dict[str, float] | None = None) -> st
         case = ET.SubElement(suite, "testcase", classname="fusionguard.gate", name=c["name"],
                              time=f"{timings.get('check.' + c['name'], 0.0):.4f}")
         text = "\n".join(c["reasons"]) or c["summary"]
-        if c["outcome"] == "failed":
+        if c["outcome"] == Outcome.FAILED:
             ET.SubElement(case, "failure", message=c["summary"]).text = text
-        elif c["outcome"] == "error":
+        elif c["outcome"] == Outcome.ERROR:
             ET.SubElement(case, "error", message=c["summary"]).text = text
-        elif c["outcome"] == "skipped":
+        elif c["outcome"] == Outcome.SKIPPED:
             ET.SubElement(case, "skipped", message=c["summary"])
         ET.SubElement(case, "system-out").text = json.dumps(c["numbers"], sort_keys=True)
     root = ET.Element("testsuites")

@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fusionguard import metrics
-from fusionguard.dataset import dataset_sha256, validate_dataset
+from fusionguard.dataset import dataset_sha256
 from fusionguard.errors import (
-    EXIT_BLOCKED,
     EXIT_INVALID,
     EXIT_PASSED,
     EXIT_UNEVALUABLE,
@@ -30,72 +26,16 @@ from fusionguard.errors import (
 from fusionguard.registry import MODEL_FILE, file_sha256, model_manifest
 from fusionguard.scorer import Scorer
 from fusionguard.streaming import UnsortedDataError, check_grouped
+from fusionguard.validation import validate_dataset
 
 from gate import checks
-from gate.checks import CheckResult, errored, skipped
-from gate.measures import ModelMeasures
+from gate.checks import CheckResult, GateOutcome, errored, skipped
 from gate.engine import EngineConfig, require_engine
+from gate.result import OUTCOME_BY_EXIT, GateResult, ModelInfo, exit_code
 from gate.streaming import StreamedData, read_ids, stream_baseline, stream_measures
 from gate.policy import Policy, load_policy
 
 logger = logging.getLogger(__name__)
-
-OUTCOME_BY_EXIT = {EXIT_PASSED: "passed", EXIT_BLOCKED: "blocked", EXIT_INVALID: "invalid", EXIT_UNEVALUABLE: "unevaluated"}
-
-
-@dataclass
-class ModelInfo:
-    """What the report says about one model file."""
-
-    path: str
-    sha256: str | None
-    variant: str | None = None
-    provider: str | None = None
-    contract: dict[str, Any] | None = None
-    files: dict[str, str] | None = None  # sha256 of model.onnx and each external-data file (promote checks it)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path, "sha256": self.sha256, "files": self.files, "variant": self.variant,
-            "provider": self.provider, "contract": self.contract,
-        }
-
-
-@dataclass
-class GateResult:
-    """The verdict of one gate run."""
-
-    exit_code: int
-    outcome: str  # passed | blocked | invalid | unevaluated
-    checks: list[CheckResult]
-    candidate: ModelInfo
-    baseline: ModelInfo | None
-    data: dict[str, Any]
-    policy: Policy
-    report_dir: Path | None
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage; "check.NAME": a check's own time
-    measures: ModelMeasures | None = None  # kept for plots and the profile, not serialised
-    baseline_ndcg: np.ndarray | None = None
-    groups: metrics.QueryGroups | None = None
-    feeds: dict[str, np.ndarray] | None = None
-    features: dict[str, np.ndarray] | None = None  # input -> (N,) per-row L2 norms, for the profile
-
-    @property
-    def message(self) -> str:
-        """One line per check that did not pass."""
-        lines = [f"{c.name}: {r}" for c in self.checks if c.outcome in ("failed", "error") for r in c.reasons]
-        return "\n".join(lines)
-
-
-def _exit_code(results: list[CheckResult]) -> int:
-    """Invalid input (2) first, then a failed check (1: the candidate is blocked for sure), then
-    an unevaluable check (3), else 0. Skipped checks do not block: skipping is a policy decision."""
-    codes = {c.exit_code for c in results}
-    for code in (EXIT_INVALID, EXIT_BLOCKED, EXIT_UNEVALUABLE):
-        if code in codes:
-            return code
-    return EXIT_PASSED
-
 
 def _model_info(path: Path) -> ModelInfo:
     sha = file_sha256(path) if path.is_file() else None
@@ -145,7 +85,7 @@ def run_gate(
             (gate/engine.py). Either way the eval set is streamed in whole-query batches
             (gate/streaming.py), so memory does not grow with its feature columns.
     Returns:
-        GateResult; `exit_code` follows DESIGN.md (0 passed, 1 blocked, 2 invalid input, 3 not evaluable).
+        GateResult; `exit_code` follows fusionguard/errors.py (0 passed, 1 blocked, 2 invalid input, 3 not evaluable).
     Raises:
         ConfigError / InvalidInputError: the policy is invalid, or no baseline was given while the
             policy requires one (nothing is written then).
@@ -170,7 +110,7 @@ def run_gate(
     base_info = _model_info(Path(baseline)) if baseline is not None else None
     data_info: dict[str, Any] = {"path": str(data.resolve()) if data.exists() else str(data)}
     results: dict[str, CheckResult] = {}
-    result = GateResult(EXIT_PASSED, "passed", [], cand_info, base_info, data_info, policy, None, timings)
+    result = GateResult(EXIT_PASSED, GateOutcome.PASSED, [], cand_info, base_info, data_info, policy, None, timings)
 
     # ----- load models (reported under "contract") and validate the data ---------------------
     load_problems: list[tuple[str, int]] = []
@@ -212,7 +152,7 @@ def run_gate(
         _run_measured_checks(results, cand_scorer, base_scorer, data, streamed, policy, result, progress, engine)  # type: ignore[arg-type]
 
     result.checks = [results[name] for name in checks.CHECK_NAMES]
-    result.exit_code = _exit_code(result.checks)
+    result.exit_code = exit_code(result.checks)
     result.outcome = OUTCOME_BY_EXIT[result.exit_code]
     timings["total_checks"] = time.perf_counter() - started
     if out is not None:

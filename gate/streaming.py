@@ -28,7 +28,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,22 +36,16 @@ import numpy as np
 from fusionguard import metrics
 from fusionguard.dataset import Batch, iter_batches
 from fusionguard.errors import EvaluationError, InvalidInputError
-from fusionguard.profile import feature_summaries
 from fusionguard.scorer import Mask, Scorer
 from fusionguard.source import ParquetSource
 from fusionguard.streaming import query_batches, whole_query_batches
 
 from fusionguard.engine import EngineConfig
-from gate.measures import AttentionSummary, ModelMeasures, PassPlan, per_query_mean, plan_passes
+from gate.measures import AttentionSummary, ModelMeasures, PassPlan, plan_passes
+from gate.partials import BatchPartial, chunk_rows, reduce_batch  # re-exported: the per-batch step
 from gate.policy import Policy
 
 logger = logging.getLogger(__name__)
-
-# Rows per session.run: the policy's batch_rows decides how batches are cut (and so the permute
-# masks' shuffles); this bounds the stacked masked copies and ONNX Runtime's activations within a
-# batch. Measured on the demo's V2 export: peak RSS 1.77 GB with one 65,536-row session.run per
-# batch, 0.96 GB with 8,192-row batches (benchmarks/streaming.py measures the gate with it).
-RUN_ROWS = 8192
 
 __all__ = [
     "AttentionSummary",
@@ -73,66 +67,6 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
-
-
-@dataclass
-class BatchPartial:
-    """One whole-query batch reduced: small, picklable (Ray actors return it)."""
-
-    query_id: np.ndarray  # (q,) the batch's query ids, ascending (its QueryGroups order)
-    item_id: np.ndarray  # (n,) rows in file order
-    label: np.ndarray  # (n,)
-    row_query_id: np.ndarray  # (n,)
-    ndcg: np.ndarray  # (M, q) NDCG@k per mask
-    share_per_query: np.ndarray | None  # (q,) fusion models only
-    score: np.ndarray  # (n,) float32 unmasked score
-    phi_text: np.ndarray | None  # (n,) float64
-    phi_visual: np.ndarray | None
-    share: np.ndarray | None
-    mass_per_query: np.ndarray | None = None  # (q,)
-    entropy_per_query: np.ndarray | None = None
-    mass_rows: np.ndarray | None = None  # (n, H): folded into per-head sums, then dropped
-    entropy_rows: np.ndarray | None = None
-    features: dict[str, np.ndarray] = field(default_factory=dict)  # input -> (n,) L2 norms
-
-
-def reduce_batch(
-    scorer: Scorer, batch: Batch, masks: list[Mask], plan: PassPlan | None, policy: Policy, *,
-    features: bool = False, means: dict[str, np.ndarray] | None = None,
-) -> BatchPartial:
-    """Score one whole-query batch under `masks` and reduce it (see the module docstring).
-
-    `plan` None: a baseline (one unmasked pass, scores only). `means`: for "mean" masks."""
-    outs = scorer.run(batch.feeds, masks, groups=batch.query_id, means=means, max_rows=RUN_ROWS)
-    scores = {m: o.score for m, o in zip(masks, outs)}
-    feats = feature_summaries(batch.feeds) if features else {}
-    if plan is None:
-        return BatchPartial(np.zeros(0), batch.item_id, batch.label, batch.query_id, np.zeros((0, 0)), None,
-                            scores[masks[0]], None, None, None, features=feats)
-    groups = metrics.QueryGroups.from_arrays(batch.query_id, batch.item_id, batch.label)
-    ndcg = metrics.ndcg_at_k(groups, np.stack([scores[m] for m in masks]), k=policy.metric.k, gain=policy.metric.gain)
-    phi_t, phi_v, share = plan.shapley.values(scores)
-    part = BatchPartial(groups.query_ids, batch.item_id, batch.label, batch.query_id, ndcg,
-                        per_query_mean(groups, share), scores[plan.full], phi_t, phi_v, share, features=feats)
-    attention = outs[masks.index(plan.full)].attention
-    if attention is not None and "visual" in scorer.contract.attention_keys:
-        mass = metrics.attention_mass(attention, scorer.contract.attention_keys["visual"])
-        entropy = metrics.attention_entropy(attention)
-        part.mass_rows, part.entropy_rows = mass, entropy
-        part.mass_per_query = per_query_mean(groups, mass.mean(axis=1))
-        part.entropy_per_query = per_query_mean(groups, entropy.mean(axis=1))
-    return part
-
-
-def chunk_rows(policy: Policy, masks: list[Mask]) -> int:
-    """Dataset rows per batch: `Scorer.score_dataset`'s batch_rows // masks, which fixes the
-    permute masks' shuffles. A single unmasked pass (a baseline) draws nothing, so its batches
-    are capped at RUN_ROWS rows: its scores do not depend on the batch wherever the model scores
-    rows independently, which the equality tests check."""
-    rows = max(1, policy.scoring.batch_rows // max(len(masks), 1))
-    if len(masks) == 1 and masks[0].is_unmasked:
-        rows = min(rows, RUN_ROWS)
-    return rows
 
 
 def _ordered(fn: Callable[[Batch], BatchPartial], batches: Iterable[Batch], workers: int) -> Iterator[BatchPartial]:

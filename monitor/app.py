@@ -91,7 +91,7 @@ def record_scored(m: MonitorMetrics, name: str, scored: Scored) -> None:
     """The request-path metrics of one successfully scored request (server and replay alike)."""
     hot = m.hot(name)
     hot.inference_duration.observe(scored.seconds)
-    hot.batch_size.observe(scored.outputs[0].score.shape[0])
+    hot.batch_size.observe(scored.full.score.shape[0])
     if scored.telemetry:
         hot.telemetry_requests.inc()
     hot.ok.inc()

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from fusionguard.cli import LazyGroup, envvar, progress_option
+from fusionguard.devices import DEVICES
 from fusionguard.engine import EngineConfig, engine_options
 from monitor.app import AppConfig
 from monitor.batching import BatchingConfig
@@ -23,7 +24,7 @@ def _model_options(fn):  # noqa: ANN001, ANN201 - click decorator stack
         click.option("--name", default="ranker", show_default=True, help="Model name in the OIP URLs and metric labels."),
         click.option("--shadow", type=_path, default=None, help="V1 model scoring the same candidates (windowed Spearman)."),
         click.option("--profile", type=_path, default=None, help="Reference profile.json for drift (default: the registry version's)."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, **envvar("device")),
+        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, **envvar("device")),
         click.option("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ONNX Runtime decides)."),
     ]
     for option in reversed(options):

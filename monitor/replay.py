@@ -1,6 +1,6 @@
 """Replay logged traffic offline through the serving code path and export the same metrics.
 
-The traffic file is a Parquet dataset in the project's schema (DESIGN.md, "Dataset"): one row per
+The traffic file is a Parquet dataset in the project's schema (docs/interfaces.md, "dataset.py"): one row per
 (query, candidate), one column per model input. Each query's rows form one request, scored by the
 same `ModelService.score` the server calls, recorded by the same `record_scored`, with telemetry
 processed synchronously by the same `TelemetryWorker.process`. The metrics go to a Prometheus
@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from prometheus_client import CollectorRegistry, push_to_gateway, write_to_textfile
 
+from fusionguard.batches import query_runs
 from fusionguard.dataset import Batch, iter_batches
 from fusionguard.engine import EngineConfig, require_engine
 from fusionguard.errors import InvalidInputError
@@ -62,38 +62,10 @@ class ReplayResult:
         )
 
 
-def _slice(b: Batch, start: int, stop: int) -> Batch:
-    return Batch(b.query_id[start:stop], b.item_id[start:stop], b.label[start:stop], {k: v[start:stop] for k, v in b.feeds.items()})
-
-
-def _concat(a: Batch, b: Batch) -> Batch:
-    return Batch(
-        np.concatenate([a.query_id, b.query_id]),
-        np.concatenate([a.item_id, b.item_id]),
-        np.concatenate([a.label, b.label]),
-        {k: np.concatenate([a.feeds[k], b.feeds[k]]) for k in a.feeds},
-    )
-
-
 def iter_requests(batches: Iterator[Batch]) -> Iterator[Batch]:
     """Cut a stream of batches into requests: runs of consecutive rows with the same query id
-    (a run that straddles two batches is joined)."""
-    carry: Batch | None = None
-    for batch in batches:
-        if carry is not None:
-            batch = _concat(carry, batch)
-            carry = None
-        qid = batch.query_id
-        n = len(qid)
-        if n == 0:
-            continue
-        starts = np.flatnonzero(np.concatenate(([True], qid[1:] != qid[:-1])))
-        bounds = list(starts) + [n]
-        for a, b in zip(bounds[:-2], bounds[1:-1]):
-            yield _slice(batch, a, b)
-        carry = _slice(batch, bounds[-2], n)
-    if carry is not None:
-        yield carry
+    (a run that straddles two batches is joined); `fusionguard.batches.query_runs`."""
+    return query_runs(batches)
 
 
 def _scored(service: ModelService, requests: Iterator[Batch], engine: EngineConfig

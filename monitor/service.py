@@ -90,11 +90,16 @@ class Scored:
 
     state: ModelState  # the version that scored it
     feeds: dict[str, np.ndarray]
-    outputs: list[Outputs]  # one per mask of `masks`; [0] is the real pass
+    outputs: list[Outputs]  # one per mask of `masks`, in that order (`full` is the real pass)
     telemetry: bool  # outputs holds the four Shapley passes of `passes`
     seconds: float  # wall time of the ONNX Runtime call
     masks: tuple[Mask, ...] = FULL_ONLY  # the pass of each output
     passes: ShapleyPasses | None = None  # the Shapley pass set, when telemetry
+
+    @property
+    def full(self) -> Outputs:
+        """The real (unmasked) pass's outputs, the ones the response carries."""
+        return self.outputs[self.masks.index(Mask())]
 
     def by_mask(self) -> dict[Mask, np.ndarray]:
         """Scores keyed by the pass (mask) that produced them."""
@@ -102,9 +107,10 @@ class Scored:
 
     def response_outputs(self) -> dict[str, np.ndarray]:
         c = self.state.scorer.contract
-        out = {c.score_output: self.outputs[0].score}
-        if c.attention_output is not None and self.outputs[0].attention is not None:
-            out[c.attention_output] = self.outputs[0].attention
+        full = self.full
+        out = {c.score_output: full.score}
+        if c.attention_output is not None and full.attention is not None:
+            out[c.attention_output] = full.attention
         return out
 
 

@@ -60,7 +60,7 @@ def request_values(scored: Scored) -> dict[str, float]:
     per_row: dict[str, np.ndarray] = dict(feature_summaries(scored.feeds))
     if scored.telemetry and scored.passes is not None:
         per_row["visual_share"] = scored.passes.values(scored.by_mask())[2]
-    full, keys = scored.outputs[0], scored.state.scorer.contract.attention_keys
+    full, keys = scored.full, scored.state.scorer.contract.attention_keys
     if full.attention is not None and "visual" in keys:
         per_row["attention_mass"] = attention_mass(full.attention, keys["visual"])  # (N, H)
     return {name: float(v[0]) for name, v in request_means(per_row).items()}
@@ -151,7 +151,7 @@ class TelemetryWorker:
     def _process(self, scored: Scored) -> RequestTelemetry:
         state = scored.state
         m, labels = self.metrics, (self.name, state.version)
-        full = scored.outputs[0]
+        full = scored.full
         per_request = request_values(scored)  # the request's one value per feature (drift unit)
 
         share = float(per_request.get("visual_share", np.nan))

@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from training.experiment import load_grid, data_config
+from recipes.experiment import load_grid, data_config
 from training.flickr import import_flickr
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,26 +1,27 @@
 """Training: the synthetic benchmark, the rankers, the losses and mitigations, and the trainer.
 
 Needs the `train` extra (torch). Nothing in fusionguard/, gate/ or monitor/ imports this package.
+
+The public names load on first use (PEP 562 module `__getattr__`), so that reading the
+package's command specs (`training.commands`, for `fusionguard --help`) imports no torch.
 """
 
-from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from training.config import VARIANTS, TrainConfig, load_config
-from training.models import InputDims, build_model
-from training.synth import SynthConfig, generate, write_benchmark
-from training.trainer import TrainResult, train
+from fusionguard.lazy import lazy_exports
 
-__all__ = [
-    "VARIANTS",
-    "Checkpoint",
-    "InputDims",
-    "SynthConfig",
-    "TrainConfig",
-    "TrainResult",
-    "build_model",
-    "generate",
-    "load_checkpoint",
-    "load_config",
-    "save_checkpoint",
-    "train",
-    "write_benchmark",
-]
+_EXPORTS = {
+    "Checkpoint": "training.checkpoint",
+    "InputDims": "training.models",
+    "SynthConfig": "training.synth",
+    "TrainConfig": "training.config",
+    "TrainResult": "training.trainer",
+    "VARIANTS": "training.config",
+    "build_model": "training.models",
+    "generate": "training.synth",
+    "load_checkpoint": "training.checkpoint",
+    "load_config": "training.config",
+    "save_checkpoint": "training.checkpoint",
+    "train": "training.trainer",
+    "write_benchmark": "training.synth",
+}
+
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

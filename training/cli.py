@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 
 from fusionguard.cli import envvar, progress_option
+from fusionguard.devices import DEVICES
 from fusionguard.errors import ConfigError
-from training.config import DEVICES, load_config, read_toml
+from training.config import load_config, read_toml
 from training.variants import VARIANTS
 
 

@@ -1,7 +1,8 @@
 """Training configuration: one typed, frozen dataclass tree loaded from TOML and validated whole.
 
 Every hyperparameter of a training run lives here. `load_config` collects every problem in the
-file (unknown keys, wrong types, out-of-range values, unknown variant) and raises one
+file (unknown keys with a did-you-mean and wrong types through the core's loader,
+`fusionguard.config.build`; out-of-range values and an unknown variant here) and raises one
 `ConfigError` listing them all; the trainer adds the data-dependent problems (missing data dir,
 data without a visual column) to the same list before any work starts.
 """
@@ -10,17 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fusionguard.config import build, read_toml  # read_toml re-exported: the CLI and recipes read configs with it
+from fusionguard.devices import DEVICES
 from fusionguard.errors import ConfigError
+from fusionguard.masking import REFERENCE_FREE_STRATEGIES
 from training.variants import VARIANTS
 
-DEVICES = ("auto", "cpu", "cuda")
-MASKS = ("zero", "permute")
+MASKS = REFERENCE_FREE_STRATEGIES  # a split is masked on its own: no reference means
 OPTIMIZERS = ("adamw", "sgd")
 WARM_START_INITS = ("fresh", "zero-values")
 
@@ -102,63 +104,14 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> TrainConfig:
         """Build and validate a config from parsed TOML/JSON; raises ConfigError listing every problem."""
-        config, problems = _build(data)
-        problems += config_problems(config) if config is not None else []
-        if problems or config is None:
+        problems: list[str] = []
+        config = build(cls, data, problems)  # types, unknown keys (did-you-mean); the ranges below
+        problems += config_problems(config)
+        if problems:
             raise ConfigError(source, problems)
         return config
 
 
-_SECTIONS: dict[str, type] = {
-    "model": ModelConfig,
-    "optim": OptimConfig,
-    "mitigation": MitigationConfig,
-    "diagnostics": DiagnosticsConfig,
-}
-
-
-def _typed(value: Any, expected: type, where: str, problems: list[str]) -> Any:
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
-        problems.append(f"{where} = {value!r} must be a {expected.__name__}")
-        return None
-    return value
-
-
-def _section(cls: type, data: Any, prefix: str, problems: list[str]) -> Any:
-    if not isinstance(data, Mapping):
-        problems.append(f"[{prefix}] must be a table")
-        return cls()
-    known = {f.name: f for f in fields(cls)}
-    for key in sorted(set(data) - set(known)):
-        problems.append(f"unknown key '{prefix}.{key}'; known keys: {sorted(known)}")
-    values = {}
-    for name, f in known.items():
-        if name in data:
-            expected = {"int": int, "float": float, "str": str}[f.type] if isinstance(f.type, str) else f.type
-            value = _typed(data[name], expected, f"{prefix}.{name}", problems)
-            if value is not None:
-                values[name] = value
-    return cls(**values)
-
-
-def _build(data: Mapping[str, Any]) -> tuple[TrainConfig | None, list[str]]:
-    problems: list[str] = []
-    if not isinstance(data, Mapping):
-        return None, ["the config must be a TOML table"]
-    top = {"variant": str, "seed": int, "device": str, "warm_start_from": str, "warm_start_init": str}
-    for key in sorted(set(data) - set(top) - set(_SECTIONS)):
-        problems.append(f"unknown key '{key}'; known keys: {sorted(set(top) | set(_SECTIONS))}")
-    values: dict[str, Any] = {}
-    for key, expected in top.items():
-        if key in data:
-            value = _typed(data[key], expected, key, problems)
-            if value is not None:
-                values[key] = value
-    for key, cls in _SECTIONS.items():
-        values[key] = _section(cls, data.get(key, {}), key, problems)
-    return TrainConfig(**values), problems
 
 
 def config_problems(config: TrainConfig) -> list[str]:
@@ -210,17 +163,6 @@ def config_problems(config: TrainConfig) -> list[str]:
     if d.ndcg_k < 1:
         p.append(f"diagnostics.ndcg_k = {d.ndcg_k} must be >= 1")
     return p
-
-
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """Parse a TOML file; an unreadable or malformed file is a ConfigError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(str(path), [f"config file {path} does not exist; check the path"])
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(str(path), [f"not valid TOML: {err}"]) from None
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:

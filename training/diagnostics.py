@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fusionguard.masking import GroupOrder, Mask, ablation_masks, modality_permutations
 from fusionguard.metrics import ablation_drop, attention_entropy, attention_mass, ndcg_at_k
 from training.data import Split
 from training.models import Ranker
@@ -27,20 +28,32 @@ class SplitScores:
     attention: np.ndarray | None  # (N, H, K) unmasked pass; None for a model without attention
 
 
-def _permute_within_queries(x: torch.Tensor, split: Split, seed: int) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    group = split.group.cpu().numpy()
-    perm = np.lexsort((rng.random(group.shape[0]), group))  # rows sorted by query, shuffled inside
-    return x[torch.from_numpy(perm).to(x.device)]  # split rows are already sorted by query
-
-
-def _mask(x: torch.Tensor, strategy: str, split: Split, seed: int) -> torch.Tensor:
-    return torch.zeros_like(x) if strategy == "zero" else _permute_within_queries(x, split, seed)
+def masked_inputs(model: Ranker, split: Split, mask: Mask) -> dict[str, torch.Tensor | None]:
+    """The split's inputs with `mask` applied, by the core's one definition of masking
+    (`fusionguard.masking`): every input of a masked modality (the model's `modalities`, the same
+    map the exported contract carries) is zeroed, or permuted within each query, all inputs of a
+    modality with the same permutation, drawn exactly as the scorer draws it for these rows."""
+    inputs: dict[str, torch.Tensor | None] = {
+        "query": split.query, "text_tokens": split.text_tokens,
+        "visual_tokens": split.visual_tokens if model.has_visual else None,
+    }
+    order = GroupOrder(split.group.cpu().numpy()) if mask.strategy == "permute" else None
+    for modality, perm in modality_permutations(mask, split.n_rows, order).items():
+        for name in model.modalities[modality]:
+            x = inputs[name]
+            if x is None:
+                continue
+            inputs[name] = torch.zeros_like(x) if perm is None else x[torch.from_numpy(perm).to(x.device)]
+    return inputs
 
 
 @torch.no_grad()
 def score_split(model: Ranker, split: Split, mask: str = "zero", seed: int = 0, chunk_rows: int = 8192) -> SplitScores:
-    """Run the model on a split three times (unmasked, visual masked, text masked) in eval mode."""
+    """Run the model on a split three times (unmasked, visual masked, text masked) in eval mode.
+
+    `mask` is the strategy ("zero" or "permute") and `seed` the permutation seed of both
+    ablations, as in the gate's first ablation pass (`gate.measures.plan_passes`).
+    """
     was_training = model.training
     model.eval()
 
@@ -54,10 +67,14 @@ def score_split(model: Ranker, split: Split, mask: str = "zero", seed: int = 0, 
                 atts.append(a.float().cpu())
         return torch.cat(scores).numpy(), (torch.cat(atts).numpy() if atts else None)
 
-    q, t, v = split.query, split.text_tokens, split.visual_tokens if model.has_visual else None
-    full, att = run(q, t, v)
-    visual_masked = run(q, t, _mask(v, mask, split, seed))[0] if v is not None else None
-    text_masked = run(_mask(q, mask, split, seed + 1), _mask(t, mask, split, seed + 2), v)[0]
+    def scores(m: Mask):
+        x = masked_inputs(model, split, m)
+        return run(x["query"], x["text_tokens"], x["visual_tokens"])
+
+    full, att = scores(Mask())
+    # One ablation mask per modality with the gate's definition (fusionguard.masking.ablation_masks).
+    visual_masked = scores(ablation_masks("visual", mask, seed)[0])[0] if model.has_visual else None
+    text_masked = scores(ablation_masks("text", mask, seed)[0])[0]
     model.train(was_training)
     return SplitScores(full, visual_masked, text_masked, att)
 

@@ -15,22 +15,19 @@ exports it as it is.
 
 It is an ordinary training variant: `training.models.build_model("late-fusion", ...)` builds it,
 `training.trainer.train` trains it with the plain listwise loss (same recipe as the baseline),
-and `training.checkpoint.load_checkpoint` reloads it. `train_late_fusion` is kept for callers
-that want the trained model and its export meta in one call.
+and `training.checkpoint.load_checkpoint` reloads it. `training.trainer.train_late_fusion` is
+kept for callers that want the trained model and its export meta in one call.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
 from torch import Tensor, nn
 
 from fusionguard.contract import TensorSpec
 from fusionguard.errors import InvalidInputError
-from training.config import ModelConfig, TrainConfig
-from training.models import InputDims, Ranker, TrainOutputs
+from training.config import ModelConfig
+from training.ranker import InputDims, Ranker, TrainOutputs
 
 VARIANT = "late-fusion"
 
@@ -88,19 +85,3 @@ class LateFusionRanker(Ranker):
 
     def forward(self, query: Tensor, text_tokens: Tensor, visual_tokens: Tensor | None = None):
         return self.train_outputs(query, text_tokens, visual_tokens, aux=False).score, None
-
-
-def train_late_fusion(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: bool = True) -> tuple[LateFusionRanker, dict[str, Any]]:
-    """Train the late-fusion variant with `config`'s recipe (its `variant` is replaced by
-    `late-fusion`) through `training.trainer.train`.
-
-    Returns the best model (CPU, eval mode) and its checkpoint meta (variant, config_sha256,
-    data_sha256, data_dir, seed, epoch, val_ndcg), which is what `export_model` needs. OUT holds
-    the usual checkpoint, train_log.jsonl and result.json.
-    """
-    from training.checkpoint import load_checkpoint
-    from training.trainer import train
-
-    train(replace(config, variant=VARIANT), data_dir, out, progress=progress, resume=False)
-    checkpoint = load_checkpoint(out)
-    return checkpoint.model, checkpoint.meta  # type: ignore[return-value]

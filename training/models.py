@@ -23,31 +23,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from fusionguard.contract import TensorSpec
 from fusionguard.errors import InvalidInputError
 from training.config import ModelConfig
+from training.ranker import InputDims, Ranker, TrainOutputs  # the seam every model implements; re-exported
 from training.variants import VARIANTS
 from training.variants import spec as variant_spec
-
-
-@dataclass(frozen=True)
-class InputDims:
-    """Per-row input shapes, read from the dataset."""
-
-    d: int  # embedding width D of query and tokens
-    lt: int  # text tokens per candidate
-    lv: int  # visual tokens per candidate
-
-
-@dataclass
-class TrainOutputs:
-    """What the losses need beyond `forward`'s outputs (training only)."""
-
-    score: Tensor  # (N,)
-    attention: Tensor | None  # (N, H, K); None for a model without attention (late fusion)
-    fused: Tensor  # (N, F) representation the score head reads
-    text_score: Tensor | None  # (N,) unimodal auxiliary head on the text-only representation
-    visual_score: Tensor | None  # (N,) unimodal auxiliary head on the visual-only representation
 
 
 def _mlp(d_in: int, d_hidden: int) -> nn.Sequential:
@@ -66,54 +46,6 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> 
     attn = torch.softmax(logits, dim=-1)
     out = (attn.unsqueeze(2) @ v.permute(0, 2, 1, 3)).squeeze(2)  # (N, H, dh)
     return out, attn
-
-
-class Ranker(nn.Module):
-    """Shared contract plumbing. Subclasses set `variant` and `has_visual` and define
-    `train_outputs(query, text_tokens, visual_tokens, aux) -> TrainOutputs` and
-    `modality_parameters() -> {modality: [parameters that read only that modality's tokens]}`."""
-
-    variant: str = "ranker"
-    has_visual: bool = True
-
-    def __init__(self, dims: InputDims, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.dims = dims
-        self.cfg = cfg
-
-    @property
-    def n_heads(self) -> int:
-        return self.cfg.n_heads
-
-    @property
-    def modalities(self) -> dict[str, tuple[str, ...]]:
-        mods = {"text": ("query", "text_tokens")}
-        if self.has_visual:
-            mods["visual"] = ("visual_tokens",)
-        return mods
-
-    @property
-    def attention_keys(self) -> dict[str, tuple[int, int]]:
-        keys = {"text": (0, self.dims.lt)}
-        if self.has_visual:
-            keys["visual"] = (self.dims.lt, self.dims.lt + self.dims.lv)
-        return keys
-
-    def input_specs(self) -> tuple[TensorSpec, ...]:
-        d = self.dims
-        specs = [TensorSpec("query", "float32", (d.d,)), TensorSpec("text_tokens", "float32", (d.lt, d.d))]
-        if self.has_visual:
-            specs.append(TensorSpec("visual_tokens", "float32", (d.lv, d.d)))
-        return tuple(specs)
-
-    def _check_visual(self, visual_tokens: Tensor | None) -> Tensor:
-        if visual_tokens is None:
-            raise InvalidInputError(f"the {self.variant} model needs visual_tokens; pass a (N, {self.dims.lv}, {self.dims.d}) tensor")
-        return visual_tokens
-
-    def forward(self, query: Tensor, text_tokens: Tensor, visual_tokens: Tensor | None = None):
-        out = self.train_outputs(query, text_tokens, visual_tokens, aux=False)
-        return out.score, out.attention
 
 
 @dataclass
@@ -354,8 +286,7 @@ def build_model(variant: str, dims: InputDims, cfg: ModelConfig) -> Ranker:
     elif arch == "cross-attention":
         model = CrossAttentionRanker(dims, cfg, has_visual=True, adversary=entry.name == "adversarial")
     elif arch == "late-fusion":
-        # imported here, not at the top: training.late_fusion imports this module
-        from training.late_fusion import LateFusionRanker
+        from training.late_fusion import LateFusionRanker  # on use: the other variants never need it
 
         model = LateFusionRanker(dims, cfg)
     else:

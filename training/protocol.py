@@ -228,13 +228,13 @@ def summarize(records: list[dict[str, Any]], protocol: Protocol, long: bool = Fa
         for metric, column in (("ndcg", "per_query_ndcg"), ("visual_drop", "per_query_visual_drop")):
             matrix = _padded([runs[k][column] for k in keys])
             if n > 1:
-                iv = stats.hierarchical_bootstrap_ci(matrix, n_res, 0.95, 0)
+                iv = stats.hierarchical_bootstrap_ci(matrix, settings=stats.BootstrapSettings(n_resamples=n_res))
                 row[f"{metric}_low"], row[f"{metric}_high"] = iv.low, iv.high
             shared = [k for k in keys if k in ref]
             if variant != protocol.reference and len(shared) > 1:
                 diff = _padded([np.asarray(runs[k][column], float) - np.asarray(ref[k][column], float) for k in shared])
                 seed_diff = np.array([runs[k][metric] - ref[k][metric] for k in shared])
-                iv = stats.hierarchical_bootstrap_ci(diff, n_res, 0.95, 0)
+                iv = stats.hierarchical_bootstrap_ci(diff, settings=stats.BootstrapSettings(n_resamples=n_res))
                 row[f"delta_{metric}"], row[f"delta_{metric}_low"], row[f"delta_{metric}_high"] = iv.estimate, iv.low, iv.high
                 row[f"delta_{metric}_seed_sd"] = float(np.std(seed_diff, ddof=1))
                 row[f"p_{metric}"] = stats.seed_level_test(seed_diff, n_res, 0)

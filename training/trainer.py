@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from training.checkpoint import load_checkpoint, load_resume_state, save_checkpo
 from training.config import TrainConfig, config_problems
 from training.data import Split, data_problems, load_split, read_dims
 from training.diagnostics import head_attention, modality_grad_norms, score_split, summarize
+from training.late_fusion import VARIANT as LATE_FUSION
 from training.models import Ranker, build_model
 
 logger = logging.getLogger(__name__)
@@ -216,3 +217,16 @@ def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: 
     payload["out"] = str(out)
     (out / RESULT_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")
     return result
+
+
+def train_late_fusion(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: bool = True) -> tuple[Ranker, dict[str, Any]]:
+    """Train the late-fusion variant with `config`'s recipe (its `variant` is replaced by
+    `late-fusion`) through `training.trainer.train`.
+
+    Returns the best model (CPU, eval mode) and its checkpoint meta (variant, config_sha256,
+    data_sha256, data_dir, seed, epoch, val_ndcg), which is what `export_model` needs. OUT holds
+    the usual checkpoint, train_log.jsonl and result.json.
+    """
+    train(replace(config, variant=LATE_FUSION), data_dir, out, progress=progress, resume=False)
+    checkpoint = load_checkpoint(out)
+    return checkpoint.model, checkpoint.meta  # type: ignore[return-value]

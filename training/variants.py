@@ -2,7 +2,7 @@
 
 Every place that lists or checks a variant name reads `VARIANTS`, `ALIASES` and `canonical` from
 this module: `training.config` (validation), `training.cli` (`--variant`, a click.Choice works
-with `choices()`), `training.experiment` (grid rows), `training.models` (architecture) and
+with `choices()`), `recipes.experiment` (grid rows), `training.models` (architecture) and
 `training.trainer` (the variant's loss and gradient treatment). Adding a variant means adding one
 `Variant` here and its training step in the trainer.
 

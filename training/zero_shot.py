@@ -98,7 +98,7 @@ def random_expectation(query_id, label, k: int = 10) -> dict[str, float]:
 def paired(a: np.ndarray, b: np.ndarray, n_resamples: int = 10_000, seed: int = 0) -> dict[str, float]:
     """mean(a - b) over queries, its 95% paired bootstrap CI and the two-sided sign-flip p-value."""
     diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    ci = stats.paired_bootstrap_ci(a, b, n_resamples=n_resamples, seed=seed)
+    ci = stats.paired_bootstrap_ci(a, b, settings=stats.BootstrapSettings(n_resamples=n_resamples, seed=seed))
     return {"mean_diff": float(np.nanmean(diff)), "ci_low": float(ci.low), "ci_high": float(ci.high),
             "p_value": float(stats.randomization_test(diff, n_resamples=n_resamples, seed=seed)),
             "n_resamples": n_resamples}

@@ -10,23 +10,50 @@ import pytest
 from click.testing import CliRunner
 
 from fusionguard import __version__
-from fusionguard.cli import SUBCOMMANDS, LazyGroup, cli
+from fusionguard.cli import LazyGroup, cli
+from fusionguard.commands import COMMANDS_GROUP, Subcommand, subcommands
 from fusionguard.errors import CheckFailedError, DataValidationError, EvaluationError
 
 
 def test_help_lists_every_subcommand():
+    registered = subcommands(COMMANDS_GROUP)
+    assert set(registered) == {"data", "train", "export", "gate", "promote", "registry", "eval", "monitor", "experiment"}
     result = CliRunner().invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for name, (_, short_help) in SUBCOMMANDS.items():
+    for name, spec in registered.items():
         line = next((ln for ln in result.stdout.splitlines() if ln.strip().startswith(name + " ")), None)
         assert line is not None, f"{name} missing from --help"
-        assert short_help.split()[0] in line
+        assert spec.help.split()[0] in line
     assert "Exit codes" in result.stdout and "Example:" in result.stdout
 
 
 @pytest.mark.parametrize("flag", ["-h", "--help"])
 def test_short_and_long_help(flag):
     assert CliRunner().invoke(cli, [flag]).exit_code == 0
+
+
+def test_subcommands_come_from_entry_points_and_each_loads(monkeypatch):
+    """The core names no subsystem: every command arrives as a Subcommand spec through the
+    entry points, and its target is a click command."""
+    import importlib
+
+    for name, spec in subcommands(COMMANDS_GROUP).items():
+        assert isinstance(spec, Subcommand) and spec.help.endswith("."), name
+        module, attr = spec.target.split(":")
+        assert isinstance(getattr(importlib.import_module(module), attr), click.Command), name
+
+
+def test_an_entry_point_of_a_missing_package_is_listed_and_names_what_to_install(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import fusionguard.commands as commands_module
+
+    absent = EntryPoint("frob", "fusionguard_absent_package.commands:FROB", "fusionguard.test_commands")
+    monkeypatch.setattr(commands_module, "entry_points", lambda group: [absent] if group == "fusionguard.test_commands" else [])
+    root = LazyGroup(name="root", entry_points="fusionguard.test_commands")
+    assert "Not in this install" in CliRunner().invoke(root, ["--help"]).stdout
+    result = CliRunner().invoke(root, ["frob"])
+    assert result.exit_code == 2 and "'fusionguard_absent_package'" in result.stderr and "full checkout" in result.stderr
 
 
 def test_version():
@@ -147,7 +174,10 @@ try:
     main({argv!r})
 except SystemExit as exit:
     code = exit.code
-heavy = sorted(m for m in ("torch", "great_expectations", "onnxruntime", "training", "export") if m in sys.modules)
+# the packages' command specs (training.commands, ...) are read, never their code: no model,
+# trainer or exporter module, and none of the heavy libraries
+heavy = ("torch", "great_expectations", "onnxruntime", "training.models", "training.cli", "export.pipeline", "gate.cli", "monitor.app")
+heavy = sorted(m for m in heavy if m in sys.modules)
 print("EXIT", code, "HEAVY", ",".join(heavy) or "-")
 """
 

@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 
 import fusionguard.iobinding as iob
-import fusionguard.scorer as scorer_mod
+import fusionguard.session as session_mod
 from fusionguard import toymodels
 from fusionguard.scorer import CPU, CUDA, Mask, Scorer
 
@@ -156,8 +156,8 @@ def test_without_pinned_memory_inputs_are_copied_to_the_device_unpinned(fusion, 
 
 
 def test_a_cuda_scorer_scores_through_io_binding_like_the_cpu(monkeypatch, fusion, feeds):
-    monkeypatch.setattr(scorer_mod.ort, "get_available_providers", lambda: [CUDA, CPU])
-    monkeypatch.setattr(scorer_mod.ort, "InferenceSession", lambda model, sess_options=None, providers=None: FakeCudaSession(model))
+    monkeypatch.setattr(session_mod.ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(session_mod.ort, "InferenceSession", lambda model, sess_options=None, providers=None: FakeCudaSession(model))
     monkeypatch.setattr(iob, "ort", FakeOrt())
     cuda = Scorer(fusion, device="cuda")
     monkeypatch.undo()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -51,7 +52,9 @@ def _report(tmp_path: Path, name: str, model: Path, outcome: str = "passed", **e
 
 
 def _promote(reg: Registry, report: Path, **kw):
-    return reg.promote(None, report, verify_report=accept, environ=kw.pop("environ", {}), **kw)
+    from gate.promotion import read_verdict  # the gate reads its report; the registry gets the verdict
+
+    return reg.promote(None, read_verdict(report, verify_report=accept, environ=kw.pop("environ", {}), **kw))
 
 
 def test_promote_sets_current_and_copies_files(tmp_path):
@@ -350,3 +353,23 @@ def test_external_data_behind_a_symlinked_folder_is_refused(tmp_path):
     (folder / "sub").symlink_to(outside / "sub")
     with pytest.raises(InvalidInputError, match="symbolic link"):
         model_manifest(path)
+
+
+def test_the_registry_decides_from_a_verdict_object_not_a_report_format(tmp_path):
+    """A Verdict built inline, with no report.json format involved: a failing one is refused with
+    its reason and nothing is written; a passing one promotes the model it describes."""
+    from fusionguard.registry import Verdict
+
+    model = _model(tmp_path, "a")
+    evidence = tmp_path / "evidence.txt"
+    evidence.write_bytes(b"any evidence bytes")
+    passing = Verdict(passed=True, reason="", source="inline verdict", model_files=model_manifest(model),
+                      model_path=str(model), variant="inline", signed=False, evidence=evidence,
+                      evidence_sha256=file_sha256(evidence))
+    reg = Registry(tmp_path / "reg")
+    with pytest.raises(CheckFailedError, match="the gate said no"):
+        reg.promote(None, replace(passing, passed=False, reason="the gate said no"))
+    assert reg.versions() == []
+    info = reg.promote(None, passing)
+    assert info.variant == "inline" and info.sha256 == passing.model_files["model.onnx"]
+    assert (info.path / "report.json").read_bytes() == b"any evidence bytes"

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from fusionguard import scorer as scorer_mod
+from fusionguard import session as session_mod
 from fusionguard import toymodels
 from fusionguard.contract import METADATA_KEY, ModelContract, TensorSpec, load_contract
 from fusionguard.dataset import Batch, write_dataset
@@ -79,7 +79,7 @@ def spy_on(scorer: Scorer) -> Spy:
 # ----- providers --------------------------------------------------------------------------------
 
 def test_select_providers_cpu_here(monkeypatch):
-    monkeypatch.setattr(scorer_mod.ort, "get_available_providers", lambda: ["AzureExecutionProvider", CPU])
+    monkeypatch.setattr(session_mod.ort, "get_available_providers", lambda: ["AzureExecutionProvider", CPU])
     assert select_providers("cpu") == [CPU]
     assert select_providers("auto") == [CPU]
     with pytest.raises(InvalidInputError, match="onnxruntime-gpu"):
@@ -89,7 +89,7 @@ def test_select_providers_cpu_here(monkeypatch):
 
 
 def test_select_providers_with_cuda_installed(monkeypatch):
-    monkeypatch.setattr(scorer_mod.ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(session_mod.ort, "get_available_providers", lambda: [CUDA, CPU])
     assert select_providers("auto") == [CUDA, CPU]
     assert select_providers("cuda") == [CUDA, CPU]
     assert select_providers("cpu") == [CPU]
@@ -105,7 +105,7 @@ class FakeSession:
     def __init__(self, model, sess_options=None, providers=None):
         FakeSession.created.append(list(providers))
         if FakeSession.fail_with_cuda and CUDA in providers:
-            raise scorer_mod._ort_state.Fail("CUDA libraries not found")
+            raise session_mod._ort_state.Fail("CUDA libraries not found")
         self.options = sess_options
         self._got = [p for p in FakeSession.got if p in providers] or [CPU]
 
@@ -115,8 +115,8 @@ class FakeSession:
 
 @pytest.fixture()
 def fake_cuda(monkeypatch):
-    monkeypatch.setattr(scorer_mod.ort, "get_available_providers", lambda: [CUDA, CPU])
-    monkeypatch.setattr(scorer_mod.ort, "InferenceSession", FakeSession)
+    monkeypatch.setattr(session_mod.ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(session_mod.ort, "InferenceSession", FakeSession)
     FakeSession.created = []
     FakeSession.fail_with_cuda = False
     return FakeSession
@@ -429,7 +429,7 @@ def test_mask_and_request_problems(scorer, data):
 def test_ort_failure_is_an_evaluation_error(scorer, data):
     class Broken:
         def run(self, *_):
-            raise scorer_mod._ort_state.RuntimeException("kernel exploded")
+            raise session_mod._ort_state.RuntimeException("kernel exploded")
 
     scorer._session = Broken()
     with pytest.raises(EvaluationError, match="kernel exploded"):

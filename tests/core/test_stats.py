@@ -15,6 +15,7 @@ from scipy import stats as sps
 
 from fusionguard.errors import EvaluationError, InvalidInputError
 from fusionguard.stats import (
+    BootstrapSettings,
     Interval,
     bootstrap_ci,
     bootstrap_cis,
@@ -88,7 +89,7 @@ def ref_gather_bootstrap(x, n_resamples, seed, confidence=0.95):
 
 def test_bootstrap_matches_plain_reference_within_monte_carlo_error():
     x = list(np.random.default_rng(1).normal(0.1, 1.0, size=150))
-    got = bootstrap_ci(x, n_resamples=4000, seed=5)
+    got = bootstrap_ci(x, settings=BootstrapSettings(n_resamples=4000, seed=5))
     want = ref_percentile_bootstrap(x, 4000, 0.95, seed=5)
     se = statistics.stdev(x) / math.sqrt(len(x))
     # Monte Carlo error of a 2.5% quantile from 4000 resamples is about 0.04 standard errors.
@@ -102,7 +103,7 @@ def test_bootstrap_matches_plain_reference_within_monte_carlo_error():
 def test_bootstrap_agrees_with_scipy(method):
     rng = np.random.default_rng(2)
     x = rng.exponential(1.0, size=300)  # skewed, so BCa differs from percentile
-    got = bootstrap_ci(x, n_resamples=20_000, seed=0, method=method)
+    got = bootstrap_ci(x, settings=BootstrapSettings(n_resamples=20_000, seed=0, method=method))
     ref = sps.bootstrap((x,), np.mean, n_resamples=20_000, method="BCa" if method == "bca" else "percentile",
                         rng=np.random.default_rng(1), vectorized=True).confidence_interval
     se = x.std(ddof=1) / math.sqrt(len(x))
@@ -112,7 +113,7 @@ def test_bootstrap_agrees_with_scipy(method):
 
 def test_bca_median_uses_generic_jackknife():
     x = np.random.default_rng(4).lognormal(size=80)
-    got = bootstrap_ci(x, statistic="median", n_resamples=5000, method="bca", chunk_elements=500)
+    got = bootstrap_ci(x, statistic="median", settings=BootstrapSettings(n_resamples=5000, method="bca", chunk_elements=500))
     ref = sps.bootstrap((x,), np.median, n_resamples=5000, method="BCa", rng=np.random.default_rng(0),
                         vectorized=True).confidence_interval
     assert got.estimate == pytest.approx(np.median(x))
@@ -122,10 +123,10 @@ def test_bca_median_uses_generic_jackknife():
 
 def test_bootstrap_is_seeded_and_independent_of_chunking():
     x = np.random.default_rng(0).normal(size=301)
-    a = bootstrap_ci(x, n_resamples=3000, seed=7)
-    assert bootstrap_ci(x, n_resamples=3000, seed=7) == a  # deterministic for a fixed call
-    assert_same_interval([bootstrap_ci(x, n_resamples=3000, seed=7, chunk_elements=1000)], [a])
-    assert bootstrap_ci(x, n_resamples=3000, seed=8) != a
+    a = bootstrap_ci(x, settings=BootstrapSettings(n_resamples=3000, seed=7))
+    assert bootstrap_ci(x, settings=BootstrapSettings(n_resamples=3000, seed=7)) == a  # deterministic for a fixed call
+    assert_same_interval([bootstrap_ci(x, settings=BootstrapSettings(n_resamples=3000, seed=7, chunk_elements=1000))], [a])
+    assert bootstrap_ci(x, settings=BootstrapSettings(n_resamples=3000, seed=8)) != a
 
 
 @pytest.mark.parametrize(("statistic", "method"), [("mean", "percentile"), ("mean", "bca"), ("median", "bca")])
@@ -134,8 +135,8 @@ def test_shared_bootstrap_equals_one_call_per_vector(statistic, method):
     vectors = [rng.normal(size=120), rng.exponential(size=120), rng.uniform(size=120), np.full(120, 0.25)]
     vectors[1][[4, 50]] = np.nan  # a different length after dropping NaN: its own index matrix
     vectors.append(rng.normal(size=77))
-    got = bootstrap_cis(vectors, statistic, n_resamples=1500, seed=3, method=method, chunk_elements=10_000)
-    want = [bootstrap_ci(v, statistic, n_resamples=1500, seed=3, method=method) for v in vectors]
+    got = bootstrap_cis(vectors, statistic, settings=BootstrapSettings(n_resamples=1500, seed=3, method=method, chunk_elements=10_000))
+    want = [bootstrap_ci(v, statistic, settings=BootstrapSettings(n_resamples=1500, seed=3, method=method)) for v in vectors]
     if statistic == "median":
         assert got == want  # exactly: same index matrix, same gather
     else:
@@ -146,14 +147,14 @@ def test_shared_bootstrap_equals_one_call_per_vector(statistic, method):
 @settings(max_examples=30, deadline=None)
 @given(st.lists(values_st, min_size=1, max_size=5), st.integers(0, 1000), st.integers(50, 5000))
 def test_shared_bootstrap_equals_separate_calls_for_any_vectors(vectors, seed, chunk):
-    got = bootstrap_cis(vectors, n_resamples=300, seed=seed, chunk_elements=chunk)
-    assert_same_interval(got, [bootstrap_ci(v, n_resamples=300, seed=seed) for v in vectors])
+    got = bootstrap_cis(vectors, settings=BootstrapSettings(n_resamples=300, seed=seed, chunk_elements=chunk))
+    assert_same_interval(got, [bootstrap_ci(v, settings=BootstrapSettings(n_resamples=300, seed=seed)) for v in vectors])
 
 
 @settings(max_examples=25, deadline=None)
 @given(values_st.filter(lambda v: len(set(v)) > 1), st.integers(0, 1000), st.integers(30, 3000))
 def test_counted_means_equal_gathered_means_of_the_same_resamples(x, seed, chunk):
-    got = bootstrap_ci(x, n_resamples=400, seed=seed, chunk_elements=chunk)
+    got = bootstrap_ci(x, settings=BootstrapSettings(n_resamples=400, seed=seed, chunk_elements=chunk))
     want = ref_gather_bootstrap(x, 400, seed)
     scale = max(1.0, max(abs(v) for v in x))
     assert got.low == pytest.approx(want[0], rel=1e-12, abs=1e-13 * scale)
@@ -167,8 +168,8 @@ def test_count_bootstrap_of_a_weighted_mean_equals_the_plain_bootstrap(method):
     def mean_from_counts(counts):
         return counts @ x / counts.sum(axis=1)
 
-    got = count_bootstrap_ci(len(x), mean_from_counts, n_resamples=2000, seed=4, method=method, chunk_elements=5000)
-    want = bootstrap_ci(x, n_resamples=2000, seed=4, method=method)
+    got = count_bootstrap_ci(len(x), mean_from_counts, settings=BootstrapSettings(n_resamples=2000, seed=4, method=method, chunk_elements=5000))
+    want = bootstrap_ci(x, settings=BootstrapSettings(n_resamples=2000, seed=4, method=method))
     assert got.estimate == pytest.approx(want.estimate, rel=1e-12)
     assert_same_interval([Interval(want.estimate, got.low, got.high, got.confidence, got.n_resamples, got.method, got.n)], [want])
 
@@ -183,12 +184,12 @@ def test_count_statistics_share_the_vectors_resamples(statistic, method):
         return counts @ (w * vectors[0]) / (counts @ w)
 
     extra = [(60, weighted), (41, lambda counts: counts @ vectors[2] / 41), (17, lambda counts: counts[:, 0])]
-    got = bootstrap_cis(vectors, statistic, n_resamples=700, seed=9, method=method, chunk_elements=2000,
+    got = bootstrap_cis(vectors, statistic, settings=BootstrapSettings(n_resamples=700, seed=9, method=method, chunk_elements=2000),
                         count_statistics=extra)
     assert len(got) == 6
-    want_vectors = bootstrap_cis(vectors, statistic, n_resamples=700, seed=9, method=method, chunk_elements=2000)
+    want_vectors = bootstrap_cis(vectors, statistic, settings=BootstrapSettings(n_resamples=700, seed=9, method=method, chunk_elements=2000))
     assert got[:3] == want_vectors  # adding count statistics changes nothing for the vectors
-    want_counts = [count_bootstrap_ci(n, f, n_resamples=700, seed=9, method=method, chunk_elements=2000) for n, f in extra]
+    want_counts = [count_bootstrap_ci(n, f, settings=BootstrapSettings(n_resamples=700, seed=9, method=method, chunk_elements=2000)) for n, f in extra]
     assert got[3:] == want_counts  # same draws, same shapes: bit for bit
     if statistic == "mean":  # a mean written as a count statistic is the vector's own bootstrap
         assert_same_interval([replace(got[4], estimate=got[2].estimate)], [got[2]])
@@ -203,7 +204,7 @@ def test_count_bootstrap_jackknife_leaves_one_unit_out():
         seen.append(counts.copy())
         return counts @ np.arange(5.0)
 
-    count_bootstrap_ci(5, spy, n_resamples=100, seed=0, method="bca", chunk_elements=10)
+    count_bootstrap_ci(5, spy, settings=BootstrapSettings(n_resamples=100, seed=0, method="bca", chunk_elements=10))
     rows = np.concatenate(seen)
     sizes = rows.sum(axis=1)
     np.testing.assert_array_equal(rows[sizes == 4], 1.0 - np.eye(5))  # the jackknife: each unit left out once
@@ -215,9 +216,9 @@ def test_count_bootstrap_bad_input():
     with pytest.raises(InvalidInputError, match="positive integer"):
         count_bootstrap_ci(0, lambda c: c.sum(axis=1))
     with pytest.raises(InvalidInputError, match="one value"):
-        count_bootstrap_ci(4, lambda c: c, n_resamples=100)
+        count_bootstrap_ci(4, lambda c: c, settings=BootstrapSettings(n_resamples=100))
     with pytest.raises(InvalidInputError, match="method"):
-        count_bootstrap_ci(4, lambda c: c.sum(axis=1), method="basic")
+        count_bootstrap_ci(4, lambda c: c.sum(axis=1), settings=BootstrapSettings(method="basic"))
 
 
 def test_shared_bootstrap_names_the_bad_vector():
@@ -236,9 +237,9 @@ def test_paired_bootstrap_is_bootstrap_of_differences_and_drops_nan_pairs():
     b = a - 0.05 + rng.normal(0, 0.1, size=200)
     a[[3, 10]] = np.nan  # excluded queries
     b[20] = np.nan
-    got = paired_bootstrap_ci(a, b, n_resamples=2000, seed=1)
+    got = paired_bootstrap_ci(a, b, settings=BootstrapSettings(n_resamples=2000, seed=1))
     keep = ~(np.isnan(a) | np.isnan(b))
-    assert got == bootstrap_ci((a - b)[keep], n_resamples=2000, seed=1)
+    assert got == bootstrap_ci((a - b)[keep], settings=BootstrapSettings(n_resamples=2000, seed=1))
     assert got.n == 197 and got.contains(got.estimate)
     with pytest.raises(InvalidInputError, match="same length"):
         paired_bootstrap_ci(a, b[:-1])
@@ -247,7 +248,7 @@ def test_paired_bootstrap_is_bootstrap_of_differences_and_drops_nan_pairs():
 @settings(max_examples=40, deadline=None)
 @given(st.floats(-5, 5, allow_subnormal=False), st.integers(1, 500), st.sampled_from(["percentile", "bca"]))
 def test_constant_difference_has_zero_width(c, n, method):
-    ci = paired_bootstrap_ci(np.full(n, c + 1.0), np.full(n, 1.0), n_resamples=1000, method=method)
+    ci = paired_bootstrap_ci(np.full(n, c + 1.0), np.full(n, 1.0), settings=BootstrapSettings(n_resamples=1000, method=method))
     d = (c + 1.0) - 1.0
     assert ci.low == ci.high == ci.estimate == d and ci.width == 0.0
 
@@ -255,7 +256,7 @@ def test_constant_difference_has_zero_width(c, n, method):
 @settings(max_examples=40, deadline=None)
 @given(values_st, st.sampled_from([0.8, 0.95, 0.99]), st.integers(0, 1000))
 def test_ci_contains_its_point_estimate(x, confidence, seed):
-    ci = bootstrap_ci(x, n_resamples=500, confidence=confidence, seed=seed)
+    ci = bootstrap_ci(x, settings=BootstrapSettings(n_resamples=500, confidence=confidence, seed=seed))
     assert ci.low <= ci.estimate <= ci.high
 
 
@@ -265,9 +266,9 @@ def test_bootstrap_bad_input():
     with pytest.raises(InvalidInputError, match="infinite"):
         bootstrap_ci([1.0, np.inf])
     with pytest.raises(InvalidInputError, match="confidence"):
-        bootstrap_ci([1.0, 2.0], confidence=1.5)
+        bootstrap_ci([1.0, 2.0], settings=BootstrapSettings(confidence=1.5))
     with pytest.raises(InvalidInputError, match="method"):
-        bootstrap_ci([1.0, 2.0], method="basic")
+        bootstrap_ci([1.0, 2.0], settings=BootstrapSettings(method="basic"))
     with pytest.raises(InvalidInputError, match="statistic"):
         bootstrap_ci([1.0, 2.0], statistic="mode")
 

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as sps
 
 from fusionguard.errors import EvaluationError, InvalidInputError
-from fusionguard.stats import binomial_ci, fisher_exact, hierarchical_bootstrap_ci, seed_level_test
+from fusionguard.stats import BootstrapSettings, binomial_ci, fisher_exact, hierarchical_bootstrap_ci, seed_level_test
 
 
 @pytest.mark.parametrize(("k", "n"), [(0, 10), (1, 10), (8, 10), (10, 10), (24, 30), (3, 30), (0, 1)])
@@ -80,7 +80,7 @@ def test_hierarchical_bootstrap_matches_a_plain_nested_loop_within_monte_carlo_e
     rng = np.random.default_rng(1)
     x = rng.normal(0, 1, (8, 40)) + rng.normal(0, 0.5, (8, 1))  # a run effect on top of query noise
     x[2, :5] = np.nan  # excluded queries in one run
-    got = hierarchical_bootstrap_ci(x, n_resamples=4000, seed=0)
+    got = hierarchical_bootstrap_ci(x, settings=BootstrapSettings(n_resamples=4000, seed=0))
     lo, hi = _nested_reference(x, 4000, seed=1)
     width = hi - lo
     assert got.estimate == pytest.approx(np.mean([np.nanmean(r) for r in x]))
@@ -95,16 +95,16 @@ def test_hierarchical_bootstrap_sees_seed_variance_that_a_query_bootstrap_misses
     x[0] += 1.0
     per_query = x.mean(axis=0)
     query_only_half = 1.96 * per_query.std(ddof=1) / math.sqrt(per_query.shape[0])
-    got = hierarchical_bootstrap_ci(x, n_resamples=4000, seed=0)
+    got = hierarchical_bootstrap_ci(x, settings=BootstrapSettings(n_resamples=4000, seed=0))
     assert got.width > 10 * 2 * query_only_half
     assert got.low <= 0.02
 
 
 def test_hierarchical_bootstrap_is_seeded_and_chunk_independent_in_distribution():
     x = np.random.default_rng(4).normal(size=(5, 30))
-    a = hierarchical_bootstrap_ci(x, 2000, seed=7)
-    assert a == hierarchical_bootstrap_ci(x, 2000, seed=7)
-    b = hierarchical_bootstrap_ci(x, 2000, seed=7, chunk_elements=600)
+    a = hierarchical_bootstrap_ci(x, settings=BootstrapSettings(n_resamples=2000, seed=7))
+    assert a == hierarchical_bootstrap_ci(x, settings=BootstrapSettings(n_resamples=2000, seed=7))
+    b = hierarchical_bootstrap_ci(x, settings=BootstrapSettings(n_resamples=2000, seed=7, chunk_elements=600))
     assert abs(a.low - b.low) < 0.1 * a.width
 
 

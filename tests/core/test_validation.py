@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fusionguard.contract import ModelContract, TensorSpec
-from fusionguard.dataset import ensure_valid, validate_dataset
+from fusionguard.validation import ensure_valid, validate_dataset
 from fusionguard.errors import DataValidationError
 
 from .conftest import D, LT, make_arrays

@@ -102,7 +102,9 @@ def _promote(registry, model: Path, report_dir: Path, variant: str, profile_json
     candidate = {"path": str(model), "sha256": files["model.onnx"], "files": files, "variant": variant}
     report = {"outcome": "passed", "exit_code": 0, "candidate": candidate, "checks": [{"name": "stand-in", "outcome": "passed"}]}
     (report_dir / "report.json").write_text(json.dumps(report))
-    info = registry.promote(model, report_dir, verify_report=lambda report, source: None, environ={})
+    from gate.promotion import read_verdict
+
+    info = registry.promote(model, read_verdict(report_dir, verify_report=lambda report, source: None, environ={}))
     (info.path / "profile.json").write_text(profile_json)
     return info
 

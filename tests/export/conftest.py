@@ -15,7 +15,7 @@ import pytest
 
 from training.checkpoint import load_checkpoint  # noqa: E402
 from training.config import ModelConfig, OptimConfig, TrainConfig  # noqa: E402
-from training.late_fusion import train_late_fusion  # noqa: E402
+from training.trainer import train_late_fusion  # noqa: E402
 from training.synth import SynthConfig, write_benchmark  # noqa: E402
 from training.trainer import train  # noqa: E402
 
@@ -81,7 +81,8 @@ def exports(tmp_path_factory: pytest.TempPathFactory, checkpoints: dict[str, Tra
     baseline is also quantized."""
     from click.testing import CliRunner
 
-    from export.pipeline import ExportConfig, export_checkpoint, export_model
+    from export.pipeline import ExportConfig, export_model
+    from recipes.exporting import export_checkpoint
     from fusionguard.cli import cli
 
     root = tmp_path_factory.mktemp("export-onnx")

@@ -23,7 +23,8 @@ from fusionguard.errors import EXIT_BLOCKED, EXIT_INVALID
 import torch  # the train extra is part of the test install: fail loudly, never skip
 
 from export.errors import ExportVerificationError  # noqa: E402
-from export.pipeline import ExportConfig, export_checkpoint  # noqa: E402
+from export.pipeline import ExportConfig  # noqa: E402
+from recipes.exporting import export_checkpoint  # noqa: E402
 from export.verify import _reordered_queries, verify_model  # noqa: E402
 
 pytestmark = pytest.mark.torch

@@ -14,7 +14,8 @@ from fusionguard.profile import ReferenceProfile
 from fusionguard.registry import file_sha256
 from gate.checks import CheckResult
 from gate.policy import load_policy, with_overrides
-from gate.runner import _exit_code, run_gate
+from gate.result import exit_code as _exit_code
+from gate.runner import run_gate
 
 
 def _outcomes(result):

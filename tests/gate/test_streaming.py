@@ -75,9 +75,9 @@ def _reference(model: Path, baseline: Path, data: Path, policy):
 @pytest.mark.parametrize(("workers", "run_rows"), [(1, 8192), (2, 8192), (2, 25)])
 def test_streamed_measures_equal_the_in_memory_ones(toys, ragged, tmp_path, monkeypatch, strategy, workers, run_rows):
     """run_rows = 25: each batch's masked copies are scored a few masks (and rows) per session.run."""
-    import gate.streaming
+    import gate.partials
 
-    monkeypatch.setattr(gate.streaming, "RUN_ROWS", run_rows)
+    monkeypatch.setattr(gate.partials, "RUN_ROWS", run_rows)
     policy = load_policy(_policy(tmp_path, strategy))
     cand, base, batch, groups, ref, ref_base = _reference(toys.fusion, toys.v1, ragged, policy)
     streamed = read_ids(ragged)

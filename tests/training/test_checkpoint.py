@@ -87,7 +87,8 @@ def test_default_toml_matches_the_dataclass_defaults():
 
 
 def test_late_fusion_trains_through_the_trainer_and_reloads(tmp_path, tiny_bench):
-    from training.late_fusion import LateFusionRanker, train_late_fusion
+    from training.late_fusion import LateFusionRanker
+    from training.trainer import train_late_fusion
 
     model, meta = train_late_fusion(tiny_config("baseline", max_epochs=2), tiny_bench, tmp_path, progress=False)
     assert isinstance(model, LateFusionRanker) and not model.training

@@ -113,7 +113,7 @@ def _table(manifest: dict, data: pd.DataFrame, labels: list[str], reference: str
                 continue
             rec[f"{name}_seed_sd"] = _sd(_seed_means(m))
             if m.shape[0] > 1:
-                iv = stats.hierarchical_bootstrap_ci(m.to_numpy(), n_res, 0.95, 0)
+                iv = stats.hierarchical_bootstrap_ci(m.to_numpy(), settings=stats.BootstrapSettings(n_resamples=n_res))
                 rec[name], rec[f"{name}_low"], rec[f"{name}_high"] = iv.estimate, iv.low, iv.high
             else:  # one seed: a point estimate, no interval (seed variance unknown)
                 rec[name] = float(_seed_means(m).iloc[0])
@@ -131,7 +131,7 @@ def _table(manifest: dict, data: pd.DataFrame, labels: list[str], reference: str
                 seed_diff = _seed_means(diff).dropna()
                 if len(seed_diff) < 2:
                     continue
-                ci = stats.hierarchical_bootstrap_ci(diff.to_numpy(), n_res, 0.95, 0)
+                ci = stats.hierarchical_bootstrap_ci(diff.to_numpy(), settings=stats.BootstrapSettings(n_resamples=n_res))
                 rec[f"delta_{name}"], rec[f"delta_{name}_low"], rec[f"delta_{name}_high"] = ci.estimate, ci.low, ci.high
                 rec[f"delta_{name}_seed_sd"] = _sd(seed_diff)
                 rec[f"p_{col}"] = stats.seed_level_test(seed_diff.to_numpy(), n_res, 0)
@@ -211,7 +211,7 @@ def write_table(frame: pd.DataFrame, stem: Path, caption: str) -> list[Path]:
 
 def build_report(out: str | Path) -> ReportResult:
     """Rebuild every table and figure of the experiment in `out` from its stored result files."""
-    from training.experiment_figures import draw_figures
+    from recipes.experiment_figures import draw_figures
 
     out = Path(out)
     manifest, data = _load(out)

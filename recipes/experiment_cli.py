@@ -33,7 +33,7 @@ def run_command(config: Path, out: Path, scale: str, mlflow_uri: str | None, dat
 
     Example: fusionguard experiment run --config training/configs/flickr.toml --out runs/flickr --scale small
     """
-    from training.experiment import run_experiment
+    from recipes.experiment import run_experiment
 
     if data_root is None and DEFAULT_DATA_ROOT.is_dir():
         data_root = DEFAULT_DATA_ROOT
@@ -49,6 +49,6 @@ def report_command(out: Path) -> None:
 
     Example: fusionguard experiment report runs/paper
     """
-    from training.experiment_report import build_report
+    from recipes.experiment_report import build_report
 
     click.echo(build_report(out).summary())

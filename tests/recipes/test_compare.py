@@ -10,7 +10,7 @@ import pytest
 from fusionguard.errors import InvalidInputError
 from tests.training.test_flickr import CFG, _write_split
 from training.flickr import import_flickr
-from training.tracks.compare import compare, zero_shot_per_query
+from recipes.compare import compare, zero_shot_per_query
 
 
 @pytest.fixture()

@@ -4,7 +4,7 @@
     Flickr8k import) -> for each run: reuse when its `complete.json` matches its key, else
     train -> export (verified ONNX) -> ONNX Runtime latency + mean attention map -> complete.json
     -> per seed: `gate.evaluation.evaluate` on the test split (per-query results kept)
-    -> `training.experiment_report.build_report` (tables + figures from the stored files only).
+    -> `recipes.experiment_report.build_report` (tables + figures from the stored files only).
 
 A run's key is the SHA-256 of its resolved training config and the data hashes, so a changed
 config or dataset trains again while an unchanged finished run is reused; `complete.json` is
@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from fusionguard.errors import ConfigError, InvalidInputError
-from training.config import TrainConfig, read_toml
+from fusionguard.config import build, read_toml
+from training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,32 @@ class GridConfig:
 
 
 @dataclass(frozen=True)
+class AblationsTable:
+    """The grid file's [ablations] table."""
+
+    lambda_visual: tuple[float, ...] = ()  # values of mitigation.lambda_visual on `lambda_variant`
+    lambda_variant: str = "mbl"
+    depth: tuple[int, ...] = ()  # values of model.depth on `depth_variant`
+    depth_variant: str = "progressive"
+
+
+@dataclass(frozen=True)
+class GridFile:
+    """A grid TOML as written, after its [scale.<scale>] overrides (`load_grid` resolves it into
+    a GridConfig); read by the core's loader, `fusionguard.config.build`."""
+
+    name: str = ""  # default: the file's stem
+    track: str = "synth"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    variants: tuple[str, ...] = ()
+    reference: str = "baseline"
+    ablations: AblationsTable = field(default_factory=AblationsTable)
+    train: dict[str, Any] = field(default_factory=dict)  # a TrainConfig table
+    data: dict[str, Any] = field(default_factory=dict)  # SynthConfig or FlickrConfig fields
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """One grid entry: a training config on one dataset."""
 
@@ -106,22 +133,12 @@ def load_grid(path: str | Path, scale: str = "small") -> GridConfig:
         problems.append(f"scale '{scale}' must be one of {list(SCALES)}")
     scales = raw.pop("scale", {})
     raw = _merge(raw, scales.get(scale, {})) if isinstance(scales, Mapping) else raw
-    known = {"name", "track", "seeds", "variants", "reference", "ablations", "train", "data", "eval"}
-    problems += [f"unknown key '{k}'; known keys: {sorted(known | {'scale'})}" for k in sorted(set(raw) - known)]
-    abl = raw.get("ablations", {})
-    ev = raw.get("eval", {})
-    try:
-        eval_settings = EvalSettings(**ev)
-    except TypeError as err:
-        problems.append(f"[eval]: {err}")
-        eval_settings = EvalSettings()
+    f = build(GridFile, raw, problems)  # unknown keys (did-you-mean) and types; the rules below
+    a = f.ablations
     grid = GridConfig(
-        name=str(raw.get("name", Path(path).stem)), track=str(raw.get("track", "synth")), scale=scale,
-        seeds=tuple(raw.get("seeds", (0, 1, 2))), variants=tuple(raw.get("variants", ())),
-        reference=str(raw.get("reference", "baseline")),
-        lambda_visual=tuple(float(x) for x in abl.get("lambda_visual", ())), lambda_variant=str(abl.get("lambda_variant", "mbl")),
-        depth=tuple(int(x) for x in abl.get("depth", ())), depth_variant=str(abl.get("depth_variant", "progressive")),
-        train=raw.get("train", {}), data=raw.get("data", {}), eval=eval_settings,
+        name=f.name or Path(path).stem, track=f.track, scale=scale, seeds=f.seeds, variants=f.variants,
+        reference=f.reference, lambda_visual=a.lambda_visual, lambda_variant=a.lambda_variant,
+        depth=a.depth, depth_variant=a.depth_variant, train=f.train, data=f.data, eval=f.eval,
     )
     allowed = (*VARIANTS, *EXTRA_VARIANTS)
     if grid.track not in TRACKS:
@@ -217,7 +234,7 @@ class ExperimentResult:
     trained: int
     reused: int
     seconds: float
-    report: Any  # training.experiment_report.ReportResult
+    report: Any  # recipes.experiment_report.ReportResult
     exit_code: int = 0
 
     def summary(self) -> str:
@@ -335,7 +352,8 @@ def execute_run(spec: RunSpec, key: str, data_dir: Path, run_dir: Path, grid: Gr
     marker = run_dir / COMPLETE
     if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("key") == key and onnx_path.is_file():
         return RunRecord(key, run_dir, onnx_path, True, 0.0)
-    from export.pipeline import ExportConfig, export_checkpoint
+    from export.pipeline import ExportConfig
+    from recipes.exporting import export_checkpoint
 
     t0 = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -421,7 +439,7 @@ def run_experiment(config: str | Path, out: str | Path, scale: str = "small", ml
     """
     from tqdm import tqdm
 
-    from training.experiment_report import build_report
+    from recipes.experiment_report import build_report
 
     grid = load_grid(config, scale)
     if mlflow_uri:

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from fusionguard import stats
 from fusionguard.cli import cli
 from fusionguard.errors import ConfigError
-from training.experiment import expand, load_grid, run_key
+from recipes.experiment import expand, load_grid, run_key
 from training.config import TrainConfig
-from training.experiment_report import build_report
+from recipes.experiment_report import build_report
 
 TOY = """
 name = "toy"
