@@ -14,7 +14,6 @@ reads through this module.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,7 +44,6 @@ __all__ = [
     "ID_COLUMNS",
     "concat_batches",
     "slice_batch",
-    "dataset_sha256",
     "iter_batches",
     "load_dataset",
     "open_parquet",
@@ -369,19 +367,3 @@ def load_dataset(
 ) -> Batch:
     """The whole dataset as one Batch (see `iter_batches` for the arguments)."""
     return concat_batches(list(iter_batches(path, contract=contract, inputs=inputs)))
-
-
-def dataset_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """SHA-256 of the file's bytes, read in chunks (a directory of Parquet files: `ParquetSource.sha256`)."""
-    path = Path(path)
-    if path.is_dir():
-        from fusionguard.source import ParquetSource
-
-        return ParquetSource.open(path).sha256(chunk_bytes)
-    if not path.is_file():
-        raise InvalidInputError(f"dataset {path} does not exist; check the path")
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(chunk_bytes), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

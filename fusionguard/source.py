@@ -34,7 +34,7 @@ READ_ROWS = 8192  # rows per Parquet read (as fusionguard.streaming)
 
 MEANS_ROWS = 65_536  # Scorer.reference_means's chunk: the same sums in the same order
 
-__all__ = ["ParquetSource", "open_dataset"]
+__all__ = ["ParquetSource", "dataset_sha256", "open_dataset"]
 
 
 def _hidden(path: str, root: str) -> bool:
@@ -147,7 +147,7 @@ class ParquetSource:
     def input_means(self, contract: ModelContract) -> dict[str, np.ndarray]:
         """`Scorer.reference_means` of the dataset (for "mean" masks): the same 65,536-row chunks
         summed in the same order, so the means equal those of the files concatenated, to the bit."""
-        from fusionguard.streaming import fixed_chunks
+        from fusionguard.batches import fixed_chunks
 
         sums: dict[str, np.ndarray] = {}
         count = 0
@@ -202,3 +202,17 @@ def open_dataset(data: str | Path) -> pq.ParquetFile | _Files:
     if "://" not in str(data) and not Path(data).is_dir():
         return open_parquet(data)
     return ParquetSource.open(data).as_file()
+
+
+def dataset_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """SHA-256 of a dataset file's bytes, read in chunks (a directory of Parquet files: `ParquetSource.sha256`)."""
+    path = Path(path)
+    if path.is_dir():
+        return ParquetSource.open(path).sha256(chunk_bytes)
+    if not path.is_file():
+        raise InvalidInputError(f"dataset {path} does not exist; check the path")
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fusionguard import metrics, stats
-from fusionguard.dataset import dataset_sha256
+from fusionguard.source import dataset_sha256
 from fusionguard.validation import ensure_valid
 from fusionguard.errors import InvalidInputError
 from fusionguard.scorer import Scorer

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionguard import metrics
-from fusionguard.dataset import dataset_sha256
+from fusionguard.source import dataset_sha256
 from fusionguard.errors import (
     EXIT_INVALID,
     EXIT_PASSED,

@@ -245,7 +245,7 @@ class ExperimentResult:
 # ----- data -----------------------------------------------------------------------------------------
 
 def _files_hash(directory: Path) -> str:
-    from fusionguard.dataset import dataset_sha256
+    from fusionguard.source import dataset_sha256
 
     return hashlib.sha256("".join(dataset_sha256(directory / f"{s}.parquet") for s in ("train", "val", "test")).encode()).hexdigest()
 

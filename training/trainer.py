@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fusionguard.dataset import dataset_sha256
+from fusionguard.source import dataset_sha256
 from fusionguard.errors import ConfigError
 from training import mitigations
 from training.checkpoint import load_checkpoint, load_resume_state, save_checkpoint, save_resume_state, warm_start

@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fusionguard.contract import ModelContract, TensorSpec
-from fusionguard.dataset import ID_COLUMNS, Batch, dataset_sha256, iter_batches, load_dataset, write_dataset
+from fusionguard.dataset import ID_COLUMNS, Batch, iter_batches, load_dataset, write_dataset
+from fusionguard.source import dataset_sha256
 from fusionguard.errors import DataValidationError, InvalidInputError
 
 from .conftest import LT, LV, D, make_arrays
