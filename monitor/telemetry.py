@@ -1,10 +1,12 @@
 """Live contribution telemetry, computed off the request path.
 
-For a telemetry-sampled request the scoring call already returned the four passes the exact
-two-modality Shapley values need (`fusionguard.masking.shapley_passes`, read by name). Turning them into metrics, scoring
-the shadow model and updating the drift windows happens here, on one background thread fed by a
-bounded queue: the response never waits for it, and when the queue is full the item is dropped
-and counted (`fusionguard_telemetry_dropped_total`). `replay` calls `process` directly.
+A telemetry-sampled request is answered from its unmasked pass; the three masked passes the exact
+two-modality Shapley values need (`fusionguard.masking.shapley_passes`, read by name) run after the
+response, here on the worker thread (the app submits a callable that returns the `Scored`) or as
+the batcher's deferred jobs. Turning the passes into metrics, scoring the shadow model and
+updating the drift windows happens here too, on one background thread fed by a bounded queue:
+the response never waits for it, and when the queue is full the item is dropped and counted
+(`fusionguard_telemetry_dropped_total`). `replay` calls `process` directly.
 
 Drift is fed one value per feature per sampled request (`fusionguard.profile.request_means`):
 the request, not the row, is the independent unit (see `monitor.drift`).
