@@ -116,6 +116,9 @@ class RunSpec:
         return "baseline" if self.variant in EXTRA_VARIANTS else self.variant
 
 
+# Flickr8k features next to the checkout in the development setup (../shared/data, outside the repository).
+DEFAULT_FLICKR_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
+
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
@@ -272,6 +275,8 @@ def derive_visual_only(src: Path, dst: Path) -> Path:
 
 def prepare_data(grid: GridConfig, out: Path, data_root: Path | None) -> dict[str, Path]:
     """Write (or reuse) the datasets the grid needs; returns dataset name -> directory."""
+    if data_root is None and grid.track == "flickr" and DEFAULT_FLICKR_ROOT.is_dir():
+        data_root = DEFAULT_FLICKR_ROOT
     data_dir = out / "data" / "main"
     stamp = data_dir / "source.json"
     want = json.dumps({"track": grid.track, "data": dict(grid.data), "root": str(data_root)}, sort_keys=True)

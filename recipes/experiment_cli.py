@@ -8,8 +8,6 @@ import click
 
 from fusionguard.cli import LazyGroup, progress_option
 
-DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
-
 
 @click.group(cls=LazyGroup, lazy={})
 def experiment() -> None:
@@ -26,7 +24,8 @@ def experiment() -> None:
 @click.option("--mlflow-uri", default=None, envvar="MLFLOW_TRACKING_URI", show_envvar=True,
               help="MLflow tracking URI (a local path works); off by default. Needs the 'tracking' extra.")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Flickr8k feature folder for track = 'flickr' (default ../shared/data/flickr8k when present).")
+              help="The real track's data: the Flickr8k feature folder for track = 'flickr' (default ../shared/data/flickr8k "
+                   "when present), the emoji cache for track = 'emoji' (python -m training.tracks.emoji --cache DIR).")
 @progress_option
 def run_command(config: Path, out: Path, scale: str, mlflow_uri: str | None, data_root: Path | None, progress: bool) -> None:
     """Train (or reuse), export and evaluate every run of the grid, then write the report.
@@ -35,8 +34,6 @@ def run_command(config: Path, out: Path, scale: str, mlflow_uri: str | None, dat
     """
     from recipes.experiment import run_experiment
 
-    if data_root is None and DEFAULT_DATA_ROOT.is_dir():
-        data_root = DEFAULT_DATA_ROOT
     result = run_experiment(config, out, scale=scale, mlflow_uri=mlflow_uri, data_root=data_root, progress=progress)
     click.echo(result.summary())
     raise SystemExit(result.exit_code)
