@@ -22,6 +22,7 @@ from training.variants import VARIANTS
 DEVICES = ("auto", "cpu", "cuda")
 MASKS = ("zero", "permute")
 OPTIMIZERS = ("adamw", "sgd")
+KEEPS = ("best-val", "last")
 WARM_START_INITS = ("fresh", "zero-values")
 
 
@@ -43,6 +44,7 @@ class OptimConfig:
     min_delta: float = 5e-3  # an epoch counts as better only if val NDCG@10 rises by more than this
     batch_queries: int = 8  # queries per optimisation step (all candidates of a query stay together)
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    keep: str = "best-val"  # checkpoint kept: "best-val" (best val NDCG@10) or "last" (the converged model, e.g. a production V1 fitted to its training data)
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,8 @@ def config_problems(config: TrainConfig) -> list[str]:
     o = config.optim
     if o.optimizer not in OPTIMIZERS:
         p.append(f"optim.optimizer = '{o.optimizer}' must be one of {list(OPTIMIZERS)}")
+    if o.keep not in KEEPS:
+        p.append(f"optim.keep = '{o.keep}' must be one of {list(KEEPS)}")
     if o.lr <= 0:
         p.append(f"optim.lr = {o.lr} must be > 0")
     for name in ("weight_decay", "min_delta", "grad_clip"):

@@ -174,6 +174,7 @@ def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: 
                 sums[key] = sums.get(key, 0.0) + value
             n_steps += 1
             rows_seen += len(rows)
+        mitigations.epoch_end(model, config, train_split, epoch, mit_state)
         t1 = time.perf_counter()
         # ---- diagnostics on val ----------------------------------------------------------
         val_scores = score_split(model, val_split, config.diagnostics.mask, seed=epoch)
@@ -190,11 +191,15 @@ def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: 
         # ---- checkpoint / early stopping -------------------------------------------------
         if diag["ndcg"] > best + config.optim.min_delta:
             best, best_epoch, bad_epochs = diag["ndcg"], epoch, 0
-            save_checkpoint(out, model, config, {**meta, "epoch": epoch, "val_ndcg": best})
+            if config.optim.keep == "best-val":
+                save_checkpoint(out, model, config, {**meta, "epoch": epoch, "val_ndcg": best})
         else:
             bad_epochs += 1
         stop_early = bad_epochs >= config.optim.patience and epoch + 1 >= config.optim.min_epochs
         finished = stop_early or epoch + 1 >= config.optim.max_epochs
+        if config.optim.keep == "last" and finished:  # the converged model, whatever val says
+            best, best_epoch = diag["ndcg"], epoch
+            save_checkpoint(out, model, config, {**meta, "epoch": epoch, "val_ndcg": best})
         save_resume_state(out, {"config_sha256": config.sha256(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
                                 "bad_epochs": bad_epochs, "finished": finished, "model": model.state_dict(),
                                 "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
