@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.synth import SynthConfig
 from training.protocol import CONTROLS, load_protocol, read_records, run_cell, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -218,6 +219,62 @@ def _protocol_tables(results: Path, protocol_path: Path, targets: bool = True) -
     return parts
 
 
+SWEEP_RESULTS = ROOT / "benchmarks" / "results" / "collapse_sweep.jsonl"
+
+
+def sweep_protocol(protocol, strength: float):
+    """The protocol with the generator's visual_strength set to `strength` (its own name, so its
+    data, V1 and runs never mix with the benchmark point's)."""
+    from dataclasses import replace
+
+    return replace(protocol, name=f"{protocol.name}@visual_strength={strength:g}", data={**protocol.data, "visual_strength": strength})
+
+
+def escape_by_budget(records: list[dict], budgets: np.ndarray, threshold: float) -> np.ndarray:
+    """Share of runs whose val visual drop reached `threshold` at some epoch < B, for each budget B."""
+    first = [next((h["epoch"] for h in r["history"] if (h.get("val_visual_drop") or 0) >= threshold), None) for r in records]
+    return np.array([np.mean([f is not None and f < b for f in first]) for b in budgets]) if records else np.full(len(budgets), np.nan)
+
+
+def sweep_figure(results: Path, protocol_path: Path, path: Path) -> tuple[Path, str]:
+    """The phase diagram: visual signal strength x training budget -> escape probability of the
+    baseline (share of long runs whose val visual drop reached the escape line by that epoch),
+    as a heat map, plus the table behind it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    protocol = load_protocol(protocol_path)
+    threshold = protocol.criteria.escape_min_visual_drop
+    records = [r for r in read_records(results) if r["protocol"].startswith(f"{protocol.name}@") and r.get("long")]
+    strengths = sorted({float(r["visual_strength"]) for r in records})
+    budgets = np.arange(1, int(protocol.long.get("max_epochs", 100)) + 1)
+    grid = np.array([escape_by_budget([r for r in records if r["visual_strength"] == s], budgets, threshold) for s in strengths])
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    if strengths:
+        im = ax.imshow(grid, aspect="auto", origin="lower", vmin=0, vmax=1, cmap="viridis",
+                       extent=(0.5, budgets[-1] + 0.5, -0.5, len(strengths) - 0.5))
+        ax.set_yticks(range(len(strengths)), [f"{s:g}" for s in strengths])
+        fig.colorbar(im, ax=ax, label=f"P(val visual drop ≥ {threshold:.0%} by epoch)")
+    for budget in (protocol.train["optim"]["max_epochs"], protocol.long.get("max_epochs", 100)):
+        ax.axvline(budget, color="w", ls="--", lw=1)
+    ax.set_xlabel("training budget (epochs)")
+    ax.set_ylabel("visual signal strength")
+    ax.set_title(f"baseline escape, protocol '{protocol.name}'", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    cols = [b for b in (10, 20, 50, 100) if b <= budgets[-1]]
+    lines = ["| visual strength | runs | " + " | ".join(f"escaped by epoch {b}" for b in cols) + " | test visual drop at epoch 100 (mean) |",
+             "|---|---|" + "---|" * len(cols) + "---|"]
+    for s, row in zip(strengths, grid):
+        runs = [r for r in records if r["visual_strength"] == s]
+        lines.append(f"| {s:g} | {len(runs)} | " + " | ".join(f"{100 * row[b - 1]:.0f}%" for b in cols)
+                     + f" | {100 * np.mean([r['visual_drop'] for r in runs]):.1f}% |")
+    return path, "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -227,6 +284,11 @@ def main() -> None:
     run_p.add_argument("--training-seeds", type=int, nargs="+", default=None)
     run_p.add_argument("--long", action="store_true", help="The protocol's [long] budget (twice as long, no early stop).")
     run_p.add_argument("--work", type=Path, default=Path("/tmp/fusionguard-collapse"))
+    run_p.add_argument("--visual-strength", type=float, default=None,
+                       help="Sweep point: the generator's visual_strength (records go under '<protocol>@visual_strength=S').")
+    sw_p = sub.add_parser("sweep-report", help="The phase diagram (visual strength x budget -> escape probability).")
+    sw_p.add_argument("--protocol", type=Path, default=PROTOCOL)
+    sw_p.add_argument("--results", type=Path, default=SWEEP_RESULTS)
     rep_p = sub.add_parser("report", help="Rebuild the tables from the stored records.")
     rep_p.add_argument("--no-doc", action="store_true", help="Do not rewrite docs/training.md.")
     rep_p.add_argument("--protocol", type=Path, nargs="+", default=[PROTOCOL])
@@ -235,6 +297,12 @@ def main() -> None:
     for p in (run_p, rep_p):
         p.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.command == "sweep-report":
+        results = args.results.resolve()
+        fig, table = sweep_figure(results, args.protocol.resolve(), results.with_name(f"{results.stem}_phase.png"))
+        print(table)
+        print(f"\nfigure: {fig}")
+        return
     if args.command == "report":
         print(report(args.results.resolve(), [p.resolve() for p in args.protocol], args.section, write_doc=not args.no_doc))
         return
@@ -243,6 +311,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     protocol = load_protocol(args.protocol)
+    if args.visual_strength is not None:
+        protocol = sweep_protocol(protocol, args.visual_strength)
     done = {(r["variant"], r["generator_seed"], r["training_seed"], bool(r.get("long")))
             for r in read_records(args.results) if r["protocol"] == protocol.name}
     variants = args.variants or [protocol.reference]
@@ -252,6 +322,7 @@ def main() -> None:
                 if (variant, gen, seed, args.long) in done:
                     continue
                 rec = run_cell(protocol, variant, gen, seed, args.work, long=args.long)
+                rec["visual_strength"] = float(protocol.data.get("visual_strength", SynthConfig().visual_strength))
                 args.results.parent.mkdir(parents=True, exist_ok=True)
                 with args.results.open("a", encoding="utf-8") as fh:
                     fh.write(json.dumps(rec) + "\n")

@@ -24,6 +24,7 @@ MASKS = ("zero", "permute")
 OPTIMIZERS = ("adamw", "sgd")
 KEEPS = ("best-val", "last")
 WARM_START_INITS = ("fresh", "zero-values")
+WARM_START_FREEZES = ("none", "text-tower", "loaded")
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,10 @@ class TrainConfig:
     # initialisation) or "zero-values" (value projections of the new modality zeroed, so the new
     # tokens add nothing to the attention output until training moves them; ignored without a warm start).
     warm_start_init: str = "fresh"
+    # What of a warm start stays frozen: "none"; "text-tower" (the text encoder: query tower and
+    # text K/V, `encoder_parameters()["text"]`); "loaded" (every parameter loaded from the source:
+    # the production model is frozen and only what it lacks trains). Ignored without a warm start.
+    warm_start_freeze: str = "none"
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     mitigation: MitigationConfig = field(default_factory=MitigationConfig)
@@ -149,7 +154,7 @@ def _build(data: Mapping[str, Any]) -> tuple[TrainConfig | None, list[str]]:
     problems: list[str] = []
     if not isinstance(data, Mapping):
         return None, ["the config must be a TOML table"]
-    top = {"variant": str, "seed": int, "device": str, "warm_start_from": str, "warm_start_init": str}
+    top = {"variant": str, "seed": int, "device": str, "warm_start_from": str, "warm_start_init": str, "warm_start_freeze": str}
     for key in sorted(set(data) - set(top) - set(_SECTIONS)):
         problems.append(f"unknown key '{key}'; known keys: {sorted(set(top) | set(_SECTIONS))}")
     values: dict[str, Any] = {}
@@ -172,6 +177,8 @@ def config_problems(config: TrainConfig) -> list[str]:
         p.append(f"device = '{config.device}' must be one of {list(DEVICES)}")
     if config.warm_start_init not in WARM_START_INITS:
         p.append(f"warm_start_init = '{config.warm_start_init}' must be one of {list(WARM_START_INITS)}")
+    if config.warm_start_freeze not in WARM_START_FREEZES:
+        p.append(f"warm_start_freeze = '{config.warm_start_freeze}' must be one of {list(WARM_START_FREEZES)}")
     if config.seed < 0:
         p.append(f"seed = {config.seed} must be >= 0")
     m = config.model

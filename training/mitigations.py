@@ -324,8 +324,11 @@ def _step_mmpareto(model, config, q, t, v, label, group, n_groups, epoch, state,
     l_mm, l_t, l_v = _unimodal_losses(model, q, t, v, label, group, n_groups)
     groups = model.modality_parameters()
     grads: dict[str, tuple[list[Tensor], list[Tensor]]] = {}
+    groups = {m: [p for p in ps if p.requires_grad] for m, ps in groups.items()}  # a frozen warm-started tower has no gradient
     for modality, uni in (("text", l_t), ("visual", l_v)):
         params = groups[modality]
+        if not params:
+            continue
         g_mm = torch.autograd.grad(l_mm, params, retain_graph=True, allow_unused=True)
         g_uni = torch.autograd.grad(uni, params, retain_graph=True, allow_unused=True)
         grads[modality] = ([torch.zeros_like(p) if g is None else g for p, g in zip(params, g_mm, strict=True)],

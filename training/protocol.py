@@ -69,6 +69,7 @@ class Protocol:
         if warm_start_from:
             warm = dict(self.warm)
             data["warm_start_init"] = warm.pop("init", "fresh")
+            data["warm_start_freeze"] = warm.pop("freeze", "none")
             data["optim"] = {**data.get("optim", {}), **warm}
         if long:
             data["optim"] = {**data.get("optim", {}), **self.long}

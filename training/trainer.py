@@ -81,6 +81,21 @@ def validate_run(config: TrainConfig, data_dir: str | Path, source: str = "confi
         raise ConfigError(source, problems)
 
 
+def freeze(model: Ranker, what: str, loaded: list[str]) -> list[str]:
+    """Stop gradients to the frozen part of a warm-started model (TrainConfig.warm_start_freeze);
+    returns the frozen parameter names. AdamW skips parameters without a gradient, weight decay
+    included, so a frozen parameter keeps its loaded value exactly."""
+    if what == "text-tower":
+        ids = {id(p) for p in model.encoder_parameters()["text"]}
+        names = [n for n, p in model.named_parameters() if id(p) in ids]
+    else:
+        names = [n for n, _ in model.named_parameters() if n in set(loaded)]
+    params = dict(model.named_parameters())
+    for name in names:
+        params[name].requires_grad_(False)
+    return names
+
+
 def make_optimizer(model: Ranker, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW (the recipe) or SGD with momentum 0.9 (the optimizer of the released OGM-GE, AGM, PMR
     and MMPareto code). Gradient-scaling methods need the distinction: Adam divides each update by
@@ -121,6 +136,8 @@ def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: 
     val_split = load_split(data_dir / "val.parquet", dims, with_visual).to(device)
     model = build_model(config.variant, dims, config.model).to(device)
     warm = warm_start(model, config.warm_start_from, config.warm_start_init) if config.warm_start_from else None
+    if warm is not None and config.warm_start_freeze != "none":
+        warm["frozen"] = freeze(model, config.warm_start_freeze, warm["loaded"])
     opt = make_optimizer(model, config)
     meta = {"data_dir": str(data_dir), "data_sha256": dataset_sha256(data_dir / "train.parquet"), "seed": config.seed}
     k = config.diagnostics.ndcg_k
