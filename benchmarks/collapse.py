@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL = ROOT / "training" / "configs" / "protocol.toml"
 RESULTS = ROOT / "benchmarks" / "results" / "collapse.jsonl"
 DOC = ROOT / "docs" / "training.md"
+EXPERIMENTS_DOC = ROOT / "docs" / "experiments.md"
 MARKERS = "<!-- COLLAPSE:{}:BEGIN -->", "<!-- COLLAPSE:{}:END -->"
 
 
@@ -120,13 +121,23 @@ def report(results: Path, protocol_paths: list[Path], section: str = "main", wri
     rel = figure.relative_to(ROOT) if figure.is_relative_to(ROOT) else figure
     parts.append(f"![every run: visual drop vs Spearman with V1](../{rel})")
     text = "\n\n".join(parts + [cmd]) if parts else f"No runs stored yet.\n\n{cmd}"
-    begin, end = (m.format(section) for m in MARKERS)
-    if write_doc and DOC.is_file():
-        doc = DOC.read_text(encoding="utf-8")
-        if begin in doc and end in doc:
-            head, rest = doc.split(begin, 1)
-            DOC.write_text(head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1], encoding="utf-8")
+    if write_doc:
+        _fill(DOC, section, text)
+        targets = [part for part in parts if part.startswith("**Research-plan targets")]
+        if section == "main" and targets:  # docs/experiments.md carries a copy of the targets table
+            _fill(EXPERIMENTS_DOC, "targets", "\n\n".join([*targets, cmd]))
     return text
+
+
+def _fill(doc: Path, section: str, text: str) -> None:
+    """Replace what stands between a doc's COLLAPSE:<section> markers (nothing when it has none)."""
+    begin, end = (m.format(section) for m in MARKERS)
+    if not doc.is_file():
+        return
+    content = doc.read_text(encoding="utf-8")
+    if begin in content and end in content:
+        head, rest = content.split(begin, 1)
+        doc.write_text(head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1], encoding="utf-8")
 
 
 TARGETS = (  # the research plan's targets: (name, target, stretch)
