@@ -241,16 +241,28 @@ def sweep_protocol(protocol, strength: float):
     return replace(protocol, name=f"{protocol.name}@visual_strength={strength:g}", data={**protocol.data, "visual_strength": strength})
 
 
-def escape_by_budget(records: list[dict], budgets: np.ndarray, threshold: float) -> np.ndarray:
-    """Share of runs whose val visual drop reached `threshold` at some epoch < B, for each budget B."""
+def escape_by_budget(records: list[dict], budgets: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """For each budget B: (share of runs whose val visual drop reached `threshold` within their
+    first B epochs, runs that count at B). A run that stopped (early stopping) before B without
+    having escaped says nothing about B and is left out there (censored)."""
     first = [next((h["epoch"] for h in r["history"] if (h.get("val_visual_drop") or 0) >= threshold), None) for r in records]
-    return np.array([np.mean([f is not None and f < b for f in first]) for b in budgets]) if records else np.full(len(budgets), np.nan)
+    ran = [int(r["epochs_run"]) for r in records]
+    share, count = np.full(len(budgets), np.nan), np.zeros(len(budgets), dtype=int)
+    for i, b in enumerate(budgets):
+        escaped = [f is not None and f < b for f in first]
+        counted = [e or n >= b for e, n in zip(escaped, ran)]
+        count[i] = sum(counted)
+        if count[i]:
+            share[i] = sum(e for e, c in zip(escaped, counted) if c) / count[i]
+    return share, count
 
 
 def sweep_figure(results: Path, protocol_path: Path, path: Path, main_results: Path | None = None) -> tuple[Path, str]:
     """The phase diagram: visual signal strength x training budget -> escape probability of the
-    baseline (share of long runs whose val visual drop reached the escape line by that epoch),
-    as a heat map, plus the table behind it."""
+    baseline (share of runs whose val visual drop reached the escape line within that many
+    epochs; runs stopped earlier without escaping are censored), as a heat map, plus the table
+    behind it. Runs: the sweep's own (protocol name '<name>@visual_strength=S') and the
+    benchmark point's baseline runs (both budgets) from the protocol's results."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -258,35 +270,39 @@ def sweep_figure(results: Path, protocol_path: Path, path: Path, main_results: P
 
     protocol = load_protocol(protocol_path)
     threshold = protocol.criteria.escape_min_visual_drop
-    records = [r for r in read_records(results) if r["protocol"].startswith(f"{protocol.name}@") and r.get("long")]
-    if main_results is not None:  # the benchmark point itself: the protocol's own long baseline runs
+    records = [r for r in read_records(results) if r["protocol"].startswith(f"{protocol.name}@") and r["variant"] == protocol.reference]
+    if main_results is not None:
         default = float(protocol.data.get("visual_strength", SynthConfig().visual_strength))
         records += [{**r, "visual_strength": default} for r in read_records(main_results)
-                    if r["protocol"] == protocol.name and r.get("long") and r["variant"] == protocol.reference]
+                    if r["protocol"] == protocol.name and r["variant"] == protocol.reference]
     strengths = sorted({float(r["visual_strength"]) for r in records})
     budgets = np.arange(1, int(protocol.long.get("max_epochs", 100)) + 1)
-    grid = np.array([escape_by_budget([r for r in records if r["visual_strength"] == s], budgets, threshold) for s in strengths])
+    cells = [escape_by_budget([r for r in records if r["visual_strength"] == s], budgets, threshold) for s in strengths]
     fig, ax = plt.subplots(figsize=(6.4, 3.2))
     if strengths:
-        im = ax.imshow(grid, aspect="auto", origin="lower", vmin=0, vmax=1, cmap="viridis",
+        grid = np.ma.masked_invalid(np.array([c[0] for c in cells]))
+        im = ax.imshow(grid, aspect="auto", origin="lower", vmin=0, vmax=1, cmap="viridis", interpolation="nearest",
                        extent=(0.5, budgets[-1] + 0.5, -0.5, len(strengths) - 0.5))
+        ax.set_facecolor("0.85")  # grey: no run trained that long
         ax.set_yticks(range(len(strengths)), [f"{s:g}" for s in strengths])
-        fig.colorbar(im, ax=ax, label=f"P(val visual drop ≥ {threshold:.0%} by epoch)")
+        fig.colorbar(im, ax=ax, label=f"P(val visual drop ≥ {threshold:.0%} within B epochs)")
     for budget in (protocol.train["optim"]["max_epochs"], protocol.long.get("max_epochs", 100)):
         ax.axvline(budget, color="w", ls="--", lw=1)
-    ax.set_xlabel("training budget (epochs)")
+    ax.set_xlabel("training budget B (epochs)")
     ax.set_ylabel("visual signal strength")
-    ax.set_title(f"baseline escape, protocol '{protocol.name}'", fontsize=9)
+    ax.set_title(f"baseline escape, protocol '{protocol.name}' (grey: no run that long)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    cols = [b for b in (10, 20, 50, 100) if b <= budgets[-1]]
-    lines = ["| visual strength | runs | " + " | ".join(f"escaped by epoch {b}" for b in cols) + " | test visual drop, best-val checkpoint of the long run (mean) |",
-             "|---|---|" + "---|" * len(cols) + "---|"]
-    for s, row in zip(strengths, grid):
+    cols = [b for b in (10, 20, 30, 50, 100) if b <= budgets[-1]]
+    lines = ["| visual strength | runs (50-epoch budget / 100 epochs) | " + " | ".join(f"escaped within {b} epochs (runs counted)" for b in cols)
+             + " | test: collapsed / escaped (50-epoch budget) |", "|---|---|" + "---|" * len(cols) + "---|"]
+    for s, (share, count) in zip(strengths, cells):
         runs = [r for r in records if r["visual_strength"] == s]
-        lines.append(f"| {s:g} | {len(runs)} | " + " | ".join(f"{100 * row[b - 1]:.0f}%" for b in cols)
-                     + f" | {100 * np.mean([r['visual_drop'] for r in runs]):.1f}% |")
+        std = [r for r in runs if not r.get("long")]
+        cell = lambda b: "–" if count[b - 1] == 0 else f"{100 * share[b - 1]:.0f}% ({count[b - 1]})"  # noqa: E731
+        lines.append(f"| {s:g} | {len(std)} / {len(runs) - len(std)} | " + " | ".join(cell(b) for b in cols)
+                     + f" | {sum(r['collapsed'] for r in std)} / {sum(r['escaped'] for r in std)} of {len(std)} |")
     return path, "\n".join(lines)
 
 

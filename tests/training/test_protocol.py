@@ -135,3 +135,17 @@ def test_zero_values_warm_start_silences_the_new_modality_at_the_start(tmp_path,
         torch.testing.assert_close(model.k_text.weight, v1.k_text.weight)
     with pytest.raises(ConfigError, match="warm_start_init"):
         TrainConfig.from_dict({"warm_start_init": "ones"})
+
+
+def test_phase_diagram_escape_by_budget_censors_runs_that_stopped_early():
+    from benchmarks.collapse import escape_by_budget
+
+    def run(drops, epochs_run):
+        return {"history": [{"epoch": e, "val_visual_drop": d} for e, d in enumerate(drops)], "epochs_run": epochs_run}
+
+    runs = [run([0.0, 0.2, 0.3], 3),  # escapes at epoch 1: counted as escaped from budget 2 on
+            run([0.0, 0.0], 2),  # stopped after 2 epochs without escaping: says nothing about budget 3
+            run([0.0, 0.0, 0.05], 3)]  # never reaches 10%
+    share, count = escape_by_budget(runs, np.array([1, 2, 3]), 0.10)
+    assert count.tolist() == [3, 3, 2]
+    np.testing.assert_allclose(share, [0.0, 1 / 3, 1 / 2])
