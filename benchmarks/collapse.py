@@ -19,12 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from training.synth import SynthConfig
 from training.protocol import CONTROLS, load_protocol, read_records, run_cell, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL = ROOT / "training" / "configs" / "protocol.toml"
 RESULTS = ROOT / "benchmarks" / "results" / "collapse.jsonl"
 DOC = ROOT / "docs" / "training.md"
+EXPERIMENTS_DOC = ROOT / "docs" / "experiments.md"
 MARKERS = "<!-- COLLAPSE:{}:BEGIN -->", "<!-- COLLAPSE:{}:END -->"
 
 
@@ -119,13 +121,23 @@ def report(results: Path, protocol_paths: list[Path], section: str = "main", wri
     rel = figure.relative_to(ROOT) if figure.is_relative_to(ROOT) else figure
     parts.append(f"![every run: visual drop vs Spearman with V1](../{rel})")
     text = "\n\n".join(parts + [cmd]) if parts else f"No runs stored yet.\n\n{cmd}"
-    begin, end = (m.format(section) for m in MARKERS)
-    if write_doc and DOC.is_file():
-        doc = DOC.read_text(encoding="utf-8")
-        if begin in doc and end in doc:
-            head, rest = doc.split(begin, 1)
-            DOC.write_text(head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1], encoding="utf-8")
+    if write_doc:
+        _fill(DOC, section, text)
+        targets = [part for part in parts if part.startswith("**Research-plan targets")]
+        if section == "main" and targets:  # docs/experiments.md carries a copy of the targets table
+            _fill(EXPERIMENTS_DOC, "targets", "\n\n".join([*targets, cmd]))
     return text
+
+
+def _fill(doc: Path, section: str, text: str) -> None:
+    """Replace what stands between a doc's COLLAPSE:<section> markers (nothing when it has none)."""
+    begin, end = (m.format(section) for m in MARKERS)
+    if not doc.is_file():
+        return
+    content = doc.read_text(encoding="utf-8")
+    if begin in content and end in content:
+        head, rest = content.split(begin, 1)
+        doc.write_text(head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1], encoding="utf-8")
 
 
 TARGETS = (  # the research plan's targets: (name, target, stretch)
@@ -218,6 +230,82 @@ def _protocol_tables(results: Path, protocol_path: Path, targets: bool = True) -
     return parts
 
 
+SWEEP_RESULTS = ROOT / "benchmarks" / "results" / "collapse_sweep.jsonl"
+
+
+def sweep_protocol(protocol, strength: float):
+    """The protocol with the generator's visual_strength set to `strength` (its own name, so its
+    data, V1 and runs never mix with the benchmark point's)."""
+    from dataclasses import replace
+
+    return replace(protocol, name=f"{protocol.name}@visual_strength={strength:g}", data={**protocol.data, "visual_strength": strength})
+
+
+def escape_by_budget(records: list[dict], budgets: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """For each budget B: (share of runs whose val visual drop reached `threshold` within their
+    first B epochs, runs that count at B). A run that stopped (early stopping) before B without
+    having escaped says nothing about B and is left out there (censored)."""
+    first = [next((h["epoch"] for h in r["history"] if (h.get("val_visual_drop") or 0) >= threshold), None) for r in records]
+    ran = [int(r["epochs_run"]) for r in records]
+    share, count = np.full(len(budgets), np.nan), np.zeros(len(budgets), dtype=int)
+    for i, b in enumerate(budgets):
+        escaped = [f is not None and f < b for f in first]
+        counted = [e or n >= b for e, n in zip(escaped, ran)]
+        count[i] = sum(counted)
+        if count[i]:
+            share[i] = sum(e for e, c in zip(escaped, counted) if c) / count[i]
+    return share, count
+
+
+def sweep_figure(results: Path, protocol_path: Path, path: Path, main_results: Path | None = None) -> tuple[Path, str]:
+    """The phase diagram: visual signal strength x training budget -> escape probability of the
+    baseline (share of runs whose val visual drop reached the escape line within that many
+    epochs; runs stopped earlier without escaping are censored), as a heat map, plus the table
+    behind it. Runs: the sweep's own (protocol name '<name>@visual_strength=S') and the
+    benchmark point's baseline runs (both budgets) from the protocol's results."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    protocol = load_protocol(protocol_path)
+    threshold = protocol.criteria.escape_min_visual_drop
+    records = [r for r in read_records(results) if r["protocol"].startswith(f"{protocol.name}@") and r["variant"] == protocol.reference]
+    if main_results is not None:
+        default = float(protocol.data.get("visual_strength", SynthConfig().visual_strength))
+        records += [{**r, "visual_strength": default} for r in read_records(main_results)
+                    if r["protocol"] == protocol.name and r["variant"] == protocol.reference]
+    strengths = sorted({float(r["visual_strength"]) for r in records})
+    budgets = np.arange(1, int(protocol.long.get("max_epochs", 100)) + 1)
+    cells = [escape_by_budget([r for r in records if r["visual_strength"] == s], budgets, threshold) for s in strengths]
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    if strengths:
+        grid = np.ma.masked_invalid(np.array([c[0] for c in cells]))
+        im = ax.imshow(grid, aspect="auto", origin="lower", vmin=0, vmax=1, cmap="viridis", interpolation="nearest",
+                       extent=(0.5, budgets[-1] + 0.5, -0.5, len(strengths) - 0.5))
+        ax.set_facecolor("0.85")  # grey: no run trained that long
+        ax.set_yticks(range(len(strengths)), [f"{s:g}" for s in strengths])
+        fig.colorbar(im, ax=ax, label=f"P(val visual drop ≥ {threshold:.0%} within B epochs)")
+    for budget in (protocol.train["optim"]["max_epochs"], protocol.long.get("max_epochs", 100)):
+        ax.axvline(budget, color="w", ls="--", lw=1)
+    ax.set_xlabel("training budget B (epochs)")
+    ax.set_ylabel("visual signal strength")
+    ax.set_title(f"baseline escape, protocol '{protocol.name}' (grey: no run that long)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    cols = [b for b in (10, 20, 30, 50, 100) if b <= budgets[-1]]
+    lines = ["| visual strength | runs (50-epoch budget / 100 epochs) | " + " | ".join(f"escaped within {b} epochs (runs counted)" for b in cols)
+             + " | test: collapsed / escaped (50-epoch budget) |", "|---|---|" + "---|" * len(cols) + "---|"]
+    for s, (share, count) in zip(strengths, cells):
+        runs = [r for r in records if r["visual_strength"] == s]
+        std = [r for r in runs if not r.get("long")]
+        cell = lambda b: "–" if count[b - 1] == 0 else f"{100 * share[b - 1]:.0f}% ({count[b - 1]})"  # noqa: E731
+        lines.append(f"| {s:g} | {len(std)} / {len(runs) - len(std)} | " + " | ".join(cell(b) for b in cols)
+                     + f" | {sum(r['collapsed'] for r in std)} / {sum(r['escaped'] for r in std)} of {len(std)} |")
+    return path, "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -227,6 +315,12 @@ def main() -> None:
     run_p.add_argument("--training-seeds", type=int, nargs="+", default=None)
     run_p.add_argument("--long", action="store_true", help="The protocol's [long] budget (twice as long, no early stop).")
     run_p.add_argument("--work", type=Path, default=Path("/tmp/fusionguard-collapse"))
+    run_p.add_argument("--visual-strength", type=float, default=None,
+                       help="Sweep point: the generator's visual_strength (records go under '<protocol>@visual_strength=S').")
+    sw_p = sub.add_parser("sweep-report", help="The phase diagram (visual strength x budget -> escape probability).")
+    sw_p.add_argument("--protocol", type=Path, default=PROTOCOL)
+    sw_p.add_argument("--results", type=Path, default=SWEEP_RESULTS)
+    sw_p.add_argument("--main-results", type=Path, default=RESULTS, help="The protocol's own results (its long baseline runs: the benchmark point).")
     rep_p = sub.add_parser("report", help="Rebuild the tables from the stored records.")
     rep_p.add_argument("--no-doc", action="store_true", help="Do not rewrite docs/training.md.")
     rep_p.add_argument("--protocol", type=Path, nargs="+", default=[PROTOCOL])
@@ -235,6 +329,12 @@ def main() -> None:
     for p in (run_p, rep_p):
         p.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.command == "sweep-report":
+        results = args.results.resolve()
+        fig, table = sweep_figure(results, args.protocol.resolve(), results.with_name(f"{results.stem}_phase.png"), args.main_results.resolve())
+        print(table)
+        print(f"\nfigure: {fig}")
+        return
     if args.command == "report":
         print(report(args.results.resolve(), [p.resolve() for p in args.protocol], args.section, write_doc=not args.no_doc))
         return
@@ -243,6 +343,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     protocol = load_protocol(args.protocol)
+    if args.visual_strength is not None:
+        protocol = sweep_protocol(protocol, args.visual_strength)
     done = {(r["variant"], r["generator_seed"], r["training_seed"], bool(r.get("long")))
             for r in read_records(args.results) if r["protocol"] == protocol.name}
     variants = args.variants or [protocol.reference]
@@ -252,6 +354,7 @@ def main() -> None:
                 if (variant, gen, seed, args.long) in done:
                     continue
                 rec = run_cell(protocol, variant, gen, seed, args.work, long=args.long)
+                rec["visual_strength"] = float(protocol.data.get("visual_strength", SynthConfig().visual_strength))
                 args.results.parent.mkdir(parents=True, exist_ok=True)
                 with args.results.open("a", encoding="utf-8") as fh:
                     fh.write(json.dumps(rec) + "\n")

@@ -24,7 +24,9 @@ from training.variants import VARIANTS
 
 MASKS = REFERENCE_FREE_STRATEGIES  # a split is masked on its own: no reference means
 OPTIMIZERS = ("adamw", "sgd")
+KEEPS = ("best-val", "last")
 WARM_START_INITS = ("fresh", "zero-values")
+WARM_START_FREEZES = ("none", "text-tower", "loaded")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class OptimConfig:
     min_delta: float = 5e-3  # an epoch counts as better only if val NDCG@10 rises by more than this
     batch_queries: int = 8  # queries per optimisation step (all candidates of a query stay together)
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    keep: str = "best-val"  # checkpoint kept: "best-val" (best val NDCG@10) or "last" (the converged model, e.g. a production V1 fitted to its training data)
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,10 @@ class TrainConfig:
     # initialisation) or "zero-values" (value projections of the new modality zeroed, so the new
     # tokens add nothing to the attention output until training moves them; ignored without a warm start).
     warm_start_init: str = "fresh"
+    # What of a warm start stays frozen: "none"; "text-tower" (the text encoder: query tower and
+    # text K/V, `encoder_parameters()["text"]`); "loaded" (every parameter loaded from the source:
+    # the production model is frozen and only what it lacks trains). Ignored without a warm start.
+    warm_start_freeze: str = "none"
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     mitigation: MitigationConfig = field(default_factory=MitigationConfig)
@@ -123,6 +130,8 @@ def config_problems(config: TrainConfig) -> list[str]:
         p.append(f"device = '{config.device}' must be one of {list(DEVICES)}")
     if config.warm_start_init not in WARM_START_INITS:
         p.append(f"warm_start_init = '{config.warm_start_init}' must be one of {list(WARM_START_INITS)}")
+    if config.warm_start_freeze not in WARM_START_FREEZES:
+        p.append(f"warm_start_freeze = '{config.warm_start_freeze}' must be one of {list(WARM_START_FREEZES)}")
     if config.seed < 0:
         p.append(f"seed = {config.seed} must be >= 0")
     m = config.model
@@ -135,6 +144,8 @@ def config_problems(config: TrainConfig) -> list[str]:
     o = config.optim
     if o.optimizer not in OPTIMIZERS:
         p.append(f"optim.optimizer = '{o.optimizer}' must be one of {list(OPTIMIZERS)}")
+    if o.keep not in KEEPS:
+        p.append(f"optim.keep = '{o.keep}' must be one of {list(KEEPS)}")
     if o.lr <= 0:
         p.append(f"optim.lr = {o.lr} must be > 0")
     for name in ("weight_decay", "min_delta", "grad_clip"):

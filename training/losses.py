@@ -363,3 +363,58 @@ def apply_dropout(text_tokens: Tensor, visual_tokens: Tensor, plan: DropPlan, gr
     keep_t = (~plan.text[group]).to(text_tokens.dtype)[:, None, None]
     keep_v = (~plan.visual[group]).to(visual_tokens.dtype)[:, None, None]
     return text_tokens * keep_t, visual_tokens * keep_v
+
+
+def mla_alpha(batch_index: int, n_batches: int) -> float:
+    """MLA's projector regulariser for the step at `batch_index` of an epoch of `n_batches`:
+    α = 0.1^(1 + batch_index / n_batches) (released `GSPlugin.before_update`: lamda, alpha)."""
+    return 0.1 ** (1.0 + batch_index / max(n_batches, 1))
+
+
+def mla_projector_update(projector: Tensor, r: Tensor, alpha: float) -> Tensor:
+    """One update of MLA's gradient-modification projector P (F, F) with the mean head input r (F,).
+
+        k = P·r,   P ← P − k·kᵀ / (α + rᵀ·k),   then P ← P / ‖P‖_F   (the released normalisation)
+
+    P shrinks the directions of the head's input space that earlier steps (of either modality)
+    used, so that a modality's update of the shared head interferes less with what the other
+    modality's updates taught it (the orthogonal-weight-modification projector of Zeng et al.,
+    Nature Machine Intelligence 2019, that MLA's "gradient modification" uses). Source: Zhang,
+    Yoon, Bansal & Yao, "Multimodal Representation Learning by Alternating Unimodal Adaptation"
+    (CVPR 2024), the gradient-modification part of the method; released
+    Cecile-hi/Multimodal-Learning-with-Alternating-Unimodal-Adaptation utils/utils.py
+    `GSPlugin.before_update`. The paper's equation numbers could not be checked here (no copy of
+    the paper was reachable); the formulas are the released code's, including the Frobenius
+    normalisation, which the OWM update itself does not have.
+    """
+    with torch.no_grad():
+        r = r.reshape(-1, 1)  # (F, 1)
+        k = projector @ r  # (F, 1)
+        updated = projector - (k @ k.T) / (alpha + float(r.T @ k))
+        return updated / torch.linalg.matrix_norm(updated)
+
+
+def mla_modified_gradient(grad: Tensor, projector: Tensor) -> Tensor:
+    """MLA's modified gradient of the shared head's weight W (out, F): ∇W ← ∇W · Pᵀ (released
+    `w.grad.data = torch.mm(w.grad.data, torch.t(self.Pl.data))`)."""
+    return grad @ projector.T
+
+
+def listwise_entropy(scores: Tensor, group: Tensor, n_groups: int) -> Tensor:
+    """Entropy of each query's softmax over its candidates' scores, −Σ_i p_i·log p_i -> (G,)."""
+    log_p = scores - _segment_logsumexp(scores, group, n_groups)[group]
+    return -torch.zeros(n_groups, device=scores.device, dtype=scores.dtype).index_add(0, group, log_p.exp() * log_p)
+
+
+def mla_fusion_weights(entropies: Tensor) -> Tensor:
+    """MLA's test-time uncertainty-based fusion weights from one entropy per modality (M,):
+
+        λ_m = exp(max_j e_j − e_m) / Σ_j exp(max_j e_j − e_j)
+
+    the less uncertain (lower-entropy) modality weighs more; the fused score is Σ_m λ_m·s_m.
+    Source: Zhang et al. (CVPR 2024), test-time uncertainty-based model fusion; released main.py
+    `calculate_gating_weights` (which computes each entropy over the softmax along the batch axis
+    of the whole output, dim=0; see `training.mitigations` for what the ranking setting uses).
+    """
+    w = torch.exp(entropies.max() - entropies)
+    return w / w.sum()

@@ -31,12 +31,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from training import losses
 from training.config import TrainConfig
-from training.models import CrossAttentionRanker, Ranker
+from training.models import CrossAttentionRanker, MLARanker, Ranker
 from training.variants import canonical
 
 AfterBackward = Callable[[], dict[str, float]]
@@ -54,7 +55,12 @@ def _cross(model: Ranker, variant: str) -> CrossAttentionRanker:
 
 
 def epoch_start(model: Ranker, config: TrainConfig, split: Any, epoch: int, state: dict[str, Any]) -> None:
-    """Per-epoch work before the first step: PMR's class (grade) prototypes over the train split."""
+    """Per-epoch work before the first step: PMR's class (grade) prototypes over the train split;
+    MLA's step counter within the epoch (its projector's α follows it)."""
+    if canonical(config.variant) == "mla":
+        state["mla_batch"] = 0
+        state["mla_n_batches"] = -(-split.n_queries // config.optim.batch_queries)
+        return
     if canonical(config.variant) != "pmr":
         return
     cross = _cross(model, "pmr")
@@ -70,6 +76,26 @@ def epoch_start(model: Ranker, config: TrainConfig, split: Any, epoch: int, stat
     m = config.mitigation.pmr_momentum
     state["pmr_proto_text"] = losses.class_prototypes(torch.cat(feats_t), labels, n_classes, state.get("pmr_proto_text"), m)
     state["pmr_proto_visual"] = losses.class_prototypes(torch.cat(feats_v), labels, n_classes, state.get("pmr_proto_visual"), m)
+
+
+def epoch_end(model: Ranker, config: TrainConfig, split: Any, epoch: int, state: dict[str, Any]) -> None:
+    """Per-epoch work after the last step, before the diagnostics: MLA's fusion weights."""
+    if canonical(config.variant) != "mla":
+        return
+    mla = _mla(model)
+    entropies = torch.zeros(2)
+    with torch.no_grad():
+        for start in range(0, split.n_queries, 256):  # whole queries per chunk: the entropy is per query
+            stop = min(start + 256, split.n_queries)
+            rows = slice(int(split.offsets[start]), int(split.offsets[stop]))
+            sizes = torch.from_numpy(np.diff(split.offsets[start : stop + 1]))
+            group = torch.repeat_interleave(torch.arange(stop - start), sizes).to(split.query.device)
+            s_t, s_v, _ = mla.unimodal_scores(split.query[rows], split.text_tokens[rows], split.visual_tokens[rows])
+            for m, scores in enumerate((s_t, s_v)):
+                entropies[m] += float(losses.listwise_entropy(scores, group, stop - start).sum())
+        weights = losses.mla_fusion_weights(entropies / split.n_queries)
+        mla.fusion_weights.copy_(weights.to(mla.fusion_weights.device))
+    state["mla_fusion_text"], state["mla_fusion_visual"] = float(weights[0]), float(weights[1])
 
 
 def step_loss(model: Ranker, config: TrainConfig, q: Tensor, t: Tensor, v: Tensor | None, label: Tensor, group: Tensor,
@@ -298,8 +324,11 @@ def _step_mmpareto(model, config, q, t, v, label, group, n_groups, epoch, state,
     l_mm, l_t, l_v = _unimodal_losses(model, q, t, v, label, group, n_groups)
     groups = model.modality_parameters()
     grads: dict[str, tuple[list[Tensor], list[Tensor]]] = {}
+    groups = {m: [p for p in ps if p.requires_grad] for m, ps in groups.items()}  # a frozen warm-started tower has no gradient
     for modality, uni in (("text", l_t), ("visual", l_v)):
         params = groups[modality]
+        if not params:
+            continue
         g_mm = torch.autograd.grad(l_mm, params, retain_graph=True, allow_unused=True)
         g_uni = torch.autograd.grad(uni, params, retain_graph=True, allow_unused=True)
         grads[modality] = ([torch.zeros_like(p) if g is None else g for p, g in zip(params, g_mm, strict=True)],
@@ -321,7 +350,71 @@ def _step_mmpareto(model, config, q, t, v, label, group, n_groups, epoch, state,
     return loss, extra, after_backward
 
 
+def _mla(model: Ranker) -> MLARanker:
+    if not isinstance(model, MLARanker):  # the registry pairs mla with its own model
+        raise TypeError(f"variant mla needs the MLA model, got {type(model).__name__}")
+    return model
+
+
+def _step_mla(model, config, q, t, v, label, group, n_groups, epoch, state, gen):
+    """mla: Multimodal Learning with Alternating Unimodal Adaptation (Zhang, Yoon, Bansal & Yao,
+    "Multimodal Representation Learning by Alternating Unimodal Adaptation", CVPR 2024; released
+    Cecile-hi/Multimodal-Learning-with-Alternating-Unimodal-Adaptation, main.py `train_epoch`
+    with `--gs_flag`, utils/utils.py `GSPlugin`).
+
+    The method, as released: (1) alternating unimodal adaptation — each optimisation step trains
+    ONE modality's encoder through the head shared by all modalities, on that modality's loss
+    alone (no fused loss is ever trained); (2) gradient modification — before each step after the
+    first, the shared head's weight gradient is right-multiplied by the projector P
+    (`losses.mla_projector_update` with the step's mean head input and
+    α = `losses.mla_alpha`; `losses.mla_modified_gradient`), so one modality's step interferes
+    less with what the other's taught the head; (3) test-time uncertainty-based fusion — the
+    score is Σ_m λ_m·s_m with λ from the modalities' entropies (`losses.mla_fusion_weights`,
+    `models.MLARanker`). The paper's equation numbers could not be checked here (no copy of the
+    paper was reachable); the formulas are the released code's.
+
+    Ranking setting, what differs: (a) the released code runs a text step and then a visual step
+    on the same batch (two optimizer steps per batch); the trainer makes one step per batch, so
+    the modalities alternate batch by batch (text, visual, text, ...) and each sees every other
+    batch; (b) a modality's unimodal score is the shared head on its share of the attention output
+    (module docstring), and the query tower φ(q), which the contract counts as text, feeds both;
+    (c) the head is an MLP, so the projector acts on its first layer, the one that reads the
+    modality features (the released head is one linear layer); (d) "entropy" is the listwise
+    entropy of each query's softmax over its candidates, averaged over the training split's
+    queries after each epoch, so λ is one pair per model (the released `calculate_entropy` takes a
+    softmax along the batch axis, which also yields one value per batch, not per sample); (e) the
+    recipe's global gradient clipping runs after the projection, the released code has none.
+    """
+    mla = _mla(model)
+    turn = int(state.get("mla_turn", 0))  # 0: text step, 1: visual step
+    parts = mla.split(q, t, v)
+    share = parts.text if turn == 0 else parts.visual
+    head_in = torch.cat([parts.qp, share, parts.qp * share], dim=-1)  # (N, 3·dm): what the shared head reads
+    loss = _task(mla.head(head_in).squeeze(-1), label, group, n_groups)
+    r = head_in.detach().mean(dim=0)  # (3·dm,)
+
+    def after_backward() -> dict[str, float]:
+        weight = mla.head[0].weight
+        count = int(state.get("mla_count", 0))
+        if count > 0 and weight.grad is not None:  # released: no modification on the very first step
+            alpha = losses.mla_alpha(int(state.get("mla_batch", 0)), int(state.get("mla_n_batches", 1)))
+            proj = state.get("mla_projector")
+            if proj is None:
+                proj = torch.eye(r.shape[0], device=r.device, dtype=r.dtype)
+            proj = losses.mla_projector_update(proj, r, alpha)
+            state["mla_projector"] = proj
+            weight.grad = losses.mla_modified_gradient(weight.grad, proj)
+        state["mla_count"] = count + 1
+        state["mla_turn"] = 1 - turn
+        state["mla_batch"] = int(state.get("mla_batch", 0)) + 1
+        return {}
+
+    # task_loss is the step's unimodal loss (text and visual steps alternate; MLA trains no fused loss)
+    return loss, {"task_loss": float(loss.detach())}, after_backward
+
+
 _STEPS = {
+    "mla": _step_mla,
     "mbl": _step_mbl,
     "bridged-two-stream-mbl": _step_mbl,
     "modality-dropout": _step_dropout,

@@ -158,6 +158,34 @@ class CrossAttentionRanker(Ranker):
         return TrainOutputs(score, attn, fused, text_score, visual_score)
 
 
+class MLARanker(CrossAttentionRanker):
+    """MLA's model: the V2 cross-attention encoder whose one score head is shared by both
+    modalities, scoring each modality's share of the attention output on its own, and the
+    test-time fusion of the two unimodal scores with uncertainty-based weights:
+
+        s = λ_t·head(φ(q), o_text) + λ_v·head(φ(q), o_visual)    (o_m: `split`'s share of modality m)
+
+    λ (the `fusion_weights` buffer, (text, visual), 0.5/0.5 until training sets them) is
+    `losses.mla_fusion_weights` of the modalities' mean listwise entropies on the training split,
+    refreshed after every epoch (`training.mitigations.epoch_end`); it is a constant of the
+    exported graph. Source: Zhang et al., CVPR 2024 (see `training.mitigations._step_mla`)."""
+
+    def __init__(self, dims: InputDims, cfg: ModelConfig) -> None:
+        super().__init__(dims, cfg, has_visual=True)
+        self.register_buffer("fusion_weights", torch.full((2,), 0.5))
+
+    def unimodal_scores(self, query: Tensor, text_tokens: Tensor, visual_tokens: Tensor) -> tuple[Tensor, Tensor, SplitParts]:
+        """(text score (N,), visual score (N,), the split) through the shared head."""
+        parts = self.split(query, text_tokens, visual_tokens)
+        return self.head_score(parts.qp, parts.text), self.head_score(parts.qp, parts.visual), parts
+
+    def train_outputs(self, query, text_tokens, visual_tokens=None, aux=True) -> TrainOutputs:
+        s_t, s_v, parts = self.unimodal_scores(query, text_tokens, self._check_visual(visual_tokens))
+        score = self.fusion_weights[0] * s_t + self.fusion_weights[1] * s_v
+        fused = torch.cat([parts.qp, parts.text + parts.visual], dim=-1)
+        return TrainOutputs(score, parts.attention, fused, s_t if aux else None, s_v if aux else None)
+
+
 class TextAdversary(nn.Module):
     """The adversarial variant's adversary: its own text encoder (no parameter shared with the
     ranker) reads only the query and the text tokens and predicts a (N, dm) vector:
@@ -283,6 +311,8 @@ def build_model(variant: str, dims: InputDims, cfg: ModelConfig) -> Ranker:
     arch = entry.architecture
     if arch == "text-only":
         model: Ranker = CrossAttentionRanker(dims, cfg, has_visual=False)
+    elif arch == "cross-attention" and entry.name == "mla":
+        model = MLARanker(dims, cfg)
     elif arch == "cross-attention":
         model = CrossAttentionRanker(dims, cfg, has_visual=True, adversary=entry.name == "adversarial")
     elif arch == "late-fusion":

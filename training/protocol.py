@@ -56,6 +56,7 @@ class Protocol:
     warm: Mapping[str, Any]  # warm-started runs: "init" (TrainConfig.warm_start_init) and optim overrides ({} = the same recipe)
     long: Mapping[str, Any]
     data: Mapping[str, Any]
+    v1: Mapping[str, Any] = field(default_factory=dict)  # optim overrides for the production V1 ({} = the [train] budget)
     n_resamples: int = 10_000
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -63,9 +64,12 @@ class Protocol:
     def train_config(self, variant: str, seed: int, warm_start_from: str, long: bool = False) -> TrainConfig:
         data = json.loads(json.dumps(dict(self.train)))
         data.update(variant=variant, seed=seed, warm_start_from=warm_start_from)
+        if variant == "v1" and self.v1:
+            data["optim"] = {**data.get("optim", {}), **self.v1}
         if warm_start_from:
             warm = dict(self.warm)
             data["warm_start_init"] = warm.pop("init", "fresh")
+            data["warm_start_freeze"] = warm.pop("freeze", "none")
             data["optim"] = {**data.get("optim", {}), **warm}
         if long:
             data["optim"] = {**data.get("optim", {}), **self.long}
@@ -76,7 +80,7 @@ def load_protocol(path: str | Path) -> Protocol:
     """Read and validate a protocol TOML; ConfigError lists every problem."""
     raw = read_toml(path)
     known = {"name", "mechanism", "generator_seeds", "training_seeds", "v1_seed", "variants", "reference", "criteria",
-             "train", "warm", "long", "data", "eval"}
+             "train", "warm", "long", "data", "eval", "v1"}
     problems = [f"unknown key '{k}'; known keys: {sorted(known)}" for k in sorted(set(raw) - known)]
     try:
         criteria = Criteria(**raw.get("criteria", {}))
@@ -88,7 +92,7 @@ def load_protocol(path: str | Path) -> Protocol:
         generator_seeds=tuple(raw.get("generator_seeds", (0,))), training_seeds=tuple(raw.get("training_seeds", (0,))),
         v1_seed=int(raw.get("v1_seed", 0)), variants=tuple(raw.get("variants", ("baseline",))),
         reference=str(raw.get("reference", "baseline")), criteria=criteria, train=raw.get("train", {}),
-        warm=raw.get("warm", {}), long=raw.get("long", {}), data=raw.get("data", {}), n_resamples=int(raw.get("eval", {}).get("n_resamples", 10_000)),
+        warm=raw.get("warm", {}), long=raw.get("long", {}), v1=raw.get("v1", {}), data=raw.get("data", {}), n_resamples=int(raw.get("eval", {}).get("n_resamples", 10_000)),
         source=str(path),
     )
     bad = [v for v in protocol.variants if v not in VARIANTS or v == "v1"]
@@ -104,6 +108,7 @@ def load_protocol(path: str | Path) -> Protocol:
         try:
             protocol.train_config("baseline", 0, "")
             protocol.train_config("baseline", 0, "x", long=True)
+            protocol.train_config("v1", 0, "")
         except ConfigError as err:
             problems += err.problems
     if problems:
@@ -140,7 +145,7 @@ def run_cell(protocol: Protocol, variant: str, gen_seed: int, train_seed: int, w
     from training.diagnostics import score_split
     from training.trainer import train
 
-    work = Path(work)
+    work = Path(work) / protocol.name  # each protocol its own data, V1 and runs
     data = _data(protocol, gen_seed, work)
     v1_dir = _v1(protocol, gen_seed, data, work)
     train_variant = "baseline" if variant in CONTROLS else variant
@@ -174,10 +179,28 @@ def run_cell(protocol: Protocol, variant: str, gen_seed: int, train_seed: int, w
         "escaped": drop >= c.escape_min_visual_drop,
         "first_val_escape_epoch": escape_epoch, "max_val_visual_drop": max((d for d in val_drops if d is not None), default=None),
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "seconds": seconds,
+        "v1_final_train_loss": _last_loss(v1_dir), "v1_epochs": _epochs(v1_dir),
         "v1_test_ndcg": float(np.nanmean(ndcg_at_k(test.groups, v1_scores.full[None, :], k=k)[0])),
         "per_query_ndcg": ndcg[0].tolist(), "per_query_visual_drop": np.asarray(visual_drop, dtype=float).tolist(),
         "history": [{key: h.get(key) for key in HISTORY_KEYS} for h in result.history],
     }
+
+
+def _log(directory: Path) -> list[dict[str, Any]]:
+    from training.trainer import LOG_FILE
+
+    path = directory / LOG_FILE
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
+
+
+def _last_loss(directory: Path) -> float | None:
+    """The V1's mean training task loss in its last epoch (how far it fitted its training data)."""
+    log = _log(directory)
+    return float(log[-1].get("task_loss", log[-1].get("loss"))) if log else None
+
+
+def _epochs(directory: Path) -> int:
+    return len(_log(directory))
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:

@@ -82,6 +82,21 @@ def validate_run(config: TrainConfig, data_dir: str | Path, source: str = "confi
         raise ConfigError(source, problems)
 
 
+def freeze(model: Ranker, what: str, loaded: list[str]) -> list[str]:
+    """Stop gradients to the frozen part of a warm-started model (TrainConfig.warm_start_freeze);
+    returns the frozen parameter names. AdamW skips parameters without a gradient, weight decay
+    included, so a frozen parameter keeps its loaded value exactly."""
+    if what == "text-tower":
+        ids = {id(p) for p in model.encoder_parameters()["text"]}
+        names = [n for n, p in model.named_parameters() if id(p) in ids]
+    else:
+        names = [n for n, _ in model.named_parameters() if n in set(loaded)]
+    params = dict(model.named_parameters())
+    for name in names:
+        params[name].requires_grad_(False)
+    return names
+
+
 def make_optimizer(model: Ranker, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW (the recipe) or SGD with momentum 0.9 (the optimizer of the released OGM-GE, AGM, PMR
     and MMPareto code). Gradient-scaling methods need the distinction: Adam divides each update by
@@ -122,6 +137,8 @@ def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: 
     val_split = load_split(data_dir / "val.parquet", dims, with_visual).to(device)
     model = build_model(config.variant, dims, config.model).to(device)
     warm = warm_start(model, config.warm_start_from, config.warm_start_init) if config.warm_start_from else None
+    if warm is not None and config.warm_start_freeze != "none":
+        warm["frozen"] = freeze(model, config.warm_start_freeze, warm["loaded"])
     opt = make_optimizer(model, config)
     meta = {"data_dir": str(data_dir), "data_sha256": dataset_sha256(data_dir / "train.parquet"), "seed": config.seed}
     k = config.diagnostics.ndcg_k
@@ -175,6 +192,7 @@ def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: 
                 sums[key] = sums.get(key, 0.0) + value
             n_steps += 1
             rows_seen += len(rows)
+        mitigations.epoch_end(model, config, train_split, epoch, mit_state)
         t1 = time.perf_counter()
         # ---- diagnostics on val ----------------------------------------------------------
         val_scores = score_split(model, val_split, config.diagnostics.mask, seed=epoch)
@@ -191,11 +209,15 @@ def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: 
         # ---- checkpoint / early stopping -------------------------------------------------
         if diag["ndcg"] > best + config.optim.min_delta:
             best, best_epoch, bad_epochs = diag["ndcg"], epoch, 0
-            save_checkpoint(out, model, config, {**meta, "epoch": epoch, "val_ndcg": best})
+            if config.optim.keep == "best-val":
+                save_checkpoint(out, model, config, {**meta, "epoch": epoch, "val_ndcg": best})
         else:
             bad_epochs += 1
         stop_early = bad_epochs >= config.optim.patience and epoch + 1 >= config.optim.min_epochs
         finished = stop_early or epoch + 1 >= config.optim.max_epochs
+        if config.optim.keep == "last" and finished:  # the converged model, whatever val says
+            best, best_epoch = diag["ndcg"], epoch
+            save_checkpoint(out, model, config, {**meta, "epoch": epoch, "val_ndcg": best})
         save_resume_state(out, {"config_sha256": config.sha256(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
                                 "bad_epochs": bad_epochs, "finished": finished, "model": model.state_dict(),
                                 "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),

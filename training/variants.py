@@ -52,6 +52,8 @@ _REGISTRY: tuple[Variant, ...] = (
             "Fan et al. CVPR 2023, fanyunfeng-bit/Modal-Imbalance-PMR"),
     Variant("mmpareto", "cross-attention", "MMPareto: multimodal + unimodal gradients combined per encoder",
             "Wei & Hu ICML 2024, GeWu-Lab/MMPareto_ICML2024"),
+    Variant("mla", "cross-attention", "MLA: alternating unimodal steps through the shared head, projected head gradient, entropy-weighted fusion",
+            "Zhang et al. CVPR 2024, Cecile-hi/Multimodal-Learning-with-Alternating-Unimodal-Adaptation"),
     Variant("unimodal-heads", "cross-attention", "uniform baseline: L_fused + L_text head + L_visual head",
             "MMPareto's uniform baseline (Wei & Hu ICML 2024); Wang et al. CVPR 2020"),
     Variant("late-fusion", "late-fusion", "text score + sign-invariant visual score, no attention", "this project"),

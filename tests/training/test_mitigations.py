@@ -265,6 +265,58 @@ def test_opm_drops_only_after_warmup():
     assert all(min(r["opm_q_text"], r["opm_q_visual"]) == 0.0 for r in runs)  # only the dominant one can drop
 
 
+# ----- MLA ----------------------------------------------------------------------------------------------------
+
+def test_mla_projector_hand_case():
+    # P = I, r = (1, 0), alpha = 0.1: k = P r = (1, 0), r.k = 1, P - k k^T / 1.1 = diag(1 - 1/1.1, 1) = diag(0.0909091, 1)
+    # Frobenius norm sqrt(0.0909091^2 + 1) = 1.0041237 -> P = diag(0.0905357, 0.9958932)
+    p = losses.mla_projector_update(torch.eye(2, dtype=torch.float64), torch.tensor([1.0, 0.0], dtype=torch.float64), 0.1)
+    assert torch.allclose(p, torch.tensor([[0.0905357, 0.0], [0.0, 0.9958932]], dtype=torch.float64), atol=1e-7)
+    # grad W P^T: (1, 1) -> (0.0905357, 0.9958932): the direction the earlier input used is damped
+    g = losses.mla_modified_gradient(torch.tensor([[1.0, 1.0]], dtype=torch.float64), p)
+    assert torch.allclose(g, torch.tensor([[0.0905357, 0.9958932]], dtype=torch.float64), atol=1e-7)
+    # alpha = 0.1^(1 + b/n): 0.1 at the first batch, 0.1^1.5 = 0.0316228 halfway
+    assert losses.mla_alpha(0, 10) == pytest.approx(0.1) and losses.mla_alpha(5, 10) == pytest.approx(0.0316228, abs=1e-7)
+
+
+def test_mla_fusion_weights_and_listwise_entropy_hand_cases():
+    # entropies (1, 2): lambda = (e^1, e^0) / (e + 1) = (0.7310586, 0.2689414): the surer modality weighs more
+    w = losses.mla_fusion_weights(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    assert torch.allclose(w, torch.tensor([0.7310586, 0.2689414], dtype=torch.float64), atol=1e-7)
+    # query 0: scores (0, 0) -> ln 2 = 0.6931472; query 1: (0, ln 3) -> p = (1/4, 3/4), H = 0.3465736 + 0.2157616 = 0.5623351
+    h = losses.listwise_entropy(torch.tensor([0.0, 0.0, 0.0, math.log(3)], dtype=torch.float64), torch.tensor([0, 0, 1, 1]), 2)
+    assert torch.allclose(h, torch.tensor([0.6931472, 0.5623351], dtype=torch.float64), atol=1e-7)
+
+
+def test_mla_alternates_modalities_projects_the_head_gradient_and_fuses_by_weights():
+    torch.manual_seed(0)
+    model = build_model("mla", DIMS, CFG)
+    config = TrainConfig(variant="mla")
+    q, t, v = _rows()
+    state: dict = {"mla_batch": 0, "mla_n_batches": 4}
+    turns, grads = [], []
+    for _ in range(2):
+        turns.append(state.get("mla_turn", 0))
+        loss, _, after = mitigations.step_loss(model, config, q, t, v, LABEL, GROUP, 2, 0, state, torch.Generator())
+        model.zero_grad()
+        loss.backward()
+        raw = model.head[0].weight.grad.clone()
+        after()
+        grads.append((raw, model.head[0].weight.grad.clone()))
+    assert turns == [0, 1]  # text step, then visual step
+    assert torch.equal(grads[0][0], grads[0][1])  # no projection on the very first step (released)
+    assert torch.allclose(grads[1][1], grads[1][0] @ state["mla_projector"].T)  # then grad W <- grad W P^T
+    # the visual step's loss reaches the visual K/V and not the text K/V
+    loss, _, _ = mitigations.step_loss(model, config, q, t, v, LABEL, GROUP, 2, 0, {"mla_turn": 1}, torch.Generator())
+    model.zero_grad()
+    loss.backward()
+    assert model.v_visual.weight.grad.abs().sum() > 0 and model.v_text.weight.grad is None or model.v_text.weight.grad.abs().sum() == 0
+    # the exported score is lambda_t s_t + lambda_v s_v with the buffer's weights
+    model.fusion_weights.copy_(torch.tensor([0.8, 0.2]))
+    s_t, s_v, _ = model.unimodal_scores(q, t, v)
+    assert torch.allclose(model(q, t, v)[0], 0.8 * s_t + 0.2 * s_v)
+
+
 # ----- the registry --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -49,6 +49,38 @@ def test_min_epochs_holds_off_early_stopping(tmp_path, tiny_bench):
     assert len(heads["val_visual_attention_mass_per_head"]) == 4 and len(heads["val_attention_entropy_per_head"]) == 4
 
 
+def test_keep_last_keeps_the_converged_model_not_the_best_val_one(tmp_path, tiny_bench):
+    result = train(tiny_config("v1", max_epochs=3, min_delta=1.0, keep="last"), tiny_bench, tmp_path / "v1", progress=False)
+    assert result.best_epoch == 2  # min_delta 1.0: best-val would have kept epoch 0
+    with pytest.raises(ConfigError, match="optim.keep"):
+        TrainConfig.from_dict({"optim": {"keep": "best"}})
+
+
+@pytest.mark.parametrize("what", ["text-tower", "loaded"])
+def test_warm_start_freeze_keeps_the_frozen_part_exactly(tmp_path, tiny_bench, what):
+    train(tiny_config("v1", max_epochs=1), tiny_bench, tmp_path / "v1", progress=False)
+    v1 = load_checkpoint(tmp_path / "v1").model.state_dict()
+    config = replace(tiny_config("baseline", max_epochs=2), warm_start_from=str(tmp_path / "v1"), warm_start_freeze=what)
+    result = train(config, tiny_bench, tmp_path / what, progress=False)
+    v2 = load_checkpoint(tmp_path / what).model.state_dict()
+    frozen = set(result.warm_start["frozen"])
+    assert {"query_in.0.weight", "k_text.weight", "v_text.weight"} <= frozen and "k_visual.weight" not in frozen
+    assert ("head.0.weight" in frozen) == (what == "loaded")
+    for name in frozen:
+        torch.testing.assert_close(v2[name], v1[name], rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="warm_start_freeze"):
+        TrainConfig.from_dict({"warm_start_freeze": "all"})
+
+
+def test_protocol_v1_table_sets_the_production_v1_budget(tmp_path):
+    text = (ROOT / "training" / "configs" / "pilot" / "converged-v1.toml").read_text()
+    protocol = load_protocol(ROOT / "training" / "configs" / "pilot" / "converged-v1.toml")
+    assert "[v1]" in text
+    v1 = protocol.train_config("v1", 0, "")
+    assert v1.optim.keep == "last" and v1.optim.max_epochs == v1.optim.min_epochs == 100
+    assert protocol.train_config("baseline", 0, "v1-dir").optim.keep == "best-val"  # only the V1 gets it
+
+
 def test_min_epochs_above_max_epochs_is_rejected():
     with pytest.raises(ConfigError, match="min_epochs"):
         TrainConfig.from_dict({"optim": {"max_epochs": 5, "min_epochs": 6}})
@@ -103,3 +135,17 @@ def test_zero_values_warm_start_silences_the_new_modality_at_the_start(tmp_path,
         torch.testing.assert_close(model.k_text.weight, v1.k_text.weight)
     with pytest.raises(ConfigError, match="warm_start_init"):
         TrainConfig.from_dict({"warm_start_init": "ones"})
+
+
+def test_phase_diagram_escape_by_budget_censors_runs_that_stopped_early():
+    from benchmarks.collapse import escape_by_budget
+
+    def run(drops, epochs_run):
+        return {"history": [{"epoch": e, "val_visual_drop": d} for e, d in enumerate(drops)], "epochs_run": epochs_run}
+
+    runs = [run([0.0, 0.2, 0.3], 3),  # escapes at epoch 1: counted as escaped from budget 2 on
+            run([0.0, 0.0], 2),  # stopped after 2 epochs without escaping: says nothing about budget 3
+            run([0.0, 0.0, 0.05], 3)]  # never reaches 10%
+    share, count = escape_by_budget(runs, np.array([1, 2, 3]), 0.10)
+    assert count.tolist() == [3, 3, 2]
+    np.testing.assert_allclose(share, [0.0, 1 / 3, 1 / 2])
