@@ -36,6 +36,9 @@ COPY pyproject.toml README.md ./
 COPY fusionguard/ fusionguard/
 COPY gate/ gate/
 COPY monitor/ monitor/
+COPY export/ export/
+COPY training/ training/
+COPY recipes/ recipes/
 RUN /opt/fusionguard/bin/pip install -c constraints.txt ".[serve,gpu]"
 # WITH_RAY=1 builds the gate-on-Ray image instead (deploy/ray/rayjob-gate.yaml): gate and ray extras on top.
 ARG WITH_RAY=0

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.synth import SynthConfig
-from training.protocol import CONTROLS, load_protocol, read_records, run_cell, summarize
+from fusionguard.training.synth import SynthConfig
+from fusionguard.training.protocol import CONTROLS, load_protocol, read_records, run_cell, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL = ROOT / "training" / "configs" / "protocol.toml"

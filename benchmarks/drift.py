@@ -9,12 +9,12 @@ Model and eval set
   query of topic k is 0.8 c_k + 0.6 g / sqrt(D); its candidates' text tokens are N(0, I) +
   0.5 c_k; a candidate's visual tokens share one image embedding z ~ N(0, I) plus 0.5 N(0, I)
   token noise (real image tokens are correlated, noise is not). The reference profile is built
-  the gate's way: `gate.measures.measure_model` with the default policy (zero-masked Shapley
+  the gate's way: `fusionguard.gate.measures.measure_model` with the default policy (zero-masked Shapley
   passes), then `fusionguard.profile.build_profile` with the query of each row.
 
 Monitor side
   Each request is scored by the monitor's `ModelService.score` with telemetry and reduced by
-  `monitor.telemetry.request_values` (one value per feature per request); the values enter the
+  `fusionguard.monitor.telemetry.request_values` (one value per feature per request); the values enter the
   monitor's `DriftTracker` (window W = 200 requests, reported only when full) and PSI / KS are
   evaluated every 10 requests, as the telemetry worker publishes them. Telemetry sampling is a
   Bernoulli draw per request, so the sampled requests of random traffic are themselves random
@@ -64,16 +64,16 @@ from fusionguard import metrics, toymodels  # noqa: E402
 from fusionguard.dataset import Batch  # noqa: E402
 from fusionguard.profile import Summary, build_profile, feature_summaries  # noqa: E402
 from fusionguard.scorer import Scorer  # noqa: E402
-from gate.measures import measure_model  # noqa: E402
-from gate.policy import Policy  # noqa: E402
-from monitor.drift import KS_ALPHA, PSI_MAJOR, PSI_MODERATE, DriftTracker, psi  # noqa: E402
-from monitor.service import ModelService, ServiceConfig  # noqa: E402
-from monitor.telemetry import request_values  # noqa: E402
+from fusionguard.gate.measures import measure_model  # noqa: E402
+from fusionguard.gate.policy import Policy  # noqa: E402
+from fusionguard.monitor.drift import KS_ALPHA, PSI_MAJOR, PSI_MODERATE, DriftTracker, psi  # noqa: E402
+from fusionguard.monitor.service import ModelService, ServiceConfig  # noqa: E402
+from fusionguard.monitor.telemetry import request_values  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DIM, N_TEXT, N_VISUAL = toymodels.DIM, toymodels.N_TEXT, toymodels.N_VISUAL
 N_TOPICS = 8
-WINDOW = 200  # requests (monitor.drift.DEFAULT_WINDOW)
+WINDOW = 200  # requests (fusionguard.monitor.drift.DEFAULT_WINDOW)
 EVERY = 10  # requests between evaluations (TelemetryConfig.drift_every)
 SHIFTS = ("visual_noise", "visual_scale2", "images_missing", "text_only_mix", "new_topic")
 VISUAL_STD = math.sqrt(1.0 + 0.25)  # element std of the eval set's visual tokens (z + 0.5 noise)

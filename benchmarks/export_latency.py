@@ -2,7 +2,7 @@
 
 For each architecture (V1 text-only, V2 cross-attention baseline, progressive fusion, late fusion)
 a demo-size model is trained (12 epochs by default) on the synthetic benchmark, exported with
-`export.pipeline.export_model` (so it passed every verification check, parity included) and
+`fusionguard.export.pipeline.export_model` (so it passed every verification check, parity included) and
 quantized to int8. Then the same batches of 50 candidates (one ranking request) are scored by
 torch eager (`torch.inference_mode`), the float ONNX model and the int8 ONNX model on ONNX
 Runtime's CPU provider, one thread each, and the median latency per batch, the throughput and
@@ -29,14 +29,14 @@ from benchmarks._common import write_results  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from export.pipeline import ExportConfig, export_model  # noqa: E402
+from fusionguard.export.pipeline import ExportConfig, export_model  # noqa: E402
 from fusionguard.contract import load_contract  # noqa: E402
 from fusionguard.dataset import load_dataset  # noqa: E402
-from training.checkpoint import load_checkpoint  # noqa: E402
-from training.config import ModelConfig, OptimConfig, TrainConfig  # noqa: E402
-from training.trainer import train_late_fusion  # noqa: E402
-from training.synth import SynthConfig, write_benchmark  # noqa: E402
-from training.trainer import train  # noqa: E402
+from fusionguard.training.checkpoint import load_checkpoint  # noqa: E402
+from fusionguard.training.config import ModelConfig, OptimConfig, TrainConfig  # noqa: E402
+from fusionguard.training.trainer import train_late_fusion  # noqa: E402
+from fusionguard.training.synth import SynthConfig, write_benchmark  # noqa: E402
+from fusionguard.training.trainer import train  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "export_latency.json"
 ARCHITECTURES = {"v1": "text-only", "baseline": "cross-attention", "progressive": "progressive", "late-fusion": "late fusion"}

@@ -42,9 +42,9 @@ import onnxruntime as ort  # noqa: E402
 from benchmarks._common import write_results  # noqa: E402
 from fusionguard import toymodels as tm  # noqa: E402
 from fusionguard.dataset import write_dataset  # noqa: E402
-from gate.measures import plan_passes  # noqa: E402
-from gate.policy import Policy  # noqa: E402
-from gate.runner import run_gate  # noqa: E402
+from fusionguard.gate.measures import plan_passes  # noqa: E402
+from fusionguard.gate.policy import Policy  # noqa: E402
+from fusionguard.gate.runner import run_gate  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gate.json"
 
@@ -88,12 +88,12 @@ def toy_setup(sizes: tuple[int, int, int], queries: int, candidates: int, seed: 
 
 def exported_setup(queries: int, candidates: int, seed: int, root: Path):
     """The real V2 baseline and V1 architectures, trained one epoch and exported (needs torch)."""
-    from recipes.exporting import export_checkpoint
+    from fusionguard.recipes.exporting import export_checkpoint
     from fusionguard.contract import load_contract
     from fusionguard.dataset import load_dataset
-    from training.config import OptimConfig, TrainConfig
-    from training.synth import SynthConfig, write_benchmark
-    from training.trainer import train
+    from fusionguard.training.config import OptimConfig, TrainConfig
+    from fusionguard.training.synth import SynthConfig, write_benchmark
+    from fusionguard.training.trainer import train
 
     bench = root / "bench"
     write_benchmark(SynthConfig(seed=seed, n_train=16, n_val=8, n_test=queries, n_candidates=candidates), bench)

@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from fusionguard import toymodels  # noqa: E402
-from monitor.service import ServiceConfig  # noqa: E402
+from fusionguard.monitor.service import ServiceConfig  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SHARE = ServiceConfig.telemetry_share

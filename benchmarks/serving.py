@@ -52,8 +52,8 @@ from benchmarks._common import write_results  # noqa: E402
 from benchmarks.monitor import _free_port, binary_body, make_feeds  # noqa: E402
 from fusionguard import toymodels  # noqa: E402
 from fusionguard.scorer import Scorer, feed_problems  # noqa: E402
-from monitor.protocol import decode_request, encode_response  # noqa: E402
-from monitor.service import TELEMETRY_MASKS, ServiceConfig  # noqa: E402
+from fusionguard.monitor.protocol import decode_request, encode_response  # noqa: E402
+from fusionguard.monitor.service import TELEMETRY_MASKS, ServiceConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -93,8 +93,8 @@ def _asgi_requests(model: Path, feeds: dict[str, np.ndarray], calls: int, shares
     import uvloop
     from prometheus_client import CollectorRegistry
 
-    from monitor.app import AppConfig, MonitorApp
-    from monitor.service import ModelService
+    from fusionguard.monitor.app import AppConfig, MonitorApp
+    from fusionguard.monitor.service import ModelService
 
     body, headers = binary_body(feeds)
     apps = [MonitorApp(ModelService(ServiceConfig(model=model, device="cpu", threads=1, telemetry_share=share)),

@@ -59,7 +59,7 @@ def make_eval_set(path: Path, n_queries: int, seed: int = 0) -> Path:
     import pyarrow.parquet as pq
 
     from fusionguard.dataset import write_dataset
-    from training.synth import SynthConfig, _generate, _unit
+    from fusionguard.training.synth import SynthConfig, _generate, _unit
 
     if path.is_file():
         return path

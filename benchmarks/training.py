@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from fusionguard.metrics import spearman_per_query
-from training.checkpoint import load_checkpoint
-from training.config import VARIANTS, TrainConfig, read_toml, with_variant
-from training.variants import REGISTRY
-from training.data import load_split, read_dims
-from training.diagnostics import score_split
-from training.synth import SynthConfig, write_benchmark
-from training.trainer import train
+from fusionguard.training.checkpoint import load_checkpoint
+from fusionguard.training.config import VARIANTS, TrainConfig, read_toml, with_variant
+from fusionguard.training.variants import REGISTRY
+from fusionguard.training.data import load_split, read_dims
+from fusionguard.training.diagnostics import score_split
+from fusionguard.training.synth import SynthConfig, write_benchmark
+from fusionguard.training.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "training.json"

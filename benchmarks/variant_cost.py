@@ -19,10 +19,10 @@ import platform
 import time
 from pathlib import Path
 
-from training.config import load_config
-from training.synth import SynthConfig, write_benchmark
-from training.trainer import train
-from training.variants import VARIANTS
+from fusionguard.training.config import load_config
+from fusionguard.training.synth import SynthConfig, write_benchmark
+from fusionguard.training.trainer import train
+from fusionguard.training.variants import VARIANTS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "training_variant_cost.json"
 CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "default.toml"

@@ -2,13 +2,13 @@
 
 The package takes any model that follows the training seam (docs/interfaces.md) and never imports
 `training`: loading a training checkpoint and exporting it is the recipe
-`recipes.exporting.export_checkpoint` (the `fusionguard export` command)."""
+`fusionguard.recipes.exporting.export_checkpoint` (the `fusionguard export` command)."""
 
-from export.errors import ExportFailedError, ExportVerificationError
-from export.exporter import contract_for, to_onnx
-from export.pipeline import ExportConfig, ExportResult, export_model
-from export.quantize import QuantizationReport, compare_int8, quantize_int8
-from export.verify import BatchParity, Check, VerificationReport, verify_model
+from fusionguard.export.errors import ExportFailedError, ExportVerificationError
+from fusionguard.export.exporter import contract_for, to_onnx
+from fusionguard.export.pipeline import ExportConfig, ExportResult, export_model
+from fusionguard.export.quantize import QuantizationReport, compare_int8, quantize_int8
+from fusionguard.export.verify import BatchParity, Check, VerificationReport, verify_model
 
 __all__ = [
     "BatchParity",

@@ -29,7 +29,7 @@ import fusionguard
 from fusionguard.contract import ModelContract, TensorSpec, write_contract
 from fusionguard.errors import ContractError, InvalidInputError
 
-from export.errors import ExportFailedError
+from fusionguard.export.errors import ExportFailedError
 
 logger = logging.getLogger(__name__)
 # The dynamo exporter warns on every export that torchvision is absent; the serving models use no

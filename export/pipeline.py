@@ -1,7 +1,7 @@
 """Export a trained model end to end: contract, ONNX, verification, atomic rename, optional int8.
 
 The model is written to a temporary file in the destination folder and renamed to the requested
-name only after every check in `export.verify` passed. A model that fails is renamed to
+name only after every check in `fusionguard.export.verify` passed. A model that fails is renamed to
 ``<stem>.failed.onnx`` (kept for inspection, never under the requested name) and
 `ExportVerificationError` (exit 1) lists the failed checks with their measured numbers.
 """
@@ -23,10 +23,10 @@ import torch
 from fusionguard.dataset import Batch, iter_batches
 from fusionguard.errors import ConfigError, InvalidInputError
 
-from export.errors import ExportVerificationError
-from export.exporter import MIN_OPSET, check_example_outputs, contract_for, example_batch_size, to_onnx
-from export.quantize import QuantizationReport, compare_int8, int8_path, quantize_int8
-from export.verify import VerificationReport, report_lines, verify_model
+from fusionguard.export.errors import ExportVerificationError
+from fusionguard.export.exporter import MIN_OPSET, check_example_outputs, contract_for, example_batch_size, to_onnx
+from fusionguard.export.quantize import QuantizationReport, compare_int8, int8_path, quantize_int8
+from fusionguard.export.verify import VerificationReport, report_lines, verify_model
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class ExportResult:
-    """What `export_model` (and `recipes.exporting.export_checkpoint`) wrote and measured."""
+    """What `export_model` (and `fusionguard.recipes.exporting.export_checkpoint`) wrote and measured."""
 
     path: Path  # the verified ONNX model
     variant: str
@@ -138,7 +138,7 @@ def _file_mode() -> int:
 
 
 def _meta_problems(meta: Mapping[str, Any]) -> list[str]:
-    return [f"meta lacks '{key}'; the checkpoint must record it (training.checkpoint.save_checkpoint)" for key in REQUIRED_META if not meta.get(key)]
+    return [f"meta lacks '{key}'; the checkpoint must record it (fusionguard.training.checkpoint.save_checkpoint)" for key in REQUIRED_META if not meta.get(key)]
 
 
 def export_model(

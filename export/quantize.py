@@ -25,7 +25,7 @@ from fusionguard.errors import InvalidInputError
 from fusionguard.metrics import QueryGroups, ndcg_at_k, pearson, spearman_per_query
 from fusionguard.scorer import Scorer
 
-from export.errors import ExportVerificationError
+from fusionguard.export.errors import ExportVerificationError
 
 logger = logging.getLogger(__name__)
 

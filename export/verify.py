@@ -31,7 +31,7 @@ from fusionguard.dataset import Batch
 from fusionguard.errors import FusionGuardError
 from fusionguard.scorer import Scorer
 
-from export.exporter import torch_outputs
+from fusionguard.export.exporter import torch_outputs
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import sys
 import click
 
 from fusionguard import __version__
-from fusionguard.commands import _ABSENT_PACKAGE_HINT, _ABSENT_PACKAGES, COMMANDS_GROUP, subcommands
+from fusionguard.commands import _ABSENT_PACKAGE_HINT, _ABSENT_PACKAGES, COMMANDS_GROUP, package_of, subcommands
 from fusionguard.errors import FusionGuardError
 
 # Subcommands arrive through entry points: see fusionguard/commands.py.
@@ -45,7 +45,7 @@ class MissingExtraError(click.ClickException):
 
 def missing_extra(err: ModuleNotFoundError, command: str) -> MissingExtraError | None:
     """The MissingExtraError for an import of an optional extra's package, else None."""
-    missing = (err.name or "").split(".")[0]
+    missing = package_of(err.name or "")
     hint = _EXTRA_HINT.get(missing) or (_ABSENT_PACKAGE_HINT if missing in _ABSENT_PACKAGES else None)
     return None if hint is None else MissingExtraError(command, missing, hint)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
-__all__ = ["COMMANDS_GROUP", "DATA_COMMANDS_GROUP", "Subcommand", "subcommands"]
+__all__ = ["COMMANDS_GROUP", "DATA_COMMANDS_GROUP", "Subcommand", "package_of", "subcommands"]
 
 COMMANDS_GROUP = "fusionguard.commands"  # the root's subcommands
 DATA_COMMANDS_GROUP = "fusionguard.data_commands"  # `fusionguard data ...` subcommands of other packages
@@ -30,6 +30,13 @@ class Subcommand:
     help: str  # the one line `--help` shows without importing `target`
 
 
+def package_of(module: str) -> str:
+    """The package a missing module belongs to: a distribution's top-level name, or for this
+    house's own modules the subsystem (`fusionguard.training.cli` -> `fusionguard.training`)."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "fusionguard" and len(parts) > 1 else parts[0]
+
+
 def subcommands(group: str) -> dict[str, Subcommand]:
     """name -> Subcommand for every entry point of `group` in the installed distributions.
 
@@ -41,7 +48,7 @@ def subcommands(group: str) -> dict[str, Subcommand]:
         try:
             spec = ep.load()
         except ModuleNotFoundError as err:
-            missing = (err.name or ep.module).split(".")[0]
+            missing = package_of(err.name or ep.module)
             _ABSENT_PACKAGES.add(missing)
             found[ep.name] = Subcommand(f"{ep.module}:{ep.attr}", f"Not in this install: {_ABSENT_PACKAGE_HINT}.")
             continue

@@ -1,7 +1,7 @@
 """The one config loader: TOML -> frozen dataclass, every problem listed in one `ConfigError`.
 
-The gate policy (`gate.policy`), the training config (`training.config`) and the experiment
-grid (`recipes.experiment`) are typed, frozen dataclass trees. `build` walks a parsed TOML table
+The gate policy (`fusionguard.gate.policy`), the training config (`fusionguard.training.config`) and the experiment
+grid (`fusionguard.recipes.experiment`) are typed, frozen dataclass trees. `build` walks a parsed TOML table
 against such a tree: unknown sections and keys (with a did-you-mean), wrong types and values
 outside a field's rule are all collected, and the caller adds its cross-field problems to the
 same list before raising. Supported field types: bool, int, float (finite; an int is accepted),

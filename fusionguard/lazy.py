@@ -16,7 +16,7 @@ __all__ = ["lazy_exports"]
 def lazy_exports(package: str, exports: Mapping[str, str]) -> tuple[list[str], Callable[[str], Any]]:
     """(`__all__`, `__getattr__`) for `package`, whose public `name` lives in module `exports[name]`.
 
-    Use: ``__all__, __getattr__ = lazy_exports(__name__, {"train": "training.trainer", ...})``.
+    Use: ``__all__, __getattr__ = lazy_exports(__name__, {"train": "fusionguard.training.trainer", ...})``.
     """
 
     def __getattr__(name: str) -> Any:

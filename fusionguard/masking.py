@@ -15,7 +15,7 @@ The exact two-modality Shapley values need the scores with both modalities prese
 visual only and neither: `shapley_passes` builds that pass set for a strategy and `ShapleyPasses`
 reads the scores back by pass name, never by position. The ablation drops use `ablation_masks`.
 Everything here is numpy; the scorer (`fusionguard.scorer`) writes the masked copies with
-`fill_masked`, and training (`training.diagnostics`) applies the same `modality_permutations` to
+`fill_masked`, and training (`fusionguard.training.diagnostics`) applies the same `modality_permutations` to
 its tensors, so a measure of one name means one thing everywhere.
 """
 

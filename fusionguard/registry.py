@@ -75,7 +75,7 @@ MAX_CURRENT_BYTES = 64  # `current` holds one version id and a newline
 
 @dataclass(frozen=True)
 class Verdict:
-    """The gate's decision about one candidate, as promotion needs it (`gate.promotion` builds it
+    """The gate's decision about one candidate, as promotion needs it (`fusionguard.gate.promotion` builds it
     from a gate report; the registry never reads the report's format).
 
     A registry refuses a verdict that did not pass, and a model whose files differ from
@@ -403,7 +403,7 @@ class Registry:
     def promote(self, model_path: str | Path | None, verdict: Verdict) -> VersionInfo:
         """Promote the model a passing verdict describes and make it current.
 
-        The decision rests on evidence: the verdict must have passed (`gate.promotion.read_verdict`
+        The decision rests on evidence: the verdict must have passed (`fusionguard.gate.promotion.read_verdict`
         re-validates the report's signature and every recorded number before it says so), and the
         model's files (model.onnx and every external-data file) must hash to the verdict's
         manifest. The bytes copied into the registry are hashed again while they are copied.

@@ -24,7 +24,7 @@ import numpy as np
 from fusionguard import metrics, stats
 from fusionguard.errors import EXIT_BLOCKED, EXIT_INVALID, EXIT_PASSED, FusionGuardError
 
-from gate.measures import (
+from fusionguard.gate.measures import (
     ModelMeasures,
     head_means,
     interval,
@@ -34,8 +34,8 @@ from gate.measures import (
     pearson_statistic,
     per_query_mean,
 )
-from gate.outcomes import ERROR, FAILED, PASSED, SKIPPED, VERDICT_TITLE, GateOutcome, Outcome  # noqa: F401 - re-exported
-from gate.policy import Policy
+from fusionguard.gate.outcomes import ERROR, FAILED, PASSED, SKIPPED, VERDICT_TITLE, GateOutcome, Outcome  # noqa: F401 - re-exported
+from fusionguard.gate.policy import Policy
 
 CHECK_NAMES = ("data", "contract", "visual_ablation", "integrity", "quality", "attention")
 

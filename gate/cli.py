@@ -16,8 +16,8 @@ from fusionguard.cli import LazyGroup, envvar, progress_option
 from fusionguard.errors import FusionGuardError, InvalidInputError
 from fusionguard.registry import Registry
 
-from gate.outcomes import GateOutcome
-from gate.engine import EngineConfig, engine_options
+from fusionguard.gate.outcomes import GateOutcome
+from fusionguard.gate.engine import EngineConfig, engine_options
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +58,9 @@ def gate(candidate, baseline, data, policy, candidate_contract, baseline_contrac
     """
     if summary == "github" and summary_file is None:
         raise click.UsageError("--summary github needs the job summary file: set $GITHUB_STEP_SUMMARY (GitHub Actions does) or pass --summary-file")
-    from gate import summary as ci  # numpy/onnxruntime load only when the command runs
-    from gate.report import report_dict
-    from gate.runner import run_gate
+    from fusionguard.gate import summary as ci  # numpy/onnxruntime load only when the command runs
+    from fusionguard.gate.report import report_dict
+    from fusionguard.gate.runner import run_gate
 
     try:
         result = run_gate(
@@ -94,7 +94,7 @@ def gate(candidate, baseline, data, policy, candidate_contract, baseline_contrac
 
 def _append_summary(path: Path, text: str) -> None:
     """The job summary is for reading only: a write problem is a warning, never a different verdict."""
-    from gate.summary import append_summary
+    from fusionguard.gate.summary import append_summary
 
     try:
         append_summary(path, text)
@@ -122,15 +122,15 @@ def promote(report_dir, registry_dir, model, policy, mlflow_uri, alias) -> None:
 
     Example: fusionguard promote --report report/ --registry /srv/models/ranker
     """
-    from gate.mlflow_registry import mlflow_target
+    from fusionguard.gate.mlflow_registry import mlflow_target
 
     if (name := mlflow_target(registry_dir)) is not None:
-        from gate.mlflow_registry import promote_to_mlflow
+        from fusionguard.gate.mlflow_registry import promote_to_mlflow
 
         result = promote_to_mlflow(name, report_dir, model, tracking_uri=mlflow_uri, alias=alias, policy=policy)
         click.echo(result.summary())
         raise SystemExit(result.exit_code)
-    from gate.promotion import promote as promote_model
+    from fusionguard.gate.promotion import promote as promote_model
 
     info = promote_model(report_dir, registry_dir, model, policy)
     click.echo(f"promoted {info.source} as {info.version} (sha256 {info.sha256[:12]}) in {registry_dir}; it is current")
@@ -201,7 +201,7 @@ def eval_command(models, more_models, baseline, data, policy, out, progress, eng
 
     Example: fusionguard eval --models v2.onnx v2-mitigated.onnx --baseline v1.onnx --data eval.parquet --out table/
     """
-    from gate.evaluation import evaluate, markdown_table, write_eval
+    from fusionguard.gate.evaluation import evaluate, markdown_table, write_eval
 
     result = evaluate([*models, *more_models], data, baseline=baseline, policy=policy, progress=progress,
                       engine=EngineConfig(engine, workers, ray_address))

@@ -12,10 +12,10 @@
    actor as a few integers (its first row and its batch ends); the actor reads those rows itself
    from the dataset, through the same pyarrow filesystem, cuts them into the same batches,
    scores each under every mask on its own ONNX Runtime session (one CPU each, or one GPU each
-   with ``--device cuda``) and reduces it to per-query values (`gate.streaming.reduce_batch`).
+   with ``--device cuda``) and reduces it to per-query values (`fusionguard.gate.streaming.reduce_batch`).
 3. The driver takes the spans' partials back in dataset order (so the reduction does not depend
    on which actor finished first), at most two spans per actor in flight, and
-   `gate.streaming.assemble` turns them into the measures the checks read, as locally.
+   `fusionguard.gate.streaming.assemble` turns them into the measures the checks read, as locally.
 
 Only ids and small partials cross the network: the input tensors are read where they are
 scored. The actors must see the dataset at the same URI as the driver (shared storage, an
@@ -45,9 +45,9 @@ from fusionguard.scorer import Mask, Scorer
 from fusionguard.source import ParquetSource
 from fusionguard.streaming import batch_ends, sized_chunks
 
-from gate.measures import PassPlan
-from gate.policy import Policy
-from gate.partials import BatchPartial, chunk_rows, reduce_batch
+from fusionguard.gate.measures import PassPlan
+from fusionguard.gate.policy import Policy
+from fusionguard.gate.partials import BatchPartial, chunk_rows, reduce_batch
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def ray_partials(
     scorer: Scorer, data: str | Path, masks: list[Mask], plan: PassPlan | None, policy: Policy, engine: EngineConfig,
     features: bool, progress: bool,
 ) -> Iterator[BatchPartial]:
-    """The Ray engine's partials, in dataset order (the producer `gate.streaming.stream_measures` consumes)."""
+    """The Ray engine's partials, in dataset order (the producer `fusionguard.gate.streaming.stream_measures` consumes)."""
     if scorer.path is None:
         raise InvalidInputError("the Ray engine needs a model file")
     source = ParquetSource.open(data)

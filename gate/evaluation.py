@@ -25,11 +25,11 @@ from fusionguard.errors import InvalidInputError
 from fusionguard.scorer import Scorer
 from fusionguard.streaming import UnsortedDataError, check_grouped
 
-from gate.checks import attention_vectors, fmt
-from gate.measures import ModelMeasures, interval, paired_interval
-from gate.engine import EngineConfig, require_engine
-from gate.streaming import read_ids, stream_baseline, stream_measures
-from gate.policy import Policy, load_policy
+from fusionguard.gate.checks import attention_vectors, fmt
+from fusionguard.gate.measures import ModelMeasures, interval, paired_interval
+from fusionguard.gate.engine import EngineConfig, require_engine
+from fusionguard.gate.streaming import read_ids, stream_baseline, stream_measures
+from fusionguard.gate.policy import Policy, load_policy
 
 logger = logging.getLogger(__name__)
 

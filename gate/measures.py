@@ -20,7 +20,7 @@ from fusionguard.errors import EvaluationError
 from fusionguard.masking import Mask, ShapleyPasses, ablation_masks, shapley_passes
 from fusionguard.scorer import Scorer
 
-from gate.policy import Policy
+from fusionguard.gate.policy import Policy
 
 logger = logging.getLogger(__name__)
 

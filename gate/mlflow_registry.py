@@ -5,7 +5,7 @@ For teams whose deployments read MLflow's registry, the gate guards the promotio
 1. The gate report is read; with `FUSIONGUARD_SIGNING_KEY` set its signature must verify, and the
    model's files (model.onnx and its external data) must hash to the report's manifest
    (otherwise nothing is registered: exit 1). Whether the gate passed is decided from evidence,
-   as for the filesystem registry (`gate.promotion.report_problems`), never from the report's
+   as for the filesystem registry (`fusionguard.gate.promotion.report_problems`), never from the report's
    ``outcome`` field alone.
 2. The exact file is registered as a new version of NAME with the `mlflow.onnx` flavor and the
    signature of its modality contract; the gate report (report.json, report.md, junit.xml, the
@@ -64,7 +64,7 @@ class MlflowPromotion:
     outcome: str  # the gate's outcome
     alias: str | None  # the alias moved to this version; None when the gate did not pass
     tracking_uri: str
-    problems: tuple[str, ...] = ()  # why the evidence does not show a pass (gate.promotion.report_problems)
+    problems: tuple[str, ...] = ()  # why the evidence does not show a pass (fusionguard.gate.promotion.report_problems)
 
     @property
     def exit_code(self) -> int:
@@ -114,9 +114,9 @@ def promote_to_mlflow(name: str, report_dir: str | Path, model: str | Path | Non
         CheckFailedError: the model is not the file the gate evaluated, or the registry holds other
             bytes than were sent (exit 1).
     """
-    from gate.policy import load_policy
-    from gate.outcomes import GateOutcome
-    from gate.promotion import read_report, report_problems
+    from fusionguard.gate.policy import load_policy
+    from fusionguard.gate.outcomes import GateOutcome
+    from fusionguard.gate.promotion import read_report, report_problems
 
     report_dir = Path(report_dir)
     report = read_report(report_dir)

@@ -25,7 +25,7 @@ PASSED, FAILED, ERROR, SKIPPED = Outcome.PASSED, Outcome.FAILED, Outcome.ERROR, 
 
 
 class GateOutcome(StrEnum):
-    """The verdict of a gate run, one per exit code (a StrEnum, like `gate.checks.Outcome`)."""
+    """The verdict of a gate run, one per exit code (a StrEnum, like `fusionguard.gate.checks.Outcome`)."""
 
     PASSED = "passed"  # exit 0
     BLOCKED = "blocked"  # exit 1: a check failed

@@ -1,8 +1,8 @@
 """One whole-query batch scored and reduced: the step both streaming engines run.
 
-The thread engine (`gate.streaming`) runs `reduce_batch` in worker threads, the Ray engine
-(`gate.engine_ray`) in actors; the driver assembles the partials with the same code
-(`gate.streaming.assemble`). Keeping the step here lets both engines import it without importing
+The thread engine (`fusionguard.gate.streaming`) runs `reduce_batch` in worker threads, the Ray engine
+(`fusionguard.gate.engine_ray`) in actors; the driver assembles the partials with the same code
+(`fusionguard.gate.streaming.assemble`). Keeping the step here lets both engines import it without importing
 each other.
 """
 
@@ -18,8 +18,8 @@ from fusionguard.masking import Mask
 from fusionguard.profile import feature_summaries
 from fusionguard.scorer import Scorer
 
-from gate.measures import PassPlan, per_query_mean
-from gate.policy import Policy
+from fusionguard.gate.measures import PassPlan, per_query_mean
+from fusionguard.gate.policy import Policy
 
 __all__ = ["RUN_ROWS", "BatchPartial", "chunk_rows", "reduce_batch"]
 

@@ -33,13 +33,13 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gate.outcomes import VERDICT_TITLE, GateOutcome, Outcome
+from fusionguard.gate.outcomes import VERDICT_TITLE, GateOutcome, Outcome
 
 if TYPE_CHECKING:
-    from gate.checks import CheckResult
-    from gate.measures import ModelMeasures
-    from gate.policy import Policy
-    from gate.result import GateResult
+    from fusionguard.gate.checks import CheckResult
+    from fusionguard.gate.measures import ModelMeasures
+    from fusionguard.gate.policy import Policy
+    from fusionguard.gate.result import GateResult
 
 NDCG_DIFF_PNG = "ndcg_difference.png"
 CONTRIBUTION_PNG = "contributions.png"

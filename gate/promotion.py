@@ -3,7 +3,7 @@
 `promote` does not trust a report's ``outcome`` field. It rebuilds the policy the report records
 (validated like a policy file), requires every check the gate runs to be present, passed (or
 skipped only where the policy allows it), and each recorded number to sit on the passing side
-of the threshold the policy sets, with the same decision rules as `gate.checks`. Only then does
+of the threshold the policy sets, with the same decision rules as `fusionguard.gate.checks`. Only then does
 the registry hash and copy the model: `read_verdict` turns the report into a
 `fusionguard.registry.Verdict`, which `Registry.promote` receives (the registry never reads the
 report's format).
@@ -22,9 +22,9 @@ from fusionguard.errors import CheckFailedError, ConfigError, InvalidInputError
 from fusionguard.modelfiles import check_manifest, regular_file
 from fusionguard.registry import MODEL_FILE, PROFILE_FILE, REPORT_FILE, Registry, Verdict, VersionInfo
 
-from gate.checks import CHECK_NAMES, FAILED, PASSED, SKIPPED, GateOutcome
-from gate.policy import Policy, load_policy, policy_from_dict
-from gate.report import REPORT_VERSION
+from fusionguard.gate.checks import CHECK_NAMES, FAILED, PASSED, SKIPPED, GateOutcome
+from fusionguard.gate.policy import Policy, load_policy, policy_from_dict
+from fusionguard.gate.report import REPORT_VERSION
 
 ReportVerifier = Callable[[Mapping[str, Any], str], None]  # raises CheckFailedError when the numbers do not pass
 

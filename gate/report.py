@@ -26,11 +26,11 @@ from fusionguard import __version__, metrics, signing
 from fusionguard.errors import FusionGuardError, InvalidInputError
 from fusionguard.profile import build_profile, feature_summaries
 
-from gate.checks import clean
-from gate.outcomes import VERDICT_TITLE, GateOutcome, Outcome
+from fusionguard.gate.checks import clean
+from fusionguard.gate.outcomes import VERDICT_TITLE, GateOutcome, Outcome
 
 if TYPE_CHECKING:
-    from gate.result import GateResult
+    from fusionguard.gate.result import GateResult
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def _query_of_row(groups: metrics.QueryGroups) -> np.ndarray:
 
 
 # Every file the gate writes into --out; report.json is moved in last, so its presence means the
-# run finished. (Plot names repeat gate.plots' constants: importing that module loads matplotlib.)
+# run finished. (Plot names repeat fusionguard.gate.plots' constants: importing that module loads matplotlib.)
 _STAGE_PREFIX = ".fusionguard-gate-"
 ARTEFACTS = (
     "report.md", "junit.xml", "profile.json", "ndcg_difference.png", "contributions.png", "integrity.png", "report.json",
@@ -299,7 +299,7 @@ def _write_all(result: GateResult, out: Path) -> None:
     elif key is not None:
         logger.warning("%s is set but empty: report.json is not signed", signing.KEY_ENV)
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    from gate.plots import write_plots  # matplotlib is slow to import; only here
+    from fusionguard.gate.plots import write_plots  # matplotlib is slow to import; only here
 
     plots = write_plots(result, out)  # first, so that report.md links exactly the plots written
     (out / "report.md").write_text(markdown(report, [p.name for p in plots]), encoding="utf-8")

@@ -15,9 +15,9 @@ import numpy as np
 from fusionguard import metrics
 from fusionguard.errors import EXIT_BLOCKED, EXIT_INVALID, EXIT_PASSED, EXIT_UNEVALUABLE
 
-from gate.checks import CheckResult, GateOutcome, Outcome
-from gate.measures import ModelMeasures
-from gate.policy import Policy
+from fusionguard.gate.checks import CheckResult, GateOutcome, Outcome
+from fusionguard.gate.measures import ModelMeasures
+from fusionguard.gate.policy import Policy
 
 __all__ = ["GateResult", "ModelInfo", "OUTCOME_BY_EXIT", "exit_code"]
 

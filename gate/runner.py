@@ -28,12 +28,12 @@ from fusionguard.scorer import Scorer
 from fusionguard.streaming import UnsortedDataError, check_grouped
 from fusionguard.validation import validate_dataset
 
-from gate import checks
-from gate.checks import CheckResult, GateOutcome, errored, skipped
-from gate.engine import EngineConfig, require_engine
-from gate.result import OUTCOME_BY_EXIT, GateResult, ModelInfo, exit_code
-from gate.streaming import StreamedData, read_ids, stream_baseline, stream_measures
-from gate.policy import Policy, load_policy
+from fusionguard.gate import checks
+from fusionguard.gate.checks import CheckResult, GateOutcome, errored, skipped
+from fusionguard.gate.engine import EngineConfig, require_engine
+from fusionguard.gate.result import OUTCOME_BY_EXIT, GateResult, ModelInfo, exit_code
+from fusionguard.gate.streaming import StreamedData, read_ids, stream_baseline, stream_measures
+from fusionguard.gate.policy import Policy, load_policy
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +92,8 @@ def run_gate(
     """
     if out is not None and Path(out).is_dir():
         # Fail closed: nothing an earlier run left in --out may pass for this run's result if it
-        # stops early; the new reports are moved in only when it finishes (gate.report).
-        from gate.report import clear_artefacts
+        # stops early; the new reports are moved in only when it finishes (fusionguard.gate.report).
+        from fusionguard.gate.report import clear_artefacts
 
         clear_artefacts(Path(out))
     policy = policy if isinstance(policy, Policy) else load_policy(policy)
@@ -156,7 +156,7 @@ def run_gate(
     result.outcome = OUTCOME_BY_EXIT[result.exit_code]
     timings["total_checks"] = time.perf_counter() - started
     if out is not None:
-        from gate.report import write_reports  # matplotlib and friends load only when reports are written
+        from fusionguard.gate.report import write_reports  # matplotlib and friends load only when reports are written
 
         t0 = time.perf_counter()
         result.report_dir = write_reports(result, Path(out))

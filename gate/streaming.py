@@ -41,9 +41,9 @@ from fusionguard.source import ParquetSource
 from fusionguard.streaming import query_batches, whole_query_batches
 
 from fusionguard.engine import EngineConfig
-from gate.measures import AttentionSummary, ModelMeasures, PassPlan, plan_passes
-from gate.partials import BatchPartial, chunk_rows, reduce_batch  # re-exported: the per-batch step
-from gate.policy import Policy
+from fusionguard.gate.measures import AttentionSummary, ModelMeasures, PassPlan, plan_passes
+from fusionguard.gate.partials import BatchPartial, chunk_rows, reduce_batch  # re-exported: the per-batch step
+from fusionguard.gate.policy import Policy
 
 logger = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ def _source(engine: EngineConfig | None):  # noqa: ANN202
     """The partials' producer of an engine, and its worker count."""
     engine = engine or EngineConfig()
     if engine.engine == "ray":
-        from gate.engine_ray import ray_partials
+        from fusionguard.gate.engine_ray import ray_partials
 
         return ray_partials, engine
     return _run_partials, engine

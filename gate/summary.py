@@ -17,14 +17,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gate.outcomes import Outcome
-from gate.report import PLOT_CAPTIONS, markdown, verdict_sentence
+from fusionguard.gate.outcomes import Outcome
+from fusionguard.gate.report import PLOT_CAPTIONS, markdown, verdict_sentence
 
 SUMMARY_MODES = ("plain", "github", "gitlab")
 _ANNOTATED = (Outcome.FAILED, Outcome.ERROR)  # check outcomes that get an ::error annotation
 SUMMARY_LIMIT = 1_000_000  # bytes; GitHub refuses a step summary over 1 MiB
 _STOPPED = {2: "INVALID INPUT", 3: "COULD NOT EVALUATE"}
-_NUMBERS_BLOCK = "<details><summary>All numbers</summary>"  # as gate.report.markdown writes it
+_NUMBERS_BLOCK = "<details><summary>All numbers</summary>"  # as fusionguard.gate.report.markdown writes it
 
 
 def check_lines(report: dict[str, Any], report_dir: Path | str | None) -> list[str]:

@@ -52,9 +52,9 @@ from starlette.routing import Route
 from fusionguard import __version__
 from fusionguard.errors import FusionGuardError
 from fusionguard.scorer import InvalidFeedsError, Mask
-from monitor.batching import BatchingConfig, DynamicBatcher
-from monitor.metrics import UNKNOWN_MODEL, MonitorMetrics, register_runtime_collectors
-from monitor.protocol import (
+from fusionguard.monitor.batching import BatchingConfig, DynamicBatcher
+from fusionguard.monitor.metrics import UNKNOWN_MODEL, MonitorMetrics, register_runtime_collectors
+from fusionguard.monitor.protocol import (
     ProtocolError,
     decode_content,
     decode_request,
@@ -64,8 +64,8 @@ from monitor.protocol import (
     negotiate_encoding,
     tensor_metadata,
 )
-from monitor.service import ModelNotLoadedError, ModelService, ModelState, Scored
-from monitor.telemetry import TelemetryConfig, TelemetryWorker
+from fusionguard.monitor.service import ModelNotLoadedError, ModelService, ModelState, Scored
+from fusionguard.monitor.telemetry import TelemetryConfig, TelemetryWorker
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class AppConfig:
     # A request whose session.run has at most this many rows (N: its masked passes run later) runs on the
     # event loop: for a small batch the hop to a worker thread costs more than the model call.
     inline_rows: int = 256
-    batching: BatchingConfig = BatchingConfig()  # dynamic batching (off by default; see monitor.batching)
+    batching: BatchingConfig = BatchingConfig()  # dynamic batching (off by default; see fusionguard.monitor.batching)
 
 
 def record_scored(m: MonitorMetrics, name: str, scored: Scored) -> None:
@@ -172,7 +172,7 @@ class MonitorApp:
             exposition: what /metrics serves; default `registry`. A worker of `--workers N` passes
                 a registry holding prometheus_client's MultiProcessCollector (every worker's values).
             supervisor_pid: the process supervising the workers; a load / unload is forwarded to
-                it (SIGHUP / SIGUSR1), which passes it on to every worker (monitor.server).
+                it (SIGHUP / SIGUSR1), which passes it on to every worker (fusionguard.monitor.server).
         """
         self.service = service
         self.registry = registry

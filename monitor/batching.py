@@ -35,7 +35,7 @@ import anyio.to_thread
 import numpy as np
 
 from fusionguard.scorer import Mask, Outputs
-from monitor.service import ModelState, Scored
+from fusionguard.monitor.service import ModelState, Scored
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ import click
 from fusionguard.cli import LazyGroup, envvar, progress_option
 from fusionguard.devices import DEVICES
 from fusionguard.engine import EngineConfig, engine_options
-from monitor.app import AppConfig
-from monitor.batching import BatchingConfig
-from monitor.service import ServiceConfig
-from monitor.telemetry import TelemetryConfig
+from fusionguard.monitor.app import AppConfig
+from fusionguard.monitor.batching import BatchingConfig
+from fusionguard.monitor.service import ServiceConfig
+from fusionguard.monitor.telemetry import TelemetryConfig
 
 _path = click.Path(path_type=Path)
 
@@ -104,7 +104,7 @@ def serve(registry, model, name, shadow, profile, device, threads, telemetry_sha
 
     Example: fusionguard monitor serve --registry registry/ --registry-poll-seconds 30 --port 8000
     """
-    from monitor.server import ServeConfig, serve as run_server
+    from fusionguard.monitor.server import ServeConfig, serve as run_server
 
     _check_positive(max_concurrency=max_concurrency, max_body_bytes=max_body_bytes,
                     inference_threads=inference_threads, telemetry_queue=telemetry_queue,
@@ -150,7 +150,7 @@ def replay(registry, model, name, shadow, profile, device, threads, data, out, p
 
     Example: fusionguard monitor replay --model v2.onnx --data traffic.parquet --out metrics.prom
     """
-    from monitor.replay import ReplayConfig, replay as run_replay
+    from fusionguard.monitor.replay import ReplayConfig, replay as run_replay
 
     result = run_replay(
         ReplayConfig(

@@ -2,4 +2,4 @@
 
 from fusionguard.commands import Subcommand
 
-MONITOR = Subcommand("monitor.cli:monitor", "Serve models over the Open Inference Protocol with telemetry.")
+MONITOR = Subcommand("fusionguard.monitor.cli:monitor", "Serve models over the Open Inference Protocol with telemetry.")

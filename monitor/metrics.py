@@ -40,7 +40,7 @@ UNKNOWN_MODEL = "_unknown"
 
 # The closed set of `reason` labels of fusionguard_invalid_requests_total.
 INVALID_REASONS = (
-    # the request itself (monitor.protocol, monitor.app)
+    # the request itself (fusionguard.monitor.protocol, fusionguard.monitor.app)
     "unknown_model",
     "body_too_large",
     "unsupported_encoding",

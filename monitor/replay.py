@@ -22,10 +22,10 @@ from fusionguard.dataset import Batch, iter_batches
 from fusionguard.engine import EngineConfig, require_engine
 from fusionguard.errors import InvalidInputError
 from fusionguard.scorer import InvalidFeedsError
-from monitor.app import record_scored
-from monitor.metrics import MonitorMetrics
-from monitor.service import ModelService, Scored, ServiceConfig
-from monitor.telemetry import TelemetryConfig, TelemetryWorker
+from fusionguard.monitor.app import record_scored
+from fusionguard.monitor.metrics import MonitorMetrics
+from fusionguard.monitor.service import ModelService, Scored, ServiceConfig
+from fusionguard.monitor.telemetry import TelemetryConfig, TelemetryWorker
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _scored(service: ModelService, requests: Iterator[Batch], engine: EngineConf
             ) -> Iterator[tuple[Batch, bool, Scored | InvalidFeedsError, float]]:
     """(request, telemetry drawn, its Scored or validation error, start time), in request order."""
     if engine.engine == "ray":
-        from monitor.replay_ray import ray_scored
+        from fusionguard.monitor.replay_ray import ray_scored
 
         yield from ray_scored(service, requests, engine)
         return

@@ -26,7 +26,7 @@ from fusionguard.dataset import Batch
 from fusionguard.engine import EngineConfig, connect, get, pool_size
 from fusionguard.errors import InvalidInputError
 from fusionguard.scorer import InvalidFeedsError, Mask, Outputs, Scorer
-from monitor.service import ModelService, Scored
+from fusionguard.monitor.service import ModelService, Scored
 
 CHUNK_ROWS = 8192  # request rows per actor call (whole requests)
 

@@ -2,7 +2,7 @@
 
 Graceful shutdown: on SIGTERM / SIGINT uvicorn stops accepting connections, lets the requests in
 flight finish (up to `graceful_timeout_s`), then runs the app's lifespan shutdown, which drains
-the telemetry queue. SIGHUP reloads the registry's current model (see `monitor.app`).
+the telemetry queue. SIGHUP reloads the registry's current model (see `fusionguard.monitor.app`).
 
 Workers (`workers` > 1): uvicorn's supervisor binds the port once and starts N worker processes
 that accept on it, each with its own session, batcher and telemetry worker. Metrics use
@@ -14,7 +14,7 @@ version); the load / unload endpoints, answered by one worker, signal the superv
 SIGUSR1), which forwards to all; the registry poll runs in every worker. SIGTERM / SIGINT to
 the supervisor shut every worker down gracefully.
 
-Logs go to stderr as `2026-01-01T12:00:00+0000 INFO monitor.server: ...` (uvicorn's own lines
+Logs go to stderr as `2026-01-01T12:00:00+0000 INFO fusionguard.monitor.server: ...` (uvicorn's own lines
 too); the startup line is at INFO; uvicorn's access log is off unless `access_log` is set.
 """
 
@@ -34,9 +34,9 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 from uvicorn.supervisors import Multiprocess
 
-from monitor.app import AppConfig, MonitorApp
-from monitor.service import ModelService, ServiceConfig
-from monitor.telemetry import TelemetryConfig
+from fusionguard.monitor.app import AppConfig, MonitorApp
+from fusionguard.monitor.service import ModelService, ServiceConfig
+from fusionguard.monitor.telemetry import TelemetryConfig
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -182,7 +182,7 @@ def _serve_workers(config: ServeConfig) -> ServeResult:
         stale.unlink()
     os.environ[_MULTIPROC_ENV] = str(mp_dir)
     os.environ[_CONFIG_ENV] = base64.b64encode(pickle.dumps(config)).decode("ascii")
-    uv = _uvicorn_config(config, "monitor.server:worker_app")
+    uv = _uvicorn_config(config, "fusionguard.monitor.server:worker_app")
     sock = uv.bind_socket()
     logger.info("serving '%s' on http://%s:%d with %d workers (metrics in %s)",
                 config.service.name, config.host, config.port, config.workers, mp_dir)

@@ -9,7 +9,7 @@ the response never waits for it, and when the queue is full the item is dropped 
 (`fusionguard_telemetry_dropped_total`). `replay` calls `process` directly.
 
 Drift is fed one value per feature per sampled request (`fusionguard.profile.request_means`):
-the request, not the row, is the independent unit (see `monitor.drift`).
+the request, not the row, is the independent unit (see `fusionguard.monitor.drift`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import numpy as np
 from fusionguard.metrics import QueryGroups, attention_entropy, attention_mass, spearman_per_query
 from fusionguard.profile import ReferenceProfile, feature_summaries, request_means
 from fusionguard.scorer import Scorer
-from monitor.drift import DEFAULT_WINDOW, DriftTracker
-from monitor.metrics import MonitorMetrics
-from monitor.service import Scored
+from fusionguard.monitor.drift import DEFAULT_WINDOW, DriftTracker
+from fusionguard.monitor.metrics import MonitorMetrics
+from fusionguard.monitor.service import Scored
 
 logger = logging.getLogger(__name__)
 

@@ -2,5 +2,5 @@
 
 from fusionguard.commands import Subcommand
 
-EXPORT = Subcommand("recipes.export_cli:export", "Export a checkpoint to ONNX with its modality contract.")
-EXPERIMENT = Subcommand("recipes.experiment_cli:experiment", "Run the paper's experiment grid and report.")
+EXPORT = Subcommand("fusionguard.recipes.export_cli:export", "Export a checkpoint to ONNX with its modality contract.")
+EXPERIMENT = Subcommand("fusionguard.recipes.experiment_cli:experiment", "Run the paper's experiment grid and report.")

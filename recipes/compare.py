@@ -1,6 +1,6 @@
 """Trained rows of an experiment run next to the zero-shot rows of its real-data track.
 
-    python -m recipes.compare runs/flickr      # writes runs/flickr/tables/zero_shot.csv
+    python -m fusionguard.recipes.compare runs/flickr      # writes runs/flickr/tables/zero_shot.csv
 
 Reads the run's per-query test NDCG@10 (mean over seeds, as the experiment report does) and the
 zero-shot scores the importer wrote into `<run>/data/main/` (training/zero_shot.py), and tests each
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fusionguard.errors import InvalidInputError
-from training.zero_shot import SUMMARY_FILE, load_zero_shot, paired, per_query
+from fusionguard.training.zero_shot import SUMMARY_FILE, load_zero_shot, paired, per_query
 
 
 def zero_shot_per_query(data_dir: Path, split: str = "test") -> pd.DataFrame:
@@ -31,7 +31,7 @@ def zero_shot_per_query(data_dir: Path, split: str = "test") -> pd.DataFrame:
 
 
 def compare(run_dir: str | Path, n_resamples: int = 10_000) -> pd.DataFrame:
-    from recipes.experiment_report import _load
+    from fusionguard.recipes.experiment_report import _load
 
     run_dir = Path(run_dir)
     manifest, data = _load(run_dir)

@@ -3,8 +3,8 @@
     load + validate the grid TOML (every problem at once) -> data (synthetic benchmark or the
     Flickr8k import) -> for each run: reuse when its `complete.json` matches its key, else
     train -> export (verified ONNX) -> ONNX Runtime latency + mean attention map -> complete.json
-    -> per seed: `gate.evaluation.evaluate` on the test split (per-query results kept)
-    -> `recipes.experiment_report.build_report` (tables + figures from the stored files only).
+    -> per seed: `fusionguard.gate.evaluation.evaluate` on the test split (per-query results kept)
+    -> `fusionguard.recipes.experiment_report.build_report` (tables + figures from the stored files only).
 
 A run's key is the SHA-256 of its resolved training config and the data hashes, so a changed
 config or dataset trains again while an unchanged finished run is reused; `complete.json` is
@@ -32,13 +32,13 @@ import numpy as np
 
 from fusionguard.errors import ConfigError, InvalidInputError
 from fusionguard.config import build, read_toml
-from training.config import TrainConfig
+from fusionguard.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 TRACKS = ("synth", "flickr", "emoji")
 SCALES = ("small", "full")
-EXTRA_VARIANTS = ("late-fusion", "visual-only")  # late fusion (training.late_fusion); baseline on text-masked data
+EXTRA_VARIANTS = ("late-fusion", "visual-only")  # late fusion (fusionguard.training.late_fusion); baseline on text-masked data
 COMPLETE = "complete.json"
 MANIFEST = "manifest.json"
 
@@ -56,7 +56,7 @@ class GridConfig:
     """One experiment grid, resolved for one scale."""
 
     name: str
-    track: str  # "synth" (training.synth benchmark), "flickr" (training.flickr import) or "emoji" (training.tracks.emoji_dataset)
+    track: str  # "synth" (fusionguard.training.synth benchmark), "flickr" (fusionguard.training.flickr import) or "emoji" (fusionguard.training.tracks.emoji_dataset)
     scale: str
     seeds: tuple[int, ...]
     variants: tuple[str, ...]  # main table rows; "v1" is the text-only reference for integrity
@@ -128,7 +128,7 @@ def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_grid(path: str | Path, scale: str = "small") -> GridConfig:
     """Read a grid TOML and apply its `[scale.<scale>]` overrides; ConfigError lists every problem."""
-    from training.config import VARIANTS
+    from fusionguard.training.config import VARIANTS
 
     raw = read_toml(path)
     problems: list[str] = []
@@ -174,11 +174,11 @@ def load_grid(path: str | Path, scale: str = "small") -> GridConfig:
 def data_config(grid: GridConfig) -> Any:
     """The grid's `[data]` table as a SynthConfig (synth), FlickrConfig (flickr) or EmojiConfig (emoji)."""
     if grid.track == "flickr":
-        from training.flickr import FlickrConfig as cls
+        from fusionguard.training.flickr import FlickrConfig as cls
     elif grid.track == "emoji":
-        from training.tracks.emoji import EmojiConfig as cls
+        from fusionguard.training.tracks.emoji import EmojiConfig as cls
     else:
-        from training.synth import SynthConfig as cls
+        from fusionguard.training.synth import SynthConfig as cls
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in grid.data.items()})
 
 
@@ -186,7 +186,7 @@ def data_problems(grid: GridConfig) -> list[str]:
     try:
         return [f"data.{p}" for p in data_config(grid).problems()]
     except TypeError as err:
-        return [f"[data]: {err}; it holds the fields of training.synth.SynthConfig, training.flickr.FlickrConfig or training.tracks.emoji.EmojiConfig"]
+        return [f"[data]: {err}; it holds the fields of fusionguard.training.synth.SynthConfig, fusionguard.training.flickr.FlickrConfig or fusionguard.training.tracks.emoji.EmojiConfig"]
 
 
 def _train_dict(grid: GridConfig, variant: str, seed: int, group: str, value: float | None) -> dict[str, Any]:
@@ -237,7 +237,7 @@ class ExperimentResult:
     trained: int
     reused: int
     seconds: float
-    report: Any  # recipes.experiment_report.ReportResult
+    report: Any  # fusionguard.recipes.experiment_report.ReportResult
     exit_code: int = 0
 
     def summary(self) -> str:
@@ -282,18 +282,18 @@ def prepare_data(grid: GridConfig, out: Path, data_root: Path | None) -> dict[st
     want = json.dumps({"track": grid.track, "data": dict(grid.data), "root": str(data_root)}, sort_keys=True)
     if not (stamp.is_file() and stamp.read_text(encoding="utf-8") == want):
         if grid.track == "synth":
-            from training.synth import write_benchmark
+            from fusionguard.training.synth import write_benchmark
 
             write_benchmark(data_config(grid), data_dir)
         elif grid.track == "emoji":
-            from training.tracks.emoji_dataset import import_emoji
+            from fusionguard.training.tracks.emoji_dataset import import_emoji
 
             if data_root is None:
                 raise InvalidInputError("the emoji track needs --data-root pointing at the track's cache "
-                                        "(built by python -m training.tracks.emoji --cache DIR)")
+                                        "(built by python -m fusionguard.training.tracks.emoji --cache DIR)")
             import_emoji(data_root, data_dir, data_config(grid))
         else:
-            from training.flickr import import_flickr
+            from fusionguard.training.flickr import import_flickr
 
             if data_root is None:
                 raise InvalidInputError("the flickr track needs --data-root pointing at the Flickr8k feature folder")
@@ -345,7 +345,7 @@ def _attention_map(onnx_path: Path, test: Path, settings: EvalSettings) -> np.nd
 
 
 def _log_mlflow(uri: str, experiment: str, spec: RunSpec, key: str, run_dir: Path, onnx_path: Path, extra: Mapping[str, Any]) -> None:
-    from training.tracking import log_run
+    from fusionguard.training.tracking import log_run
 
     log_run(uri, experiment, f"{spec.label}-s{spec.seed}", spec.config.to_dict() | {"kind": spec.variant, "run_key": key},
             run_dir / "train" / "train_log.jsonl", onnx_path, extra)
@@ -357,15 +357,15 @@ def execute_run(spec: RunSpec, key: str, data_dir: Path, run_dir: Path, grid: Gr
     marker = run_dir / COMPLETE
     if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("key") == key and onnx_path.is_file():
         return RunRecord(key, run_dir, onnx_path, True, 0.0)
-    from export.pipeline import ExportConfig
-    from recipes.exporting import export_checkpoint
+    from fusionguard.export.pipeline import ExportConfig
+    from fusionguard.recipes.exporting import export_checkpoint
 
     t0 = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
     export_cfg = ExportConfig(batch_sizes=(1, 50), parity_rows=128, threads=1)
     train_dir = run_dir / "train"
-    from training.trainer import train
+    from fusionguard.training.trainer import train
 
     # late fusion is an ordinary training variant; the grid carries it as an extra row label
     config = replace(spec.config, variant="late-fusion") if spec.variant == "late-fusion" else spec.config
@@ -391,16 +391,16 @@ def execute_run(spec: RunSpec, key: str, data_dir: Path, run_dir: Path, grid: Gr
 # ----- evaluation -------------------------------------------------------------------------------------
 
 def _eval_policy(grid: GridConfig, n_test_queries: int):
-    from gate.policy import Policy, with_overrides
+    from fusionguard.gate.policy import Policy, with_overrides
 
     return with_overrides(Policy(), bootstrap={"n_resamples": grid.eval.n_resamples},
                           scoring={"device": "cpu", "threads": 1}, data={"min_queries": min(20, n_test_queries)})
 
 
 def evaluate_seed(name: str, models: list[Path], test: Path, v1: Path | None, out: Path, grid: GridConfig) -> Path:
-    """`gate.evaluation.evaluate` on one dataset and seed (reused when the model set is unchanged)."""
+    """`fusionguard.gate.evaluation.evaluate` on one dataset and seed (reused when the model set is unchanged)."""
     from fusionguard.metrics import QueryGroups
-    from gate.evaluation import evaluate, write_eval
+    from fusionguard.gate.evaluation import evaluate, write_eval
 
     out_dir = out / "eval" / name
     key = hashlib.sha256(json.dumps([p.name for p in models] + [v1.name if v1 else "", grid.eval.n_resamples]).encode()).hexdigest()
@@ -444,11 +444,11 @@ def run_experiment(config: str | Path, out: str | Path, scale: str = "small", ml
     """
     from tqdm import tqdm
 
-    from recipes.experiment_report import build_report
+    from fusionguard.recipes.experiment_report import build_report
 
     grid = load_grid(config, scale)
     if mlflow_uri:
-        from training.tracking import require_mlflow
+        from fusionguard.training.tracking import require_mlflow
 
         require_mlflow()
     out = Path(out)
@@ -480,7 +480,7 @@ def run_experiment(config: str | Path, out: str | Path, scale: str = "small", ml
             models = list(dict.fromkeys(records[k].onnx for s, k in keyed
                                         if s.seed == seed and s.dataset == dataset and s.variant != "v1"))
             ref = next((records[k].onnx for s, k in keyed if s.seed == seed and s.label == grid.reference), None)
-            if ref in models:  # the reference first: gate.evaluation tests every model against the first
+            if ref in models:  # the reference first: fusionguard.gate.evaluation tests every model against the first
                 models.remove(ref)
                 models.insert(0, ref)
             if models:

@@ -25,14 +25,14 @@ def experiment() -> None:
               help="MLflow tracking URI (a local path works); off by default. Needs the 'tracking' extra.")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The real track's data: the Flickr8k feature folder for track = 'flickr' (default ../shared/data/flickr8k "
-                   "when present), the emoji cache for track = 'emoji' (python -m training.tracks.emoji --cache DIR).")
+                   "when present), the emoji cache for track = 'emoji' (python -m fusionguard.training.tracks.emoji --cache DIR).")
 @progress_option
 def run_command(config: Path, out: Path, scale: str, mlflow_uri: str | None, data_root: Path | None, progress: bool) -> None:
     """Train (or reuse), export and evaluate every run of the grid, then write the report.
 
     Example: fusionguard experiment run --config training/configs/flickr.toml --out runs/flickr --scale small
     """
-    from recipes.experiment import run_experiment
+    from fusionguard.recipes.experiment import run_experiment
 
     result = run_experiment(config, out, scale=scale, mlflow_uri=mlflow_uri, data_root=data_root, progress=progress)
     click.echo(result.summary())
@@ -46,6 +46,6 @@ def report_command(out: Path) -> None:
 
     Example: fusionguard experiment report runs/paper
     """
-    from recipes.experiment_report import build_report
+    from fusionguard.recipes.experiment_report import build_report
 
     click.echo(build_report(out).summary())

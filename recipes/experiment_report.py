@@ -2,7 +2,7 @@
 
 Sources (nothing else is read; no model is trained or scored):
     manifest.json                          grid entries -> run directory and model stem
-    eval/<dataset>-s<seed>/per_query.csv   gate.evaluation's per-query results (NDCG, drops, entropy)
+    eval/<dataset>-s<seed>/per_query.csv   fusionguard.gate.evaluation's per-query results (NDCG, drops, entropy)
     eval/v1-s<seed>.csv                    per-query NDCG of the text-only V1
     runs/<run>/latency.json, attention.npy, train/train_log.jsonl, <key>.onnx (its contract)
 
@@ -211,7 +211,7 @@ def write_table(frame: pd.DataFrame, stem: Path, caption: str) -> list[Path]:
 
 def build_report(out: str | Path) -> ReportResult:
     """Rebuild every table and figure of the experiment in `out` from its stored result files."""
-    from recipes.experiment_figures import draw_figures
+    from fusionguard.recipes.experiment_figures import draw_figures
 
     out = Path(out)
     manifest, data = _load(out)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from export.pipeline import QUANTIZE_CHOICES, ExportConfig
-from recipes.exporting import export_checkpoint
+from fusionguard.export.pipeline import QUANTIZE_CHOICES, ExportConfig
+from fusionguard.recipes.exporting import export_checkpoint
 
 
 @click.command("export")

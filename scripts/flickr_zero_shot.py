@@ -12,8 +12,8 @@ import json
 import time
 from pathlib import Path
 
-from recipes.experiment import load_grid, data_config
-from training.flickr import import_flickr
+from fusionguard.recipes.experiment import load_grid, data_config
+from fusionguard.training.flickr import import_flickr
 
 ROOT = Path(__file__).resolve().parents[1]
 

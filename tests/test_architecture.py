@@ -9,8 +9,10 @@ lazy import is still an arrow between two concepts. The rules:
   string to load (subcommands arrive through the `fusionguard.commands` entry points);
 - the core, `gate` and `monitor` never reach torch: they import neither torch nor `training`,
   `export` or `recipes` (which need it);
-- `export` does not import `training` (a checkpoint is loaded by `recipes.exporting`);
-- no library package imports `recipes`, the layer that wires them together.
+- `export` does not import `training` (a checkpoint is loaded by `fusionguard.recipes.exporting`);
+- no library package imports `recipes`, the layer that wires them together;
+- nothing imports a subsystem by a bare top-level name (`gate`): the subsystems' folders install
+  as `fusionguard.gate` and so on (pyproject's package-dir; tests/packaging/test_namespace.py).
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ TORCH_FREE = (CORE, "gate", "monitor")
 
 
 def _module_name(path: Path) -> str:
+    """The installed dotted name of a source file: gate/cli.py is fusionguard.gate.cli."""
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
+    if parts[0] != CORE:
+        parts.insert(0, CORE)
     return ".".join(parts)
 
 
@@ -77,7 +82,7 @@ def import_graph(modules: Mapping[str, Path]) -> tuple[dict[str, set[str]], dict
             if target is not None:
                 if target != module:
                     inside[module].add(target)
-            elif names[-1].split(".")[0] not in PACKAGES:
+            elif names[-1].split(".")[0] != CORE:
                 outside[module].add(names[-1].split(".")[0])
     return inside, outside
 
@@ -126,7 +131,9 @@ def graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
 
 
 def _package(module: str) -> str:
-    return module.split(".")[0]
+    """The folder a module lives in: fusionguard.gate.cli -> gate, fusionguard.scorer -> fusionguard."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in PACKAGES[1:] else parts[0]
 
 
 def _arrows(inside: Mapping[str, set[str]], sources: Iterable[str], targets: Iterable[str]) -> list[str]:
@@ -149,14 +156,15 @@ def test_the_graph_builder_sees_lazy_relative_and_type_checking_imports(tmp_path
     pkg = tmp_path / "gate"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "a.py").write_text("def f():\n    from gate import b\n")
+    (pkg / "a.py").write_text("def f():\n    from fusionguard.gate import b\n")
     (pkg / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import f\nimport numpy\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     modules = {_module_name(p): p for p in sorted(pkg.rglob("*.py"))}
     inside, outside = import_graph(modules)
-    assert inside["gate.a"] == {"gate.b"}  # `from gate import b` is the module gate.b
-    assert inside["gate.b"] == {"gate.a"} and outside["gate.b"] == {"typing", "numpy"}
-    assert find_cycles(inside) == [["gate.a", "gate.b"]]
+    a, b = "fusionguard.gate.a", "fusionguard.gate.b"
+    assert inside[a] == {b}  # `from fusionguard.gate import b` is the module gate/b.py
+    assert inside[b] == {a} and outside[b] == {"typing", "numpy"}
+    assert find_cycles(inside) == [[a, b]]
 
 
 # ----- the house ------------------------------------------------------------------------------------
@@ -178,7 +186,7 @@ def test_the_core_imports_no_subsystem(graph):
 
 
 def test_the_core_names_no_subsystem_module_to_load():
-    ref = re.compile(rf"^({'|'.join((*SUBSYSTEMS, RECIPES))})(\.\w+)*(:\w+)?$")
+    ref = re.compile(rf"^({CORE}\.)?({'|'.join((*SUBSYSTEMS, RECIPES))})(\.\w+)*(:\w+)?$")
     found = []
     for path in sorted((ROOT / CORE).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -202,3 +210,9 @@ def test_export_does_not_import_training(graph):
 def test_no_library_imports_the_recipes(graph):
     inside, _ = graph
     assert _arrows(inside, [CORE, *SUBSYSTEMS], [RECIPES]) == []
+
+
+def test_nothing_imports_a_subsystem_by_its_bare_name(graph):
+    _, outside = graph
+    bare = sorted(f"{m} -> {pkg}" for m, pkgs in outside.items() for pkg in pkgs if pkg in PACKAGES[1:])
+    assert bare == []

@@ -28,8 +28,8 @@ import torch
 
 from fusionguard import __version__, jsonio
 from fusionguard.errors import InvalidInputError
-from training.config import TrainConfig
-from training.models import InputDims, Ranker, build_model
+from fusionguard.training.config import TrainConfig
+from fusionguard.training.models import InputDims, Ranker, build_model
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"

@@ -10,8 +10,8 @@ import click
 from fusionguard.cli import envvar, progress_option
 from fusionguard.devices import DEVICES
 from fusionguard.errors import ConfigError
-from training.config import load_config, read_toml
-from training.variants import VARIANTS
+from fusionguard.training.config import load_config, read_toml
+from fusionguard.training.variants import VARIANTS
 
 
 @click.command()
@@ -34,8 +34,8 @@ def train(variant, data_dir, out, config_path, seed, device, fresh, progress, qu
 
     Example: fusionguard train --variant mbl --data bench/ --out runs/mbl --config training/configs/default.toml
     """
-    from training.data import data_problems
-    from training.trainer import train as run_training  # torch loads only when the command runs
+    from fusionguard.training.data import data_problems
+    from fusionguard.training.trainer import train as run_training  # torch loads only when the command runs
 
     try:
         config = load_config(config_path, variant=variant, seed=seed, device=device)
@@ -45,13 +45,13 @@ def train(variant, data_dir, out, config_path, seed, device, fresh, progress, qu
     if quiet:
         click.echo("warning: --quiet is deprecated; use --no-progress", err=True)
     if mlflow_uri:
-        from training.tracking import require_mlflow
+        from fusionguard.training.tracking import require_mlflow
 
         require_mlflow()  # fail before training when the extra is missing
     result = run_training(config, data_dir, out, progress=progress and not quiet, resume=not fresh)
     click.echo(result.summary())
     if mlflow_uri:
-        from training.tracking import log_training_run
+        from fusionguard.training.tracking import log_training_run
 
         run_id = log_training_run(mlflow_uri, config, out)
         click.echo(f"logged to MLflow {mlflow_uri} as run {run_id}")
@@ -69,7 +69,7 @@ def synth(out, config_path, seed, queries) -> None:
 
     Example: fusionguard data synth --out bench/ --seed 0
     """
-    from training.synth import SynthConfig, write_benchmark
+    from fusionguard.training.synth import SynthConfig, write_benchmark
 
     data = read_toml(config_path) if config_path is not None else {}
     if seed is not None:

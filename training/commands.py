@@ -3,5 +3,5 @@ and `fusionguard data synth`. Reading them imports no torch (training/__init__ i
 
 from fusionguard.commands import Subcommand
 
-TRAIN = Subcommand("training.cli:train", "Train a fusion model variant (needs the 'train' extra).")
-SYNTH = Subcommand("training.cli:synth", "Generate the synthetic image-search benchmark (needs the 'train' extra).")
+TRAIN = Subcommand("fusionguard.training.cli:train", "Train a fusion model variant (needs the 'train' extra).")
+SYNTH = Subcommand("fusionguard.training.cli:synth", "Generate the synthetic image-search benchmark (needs the 'train' extra).")

@@ -20,7 +20,7 @@ from fusionguard.config import build, read_toml  # read_toml re-exported: the CL
 from fusionguard.devices import DEVICES
 from fusionguard.errors import ConfigError
 from fusionguard.masking import REFERENCE_FREE_STRATEGIES
-from training.variants import VARIANTS
+from fusionguard.training.variants import VARIANTS
 
 MASKS = REFERENCE_FREE_STRATEGIES  # a split is masked on its own: no reference means
 OPTIMIZERS = ("adamw", "sgd")
@@ -82,7 +82,7 @@ class DiagnosticsConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    variant: str = "baseline"  # one of VARIANTS (training.variants: registry names and their aliases)
+    variant: str = "baseline"  # one of VARIANTS (fusionguard.training.variants: registry names and their aliases)
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA when present
     # A checkpoint directory (e.g. the production V1) whose parameters initialise this model where

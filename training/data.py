@@ -12,8 +12,8 @@ import torch
 from fusionguard.dataset import load_dataset, open_parquet
 from fusionguard.errors import InvalidInputError
 from fusionguard.metrics import QueryGroups
-from training.models import InputDims
-from training.synth import META_FILE, SPLITS
+from fusionguard.training.models import InputDims
+from fusionguard.training.synth import META_FILE, SPLITS
 
 TEXT_INPUTS = ("query", "text_tokens")
 VISUAL_INPUT = "visual_tokens"

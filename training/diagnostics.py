@@ -14,8 +14,8 @@ import torch
 
 from fusionguard.masking import GroupOrder, Mask, ablation_masks, modality_permutations
 from fusionguard.metrics import ablation_drop, attention_entropy, attention_mass, ndcg_at_k
-from training.data import Split
-from training.models import Ranker
+from fusionguard.training.data import Split
+from fusionguard.training.models import Ranker
 
 
 @dataclass
@@ -52,7 +52,7 @@ def score_split(model: Ranker, split: Split, mask: str = "zero", seed: int = 0, 
     """Run the model on a split three times (unmasked, visual masked, text masked) in eval mode.
 
     `mask` is the strategy ("zero" or "permute") and `seed` the permutation seed of both
-    ablations, as in the gate's first ablation pass (`gate.measures.plan_passes`).
+    ablations, as in the gate's first ablation pass (`fusionguard.gate.measures.plan_passes`).
     """
     was_training = model.training
     model.eval()

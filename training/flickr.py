@@ -226,7 +226,7 @@ def import_flickr(root: str | Path, out: str | Path, cfg: FlickrConfig = FlickrC
         InvalidInputError: the feature folder is missing files, has inconsistent shapes, or is
             too small for one pool per split.
     """
-    from training.zero_shot import ZeroShot, fit_probe, write_zero_shot
+    from fusionguard.training.zero_shot import ZeroShot, fit_probe, write_zero_shot
 
     problems = cfg.problems()
     if problems:

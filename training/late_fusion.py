@@ -10,12 +10,12 @@ modalities, so the model is a handful of matrix products (no softmax over keys):
 The squared, max-pooled visual term reads an object patch whatever its sign (the synthetic
 benchmark's visual signal cancels under mean pooling). The model follows the training seam of
 docs/interfaces.md (`forward`, `input_specs`, `modalities`, `attention_keys`, `n_heads`) and has
-no attention output (`n_heads` None, `attention_keys` empty), so `export.pipeline.export_model`
+no attention output (`n_heads` None, `attention_keys` empty), so `fusionguard.export.pipeline.export_model`
 exports it as it is.
 
-It is an ordinary training variant: `training.models.build_model("late-fusion", ...)` builds it,
-`training.trainer.train` trains it with the plain listwise loss (same recipe as the baseline),
-and `training.checkpoint.load_checkpoint` reloads it. `training.trainer.train_late_fusion` is
+It is an ordinary training variant: `fusionguard.training.models.build_model("late-fusion", ...)` builds it,
+`fusionguard.training.trainer.train` trains it with the plain listwise loss (same recipe as the baseline),
+and `fusionguard.training.checkpoint.load_checkpoint` reloads it. `fusionguard.training.trainer.train_late_fusion` is
 kept for callers that want the trained model and its export meta in one call.
 """
 
@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from fusionguard.contract import TensorSpec
 from fusionguard.errors import InvalidInputError
-from training.config import ModelConfig
-from training.ranker import InputDims, Ranker, TrainOutputs
+from fusionguard.training.config import ModelConfig
+from fusionguard.training.ranker import InputDims, Ranker, TrainOutputs
 
 VARIANT = "late-fusion"
 

@@ -134,7 +134,7 @@ def ogm_coefficients(score_text: float, score_visual: float, alpha: float) -> di
     Source: Peng et al., "Balanced Multimodal Learning via On-the-fly Gradient Modulation"
     (CVPR 2022): coefficient Eq. 10 (the released main.py's comment names it so), the discrepancy
     ratio the equation before it (Eq. 9); GeWu-Lab/OGM-GE_CVPR2022 main.py `train_epoch`. s_m is `listwise_confidence` of the split
-    head's unimodal scores (see `training.trainer._ogm_ge` for the ranking deviations).
+    head's unimodal scores (see `fusionguard.training.trainer._ogm_ge` for the ranking deviations).
     """
     rho_v = score_visual / max(score_text, 1e-12)
     rho_t = 1.0 / max(rho_v, 1e-12)
@@ -414,7 +414,7 @@ def mla_fusion_weights(entropies: Tensor) -> Tensor:
     the less uncertain (lower-entropy) modality weighs more; the fused score is Σ_m λ_m·s_m.
     Source: Zhang et al. (CVPR 2024), test-time uncertainty-based model fusion; released main.py
     `calculate_gating_weights` (which computes each entropy over the softmax along the batch axis
-    of the whole output, dim=0; see `training.mitigations` for what the ranking setting uses).
+    of the whole output, dim=0; see `fusionguard.training.mitigations` for what the ranking setting uses).
     """
     w = torch.exp(entropies.max() - entropies)
     return w / w.sum()

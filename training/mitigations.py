@@ -9,7 +9,7 @@ The trainer calls, per batch,
 and, per epoch, `epoch_start(model, config, split, epoch, state)` (PMR's prototypes). `state` is
 a plain dict of floats and tensors that the trainer keeps in resume.pt, so a resumed run continues
 AGM's running means and PMR's prototypes. The formulas and their sources are in
-`training.losses`; this module wires them to the models and lists, per variant, what the ranking
+`fusionguard.training.losses`; this module wires them to the models and lists, per variant, what the ranking
 setting forces to differ from the paper (the docstrings of the `_step_*` functions).
 
 Ranking setting, common to the split-head methods (OGM-GE, OPM, PMR): the papers classify one
@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from training import losses
-from training.config import TrainConfig
-from training.models import CrossAttentionRanker, MLARanker, Ranker
-from training.variants import canonical
+from fusionguard.training import losses
+from fusionguard.training.config import TrainConfig
+from fusionguard.training.models import CrossAttentionRanker, MLARanker, Ranker
+from fusionguard.training.variants import canonical
 
 AfterBackward = Callable[[], dict[str, float]]
 MBL_VARIANTS = ("mbl", "bridged-two-stream-mbl")

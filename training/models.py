@@ -24,10 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from fusionguard.errors import InvalidInputError
-from training.config import ModelConfig
-from training.ranker import InputDims, Ranker, TrainOutputs  # the seam every model implements; re-exported
-from training.variants import VARIANTS
-from training.variants import spec as variant_spec
+from fusionguard.training.config import ModelConfig
+from fusionguard.training.ranker import InputDims, Ranker, TrainOutputs  # the seam every model implements; re-exported
+from fusionguard.training.variants import VARIANTS
+from fusionguard.training.variants import spec as variant_spec
 
 
 def _mlp(d_in: int, d_hidden: int) -> nn.Sequential:
@@ -167,8 +167,8 @@ class MLARanker(CrossAttentionRanker):
 
     λ (the `fusion_weights` buffer, (text, visual), 0.5/0.5 until training sets them) is
     `losses.mla_fusion_weights` of the modalities' mean listwise entropies on the training split,
-    refreshed after every epoch (`training.mitigations.epoch_end`); it is a constant of the
-    exported graph. Source: Zhang et al., CVPR 2024 (see `training.mitigations._step_mla`)."""
+    refreshed after every epoch (`fusionguard.training.mitigations.epoch_end`); it is a constant of the
+    exported graph. Source: Zhang et al., CVPR 2024 (see `fusionguard.training.mitigations._step_mla`)."""
 
     def __init__(self, dims: InputDims, cfg: ModelConfig) -> None:
         super().__init__(dims, cfg, has_visual=True)
@@ -303,7 +303,7 @@ class ProgressiveFusionRanker(Ranker):
 
 
 def build_model(variant: str, dims: InputDims, cfg: ModelConfig) -> Ranker:
-    """The untrained model for `variant` (its architecture comes from training.variants; an alias
+    """The untrained model for `variant` (its architecture comes from fusionguard.training.variants; an alias
     builds its target's model); `variant`, as given, is recorded on the model."""
     entry = variant_spec(variant)
     if entry is None:
@@ -316,7 +316,7 @@ def build_model(variant: str, dims: InputDims, cfg: ModelConfig) -> Ranker:
     elif arch == "cross-attention":
         model = CrossAttentionRanker(dims, cfg, has_visual=True, adversary=entry.name == "adversarial")
     elif arch == "late-fusion":
-        from training.late_fusion import LateFusionRanker  # on use: the other variants never need it
+        from fusionguard.training.late_fusion import LateFusionRanker  # on use: the other variants never need it
 
         model = LateFusionRanker(dims, cfg)
     else:

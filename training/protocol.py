@@ -25,7 +25,7 @@ import numpy as np
 
 from fusionguard import stats
 from fusionguard.errors import ConfigError
-from training.config import VARIANTS, TrainConfig, read_toml
+from fusionguard.training.config import VARIANTS, TrainConfig, read_toml
 
 CONTROLS = ("baseline-scratch",)
 NO_WARM_START = ("late-fusion",)  # shares no parameter name with V1: cannot be warm-started, trains under [train]  # the V2 baseline trained from scratch (no warm start): the mechanism's control
@@ -117,7 +117,7 @@ def load_protocol(path: str | Path) -> Protocol:
 
 
 def _data(protocol: Protocol, gen_seed: int, work: Path) -> Path:
-    from training.synth import SynthConfig, write_benchmark
+    from fusionguard.training.synth import SynthConfig, write_benchmark
 
     out = work / f"data-g{gen_seed}"
     if not (out / "test.parquet").is_file():
@@ -127,7 +127,7 @@ def _data(protocol: Protocol, gen_seed: int, work: Path) -> Path:
 
 
 def _v1(protocol: Protocol, gen_seed: int, data: Path, work: Path) -> Path:
-    from training.trainer import RESULT_FILE, train
+    from fusionguard.training.trainer import RESULT_FILE, train
 
     out = work / f"v1-g{gen_seed}"
     if not (out / RESULT_FILE).is_file():
@@ -140,10 +140,10 @@ def run_cell(protocol: Protocol, variant: str, gen_seed: int, train_seed: int, w
     import torch
 
     from fusionguard.metrics import ablation_drop, ndcg_at_k, spearman_per_query
-    from training.checkpoint import load_checkpoint
-    from training.data import load_split, read_dims
-    from training.diagnostics import score_split
-    from training.trainer import train
+    from fusionguard.training.checkpoint import load_checkpoint
+    from fusionguard.training.data import load_split, read_dims
+    from fusionguard.training.diagnostics import score_split
+    from fusionguard.training.trainer import train
 
     work = Path(work) / protocol.name  # each protocol its own data, V1 and runs
     data = _data(protocol, gen_seed, work)
@@ -187,7 +187,7 @@ def run_cell(protocol: Protocol, variant: str, gen_seed: int, train_seed: int, w
 
 
 def _log(directory: Path) -> list[dict[str, Any]]:
-    from training.trainer import LOG_FILE
+    from fusionguard.training.trainer import LOG_FILE
 
     path = directory / LOG_FILE
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []

@@ -2,7 +2,7 @@
 
 `Ranker` is what the trainer, the diagnostics and the exporter rely on (`forward`,
 `train_outputs`, `input_specs`, `modalities`, `attention_keys`, `n_heads`; docs/interfaces.md).
-The concrete models (`training.models`, `training.late_fusion`) subclass it; keeping it in its own
+The concrete models (`fusionguard.training.models`, `fusionguard.training.late_fusion`) subclass it; keeping it in its own
 module lets them do so without importing each other.
 """
 
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from fusionguard.contract import TensorSpec
 from fusionguard.errors import InvalidInputError
-from training.config import ModelConfig
+from fusionguard.training.config import ModelConfig
 
 __all__ = ["InputDims", "Ranker", "TrainOutputs"]
 

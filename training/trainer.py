@@ -2,7 +2,7 @@
 
     validate config + data (every problem at once) -> load splits -> build model, optimizer
     -> (resume if OUT/resume.pt exists) -> per epoch: train steps (variant's loss and gradient
-    treatment, training.mitigations) -> diagnostics on val -> JSONL log line -> best checkpoint / early stopping
+    treatment, fusionguard.training.mitigations) -> diagnostics on val -> JSONL log line -> best checkpoint / early stopping
     -> reload the best checkpoint, evaluate on test, write OUT/result.json.
 
 Determinism: every epoch's shuffling, dropout plans and OGM-GE noise come from generators seeded
@@ -24,13 +24,13 @@ from tqdm import tqdm
 
 from fusionguard.source import dataset_sha256
 from fusionguard.errors import ConfigError
-from training import mitigations
-from training.checkpoint import load_checkpoint, load_resume_state, save_checkpoint, save_resume_state, warm_start
-from training.config import TrainConfig, config_problems
-from training.data import Split, data_problems, load_split, read_dims
-from training.diagnostics import head_attention, modality_grad_norms, score_split, summarize
-from training.late_fusion import VARIANT as LATE_FUSION
-from training.models import Ranker, build_model
+from fusionguard.training import mitigations
+from fusionguard.training.checkpoint import load_checkpoint, load_resume_state, save_checkpoint, save_resume_state, warm_start
+from fusionguard.training.config import TrainConfig, config_problems
+from fusionguard.training.data import Split, data_problems, load_split, read_dims
+from fusionguard.training.diagnostics import head_attention, modality_grad_norms, score_split, summarize
+from fusionguard.training.late_fusion import VARIANT as LATE_FUSION
+from fusionguard.training.models import Ranker, build_model
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def train(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: 
 
 def train_late_fusion(config: TrainConfig, data_dir: str | Path, out: str | Path, progress: bool = True) -> tuple[Ranker, dict[str, Any]]:
     """Train the late-fusion variant with `config`'s recipe (its `variant` is replaced by
-    `late-fusion`) through `training.trainer.train`.
+    `late-fusion`) through `fusionguard.training.trainer.train`.
 
     Returns the best model (CPU, eval mode) and its checkpoint meta (variant, config_sha256,
     data_sha256, data_dir, seed, epoch, val_ndcg), which is what `export_model` needs. OUT holds

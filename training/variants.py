@@ -1,9 +1,9 @@
 """The one registry of training variant names (no torch here: the CLI and config read it at import).
 
 Every place that lists or checks a variant name reads `VARIANTS`, `ALIASES` and `canonical` from
-this module: `training.config` (validation), `training.cli` (`--variant`, a click.Choice works
-with `choices()`), `recipes.experiment` (grid rows), `training.models` (architecture) and
-`training.trainer` (the variant's loss and gradient treatment). Adding a variant means adding one
+this module: `fusionguard.training.config` (validation), `fusionguard.training.cli` (`--variant`, a click.Choice works
+with `choices()`), `fusionguard.recipes.experiment` (grid rows), `fusionguard.training.models` (architecture) and
+`fusionguard.training.trainer` (the variant's loss and gradient treatment). Adding a variant means adding one
 `Variant` here and its training step in the trainer.
 
 Aliases keep old names working (`progressive`, `combined`): they resolve to the canonical variant

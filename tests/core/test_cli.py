@@ -174,9 +174,9 @@ try:
     main({argv!r})
 except SystemExit as exit:
     code = exit.code
-# the packages' command specs (training.commands, ...) are read, never their code: no model,
+# the packages' command specs (fusionguard.training.commands, ...) are read, never their code: no model,
 # trainer or exporter module, and none of the heavy libraries
-heavy = ("torch", "great_expectations", "onnxruntime", "training.models", "training.cli", "export.pipeline", "gate.cli", "monitor.app")
+heavy = ("torch", "great_expectations", "onnxruntime", "fusionguard.training.models", "fusionguard.training.cli", "fusionguard.export.pipeline", "fusionguard.gate.cli", "fusionguard.monitor.app")
 heavy = sorted(m for m in heavy if m in sys.modules)
 print("EXIT", code, "HEAVY", ",".join(heavy) or "-")
 """

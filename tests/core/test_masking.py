@@ -95,8 +95,8 @@ def test_unknown_strategies_are_refused_everywhere(bad):
 
 
 def test_the_policy_and_the_training_config_take_their_strategies_from_the_core():
-    from gate import policy
-    from training import config
+    from fusionguard.gate import policy
+    from fusionguard.training import config
 
     assert policy.STRATEGIES is STRATEGIES
     assert config.MASKS is REFERENCE_FREE_STRATEGIES

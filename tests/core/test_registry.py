@@ -52,7 +52,7 @@ def _report(tmp_path: Path, name: str, model: Path, outcome: str = "passed", **e
 
 
 def _promote(reg: Registry, report: Path, **kw):
-    from gate.promotion import read_verdict  # the gate reads its report; the registry gets the verdict
+    from fusionguard.gate.promotion import read_verdict  # the gate reads its report; the registry gets the verdict
 
     return reg.promote(None, read_verdict(report, verify_report=accept, environ=kw.pop("environ", {}), **kw))
 

@@ -146,7 +146,7 @@ def test_compose_gpu_overlay_parses() -> None:
 
 
 def test_deployment_args_are_valid_serve_options_and_probes_mean_what_they_say() -> None:
-    from monitor.cli import serve
+    from fusionguard.monitor.cli import serve
 
     (container,) = _by_kind()["Deployment"]["spec"]["template"]["spec"]["containers"]
     args = container["args"]

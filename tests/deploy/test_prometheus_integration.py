@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 import yaml
 
-from monitor.drift import DEFAULT_WINDOW
+from fusionguard.monitor.drift import DEFAULT_WINDOW
 from tests.deploy._deploy import ALERT_SHAPE, DASHBOARD, RULES_FILE, alert_rules, dashboard_targets, require_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -102,7 +102,7 @@ def _promote(registry, model: Path, report_dir: Path, variant: str, profile_json
     candidate = {"path": str(model), "sha256": files["model.onnx"], "files": files, "variant": variant}
     report = {"outcome": "passed", "exit_code": 0, "candidate": candidate, "checks": [{"name": "stand-in", "outcome": "passed"}]}
     (report_dir / "report.json").write_text(json.dumps(report))
-    from gate.promotion import read_verdict
+    from fusionguard.gate.promotion import read_verdict
 
     info = registry.promote(model, read_verdict(report_dir, verify_report=lambda report, source: None, environ={}))
     (info.path / "profile.json").write_text(profile_json)

@@ -31,7 +31,7 @@ def _parse(args: list[str]):  # noqa: ANN202 - a click Context
 
     import click
 
-    from gate.cli import gate
+    from fusionguard.gate.cli import gate
 
     params = []
     for param in gate.params:

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 
-from training.checkpoint import load_checkpoint  # noqa: E402
-from training.config import ModelConfig, OptimConfig, TrainConfig  # noqa: E402
-from training.trainer import train_late_fusion  # noqa: E402
-from training.synth import SynthConfig, write_benchmark  # noqa: E402
-from training.trainer import train  # noqa: E402
+from fusionguard.training.checkpoint import load_checkpoint  # noqa: E402
+from fusionguard.training.config import ModelConfig, OptimConfig, TrainConfig  # noqa: E402
+from fusionguard.training.trainer import train_late_fusion  # noqa: E402
+from fusionguard.training.synth import SynthConfig, write_benchmark  # noqa: E402
+from fusionguard.training.trainer import train  # noqa: E402
 
 D, LT, LV = 8, 4, 3  # embedding width, text tokens, visual tokens
 N_VAL_QUERIES, N_CANDIDATES = 4, 40  # 160 validation rows: more than the largest parity batch (128)
@@ -81,8 +81,8 @@ def exports(tmp_path_factory: pytest.TempPathFactory, checkpoints: dict[str, Tra
     baseline is also quantized."""
     from click.testing import CliRunner
 
-    from export.pipeline import ExportConfig, export_model
-    from recipes.exporting import export_checkpoint
+    from fusionguard.export.pipeline import ExportConfig, export_model
+    from fusionguard.recipes.exporting import export_checkpoint
     from fusionguard.cli import cli
 
     root = tmp_path_factory.mktemp("export-onnx")

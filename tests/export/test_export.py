@@ -1,6 +1,6 @@
 """Each architecture exported end to end: contract, checker, strict shapes, ORT-vs-torch parity.
 
-The parity here is recomputed independently of `export.verify`: a plain onnxruntime session (not
+The parity here is recomputed independently of `fusionguard.export.verify`: a plain onnxruntime session (not
 the core scorer) against torch eager on fresh validation rows at batch sizes the exporter never
 saw.
 """

@@ -22,10 +22,10 @@ from fusionguard.errors import EXIT_BLOCKED, EXIT_INVALID
 
 import torch  # the train extra is part of the test install: fail loudly, never skip
 
-from export.errors import ExportVerificationError  # noqa: E402
-from export.pipeline import ExportConfig  # noqa: E402
-from recipes.exporting import export_checkpoint  # noqa: E402
-from export.verify import _reordered_queries, verify_model  # noqa: E402
+from fusionguard.export.errors import ExportVerificationError  # noqa: E402
+from fusionguard.export.pipeline import ExportConfig  # noqa: E402
+from fusionguard.recipes.exporting import export_checkpoint  # noqa: E402
+from fusionguard.export.verify import _reordered_queries, verify_model  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -141,7 +141,7 @@ def test_failed_export_is_not_left_behind(checkpoints, exports, monkeypatch, tmp
         proto.graph.node[0].input[0] = "no_such_tensor"
         return proto
 
-    monkeypatch.setattr("export.pipeline.to_onnx", broken_export)
+    monkeypatch.setattr("fusionguard.export.pipeline.to_onnx", broken_export)
     out = tmp_path / "models" / "v1.onnx"
     with pytest.raises(ExportVerificationError) as info:
         export_checkpoint(checkpoints["v1"].checkpoint, out, ExportConfig(batch_sizes=(7,)))
@@ -185,7 +185,7 @@ def test_missing_validation_data_exits_2(checkpoints, tmp_path):
 
 
 def test_batch_one_example_is_refused(loaded, exports):
-    from export.exporter import to_onnx
+    from fusionguard.export.exporter import to_onnx
     from fusionguard.errors import InvalidInputError
 
     contract = load_contract(exports["v1"]["path"])
@@ -263,8 +263,8 @@ def test_exporter_failure_exits_3_with_the_root_cause(checkpoints, monkeypatch, 
 
 def test_human_readable_output(exports):
     """The CLI's table names every check and batch size (rendered from the stored result)."""
-    from export.pipeline import ExportResult
-    from export.verify import BatchParity, Check, VerificationReport
+    from fusionguard.export.pipeline import ExportResult
+    from fusionguard.export.verify import BatchParity, Check, VerificationReport
 
     v = exports["progressive"]["verification"]
     report = VerificationReport(

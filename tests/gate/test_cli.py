@@ -134,7 +134,7 @@ def test_gate_help_does_not_import_torch():
         "    cli.main(['gate', '--help'], prog_name='fusionguard')\n"
         "except SystemExit:\n"
         "    pass\n"
-        "print('gate.cli' in sys.modules, 'torch' in sys.modules)\n"
+        "print('fusionguard.gate.cli' in sys.modules, 'torch' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "Example: fusionguard gate" in done.stdout

@@ -18,12 +18,12 @@ def invoke(*args, **kwargs):
 
 
 def test_a_missing_candidate_fails_before_any_work(toys, tmp_path, monkeypatch):
-    import gate.runner
+    import fusionguard.gate.runner
 
     def never(*args, **kwargs):  # the data check would start here
         raise AssertionError("run_gate was called for a missing candidate")
 
-    monkeypatch.setattr(gate.runner, "run_gate", never)
+    monkeypatch.setattr(fusionguard.gate.runner, "run_gate", never)
     started = time.perf_counter()
     result = invoke("gate", "--candidate", tmp_path / "nope.onnx", "--baseline", toys.v1, "--data", toys.data,
                     "--out", tmp_path / "report")

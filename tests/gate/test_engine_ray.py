@@ -14,10 +14,10 @@ ray = pytest.importorskip("ray")
 
 from fusionguard.scorer import Scorer  # noqa: E402
 
-from gate.engine import EngineConfig  # noqa: E402
-from gate.policy import load_policy  # noqa: E402
-from gate.runner import run_gate  # noqa: E402
-from gate.streaming import read_ids, stream_baseline, stream_measures  # noqa: E402
+from fusionguard.gate.engine import EngineConfig  # noqa: E402
+from fusionguard.gate.policy import load_policy  # noqa: E402
+from fusionguard.gate.runner import run_gate  # noqa: E402
+from fusionguard.gate.streaming import read_ids, stream_baseline, stream_measures  # noqa: E402
 
 from .test_streaming import _interleaved, _policy, ragged  # noqa: E402,F401  (fixture)
 

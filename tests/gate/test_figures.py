@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from matplotlib.collections import LineCollection
 
-from gate.plots import CONTRIBUTION_PNG, INTEGRITY_PNG, NDCG_DIFF_PNG, build_figures, result_title
-from gate.runner import run_gate
+from fusionguard.gate.plots import CONTRIBUTION_PNG, INTEGRITY_PNG, NDCG_DIFF_PNG, build_figures, result_title
+from fusionguard.gate.runner import run_gate
 
 
 @pytest.fixture(scope="module")

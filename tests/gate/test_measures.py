@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fusionguard import metrics
-from gate import checks
-from gate.measures import ModelMeasures, pearson_interval, per_query_mean, plan_passes
-from gate.policy import Policy, with_overrides
+from fusionguard.gate import checks
+from fusionguard.gate.measures import ModelMeasures, pearson_interval, per_query_mean, plan_passes
+from fusionguard.gate.policy import Policy, with_overrides
 
 FAST = with_overrides(Policy(), bootstrap={"n_resamples": 400})
 

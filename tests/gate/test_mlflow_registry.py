@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from fusionguard.cli import cli
 from fusionguard.registry import file_sha256
-from gate.mlflow_registry import mlflow_target
+from fusionguard.gate.mlflow_registry import mlflow_target
 
 mlflow = pytest.importorskip("mlflow")
 pytestmark = pytest.mark.integration
@@ -116,7 +116,7 @@ def test_promotion_registers_the_exact_model_with_its_report_and_moves_the_alias
     assert client.get_model_version_by_alias(NAME, "champion").version == champion.version
 
     # A blocked report edited to say "passed" (its failed checks left in place) is not a pass:
-    # the alias moves only when the evidence itself shows one (gate.promotion.report_problems).
+    # the alias moves only when the evidence itself shows one (fusionguard.gate.promotion.report_problems).
     forged = json.loads((blocked / "report.json").read_text())
     forged.update(outcome="passed", exit_code=0)
     (blocked / "report.json").write_text(json.dumps(forged))

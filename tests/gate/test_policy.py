@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fusionguard.errors import ConfigError, InvalidInputError
-from gate.policy import Policy, load_policy, policy_from_dict
+from fusionguard.gate.policy import Policy, load_policy, policy_from_dict
 
 
 def test_no_file_and_empty_file_are_the_defaults(tmp_path):

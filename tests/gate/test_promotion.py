@@ -16,7 +16,7 @@ from fusionguard import signing
 from fusionguard import toymodels as tm
 from fusionguard.cli import cli
 from fusionguard.registry import Registry, file_sha256, model_manifest
-from gate.promotion import report_problems
+from fusionguard.gate.promotion import report_problems
 
 DEEP = "[" * 50_000 + "]" * 50_000
 

@@ -12,10 +12,10 @@ from fusionguard import toymodels as tm
 from fusionguard.errors import InvalidInputError
 from fusionguard.profile import ReferenceProfile
 from fusionguard.registry import file_sha256
-from gate.checks import CheckResult
-from gate.policy import load_policy, with_overrides
-from gate.result import exit_code as _exit_code
-from gate.runner import run_gate
+from fusionguard.gate.checks import CheckResult
+from fusionguard.gate.policy import load_policy, with_overrides
+from fusionguard.gate.result import exit_code as _exit_code
+from fusionguard.gate.runner import run_gate
 
 
 def _outcomes(result):
@@ -167,7 +167,7 @@ def test_other_masking_strategies(toys, model, strategy, exit_code):
 
 
 def test_shared_intervals_equal_the_ones_each_check_computes_alone(fusion_run):
-    from gate import checks
+    from fusionguard.gate import checks
 
     result, _ = fusion_run
     m, groups, policy = result.measures, result.groups, result.policy
@@ -212,7 +212,7 @@ def _assert_same_numbers(got, want, where="check"):
 def test_shared_intervals_leave_an_unevaluable_vector_to_its_check(fusion_run):
     from dataclasses import replace
 
-    from gate import checks
+    from fusionguard.gate import checks
 
     result, _ = fusion_run
     m = replace(result.measures, text_drop=np.full_like(result.measures.text_drop, np.nan))
@@ -220,7 +220,7 @@ def test_shared_intervals_leave_an_unevaluable_vector_to_its_check(fusion_run):
 
 
 def test_data_is_validated_once_per_gate(toys, tmp_path, monkeypatch):
-    import gate.runner as runner
+    import fusionguard.gate.runner as runner
 
     calls = []
     real = runner.validate_dataset
@@ -248,7 +248,7 @@ def _nan_data(tmp_path):
 def test_invalid_data_is_never_scored_and_the_data_check_decides(toys, tmp_path, monkeypatch):
     """Fail-closed: when the data check fails, the models never score the data (a scorer that
     would crash is not reached) and the gate says exactly what the data check says (exit 2)."""
-    import gate.runner as runner
+    import fusionguard.gate.runner as runner
 
     def crash(*args, **kwargs):
         raise RuntimeError("scoring crashed on unvalidated data")
@@ -264,7 +264,7 @@ def test_invalid_data_is_never_scored_and_the_data_check_decides(toys, tmp_path,
 
 
 def test_a_scoring_bug_on_valid_data_is_not_swallowed(toys, monkeypatch):
-    import gate.runner as runner
+    import fusionguard.gate.runner as runner
 
     def crash(*args, **kwargs):
         raise RuntimeError("a bug, not bad data")

@@ -15,12 +15,12 @@ from fusionguard.profile import build_profile, feature_summaries
 from fusionguard.scorer import Scorer
 from fusionguard.streaming import UnsortedDataError
 
-from gate import checks
-from gate.engine import EngineConfig
-from gate.measures import measure_model, score_baseline
-from gate.policy import load_policy
-from gate.runner import run_gate
-from gate.streaming import read_ids, stream_baseline, stream_measures
+from fusionguard.gate import checks
+from fusionguard.gate.engine import EngineConfig
+from fusionguard.gate.measures import measure_model, score_baseline
+from fusionguard.gate.policy import load_policy
+from fusionguard.gate.runner import run_gate
+from fusionguard.gate.streaming import read_ids, stream_baseline, stream_measures
 
 # batch_rows = 300 over 10 masks: chunks of 30 rows, re-cut at query ends (queries of 7-13 rows),
 # so the stream has many batches and queries that straddle a chunk boundary.
@@ -75,9 +75,9 @@ def _reference(model: Path, baseline: Path, data: Path, policy):
 @pytest.mark.parametrize(("workers", "run_rows"), [(1, 8192), (2, 8192), (2, 25)])
 def test_streamed_measures_equal_the_in_memory_ones(toys, ragged, tmp_path, monkeypatch, strategy, workers, run_rows):
     """run_rows = 25: each batch's masked copies are scored a few masks (and rows) per session.run."""
-    import gate.partials
+    import fusionguard.gate.partials
 
-    monkeypatch.setattr(gate.partials, "RUN_ROWS", run_rows)
+    monkeypatch.setattr(fusionguard.gate.partials, "RUN_ROWS", run_rows)
     policy = load_policy(_policy(tmp_path, strategy))
     cand, base, batch, groups, ref, ref_base = _reference(toys.fusion, toys.v1, ragged, policy)
     streamed = read_ids(ragged)
@@ -159,7 +159,7 @@ def test_streaming_refuses_a_query_split_over_the_file(toys, tmp_path):
 
 
 def test_streamed_eval_equals_the_in_memory_measures(toys, ragged, tmp_path):
-    from gate.evaluation import evaluate, write_eval
+    from fusionguard.gate.evaluation import evaluate, write_eval
 
     policy = load_policy(_policy(tmp_path, "permute"))
     result = evaluate([toys.fusion, toys.blind], ragged, baseline=toys.v1, policy=policy, engine=EngineConfig(workers=2))
@@ -180,7 +180,7 @@ def test_streamed_eval_equals_the_in_memory_measures(toys, ragged, tmp_path):
 
 
 def test_eval_refuses_an_unsorted_eval_set(toys, tmp_path):
-    from gate.evaluation import evaluate
+    from fusionguard.gate.evaluation import evaluate
 
     unsorted = _interleaved(toys.data, tmp_path / "unsorted.parquet")
     with pytest.raises(UnsortedDataError) as info:
@@ -208,7 +208,7 @@ def test_rows_out_of_file_order_are_refused(toys, ragged, tmp_path):
     """The order guard: partials that cover every query but not in the file's row order fail closed."""
     from fusionguard.errors import EvaluationError
 
-    from gate.streaming import _FileOrder
+    from fusionguard.gate.streaming import _FileOrder
 
     streamed = read_ids(ragged)
     batch = load_dataset(ragged, inputs=[])
@@ -228,9 +228,9 @@ def test_actor_spans_give_the_local_partials(toys, ragged, tmp_path):
     from fusionguard.source import ParquetSource
     from fusionguard.streaming import batch_ends
 
-    from gate.engine_ray import ScorerActor, plan_spans
-    from gate.measures import plan_passes
-    from gate.streaming import _run_partials, chunk_rows
+    from fusionguard.gate.engine_ray import ScorerActor, plan_spans
+    from fusionguard.gate.measures import plan_passes
+    from fusionguard.gate.streaming import _run_partials, chunk_rows
 
     policy = load_policy(_policy(tmp_path, "permute"))
     plan = plan_passes(policy)

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from fusionguard.cli import cli
-from gate import summary as ci
-from gate.report import markdown
+from fusionguard.gate import summary as ci
+from fusionguard.gate.report import markdown
 
 REPORT = {
     "outcome": "blocked",

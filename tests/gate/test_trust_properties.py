@@ -23,8 +23,8 @@ from fusionguard import signing
 from fusionguard.cli import cli
 from fusionguard.errors import FusionGuardError
 from fusionguard.registry import Registry, model_manifest
-from gate.promotion import report_problems
-from monitor.service import ModelService, ServiceConfig
+from fusionguard.gate.promotion import report_problems
+from fusionguard.monitor.service import ModelService, ServiceConfig
 
 KEY = "property-test-key"
 # FUSIONGUARD_PROPERTY_EXAMPLES=500 searches longer with fresh random draws; the default run is

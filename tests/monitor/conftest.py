@@ -18,10 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fusionguard import toymodels
 from fusionguard.registry import file_sha256
-from monitor.app import AppConfig, MonitorApp
-from monitor.server import ServeConfig, build
-from monitor.service import ServiceConfig
-from monitor.telemetry import TelemetryConfig
+from fusionguard.monitor.app import AppConfig, MonitorApp
+from fusionguard.monitor.server import ServeConfig, build
+from fusionguard.monitor.service import ServiceConfig
+from fusionguard.monitor.telemetry import TelemetryConfig
 
 
 @pytest.fixture(scope="session")

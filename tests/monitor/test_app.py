@@ -13,9 +13,9 @@ from prometheus_client import CollectorRegistry
 from starlette.testclient import TestClient
 
 from fusionguard.profile import build_profile, feature_summaries
-from monitor.app import AppConfig, MonitorApp
-from monitor.protocol import HEADER_LENGTH
-from monitor.service import ModelService, Sampler, ServiceConfig
+from fusionguard.monitor.app import AppConfig, MonitorApp
+from fusionguard.monitor.protocol import HEADER_LENGTH
+from fusionguard.monitor.service import ModelService, Sampler, ServiceConfig
 from tests.monitor.conftest import json_body, make_registry, rows, set_current
 
 
@@ -286,8 +286,8 @@ def test_scoring_failure_is_500_and_counted(models, toy):
 
 
 def test_full_telemetry_queue_drops_and_counts(models, toy):
-    from monitor.metrics import MonitorMetrics
-    from monitor.telemetry import TelemetryConfig, TelemetryWorker
+    from fusionguard.monitor.metrics import MonitorMetrics
+    from fusionguard.monitor.telemetry import TelemetryConfig, TelemetryWorker
 
     svc = ModelService(ServiceConfig(model=models["fusion"], device="cpu"))
     registry = CollectorRegistry()

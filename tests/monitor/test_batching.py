@@ -15,9 +15,9 @@ import pytest
 
 from fusionguard.errors import EvaluationError
 from fusionguard.scorer import Mask, Scorer
-from monitor.app import AppConfig
-from monitor.batching import BatchingConfig, DynamicBatcher
-from monitor.service import FULL_ONLY, TELEMETRY_MASKS, ModelService, Sampler, ServiceConfig
+from fusionguard.monitor.app import AppConfig
+from fusionguard.monitor.batching import BatchingConfig, DynamicBatcher
+from fusionguard.monitor.service import FULL_ONLY, TELEMETRY_MASKS, ModelService, Sampler, ServiceConfig
 from tests.monitor.conftest import json_body, rows
 
 pytestmark = pytest.mark.integration
@@ -170,7 +170,7 @@ def test_graceful_shutdown_answers_every_queued_request(live_server, models, toy
 
 def test_service_admit_validates_once_and_scorer_does_not_check_again(models, toy, monkeypatch):
     import fusionguard.scorer as scorer_module
-    import monitor.service as service_module
+    import fusionguard.monitor.service as service_module
 
     calls = []
     real = service_module.feed_problems
@@ -197,7 +197,7 @@ def test_shapley_passes_after_the_response_are_run_and_observed_before_shutdown_
     assert not live.thread.is_alive()
 
     service = ModelService(ServiceConfig(model=models["fusion"], device="cpu", telemetry_share=1.0))
-    from monitor.telemetry import request_values
+    from fusionguard.monitor.telemetry import request_values
 
     want = [request_values(service.score(f, telemetry=True))["visual_share"] for f in feeds]
     labels = {"model": "ranker", "modality": "visual", "version": live.app.service.state.version}

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from fusionguard.profile import build_profile, request_means
-from monitor.drift import DEFAULT_WINDOW, PSI_FLOOR, PSI_MAJOR, PSI_MODERATE, DriftTracker, kolmogorov_sf, ks_2samp, psi
+from fusionguard.monitor.drift import DEFAULT_WINDOW, PSI_FLOOR, PSI_MAJOR, PSI_MODERATE, DriftTracker, kolmogorov_sf, ks_2samp, psi
 
 
 def psi_reference(values, edges, counts):
@@ -118,9 +118,9 @@ def test_a_new_profile_clears_the_drift_gauges_until_its_window_is_full(tmp_path
 
     from fusionguard import toymodels
     from fusionguard.profile import ReferenceProfile, feature_summaries
-    from monitor.metrics import MonitorMetrics
-    from monitor.service import ModelService, ServiceConfig
-    from monitor.telemetry import TelemetryConfig, TelemetryWorker
+    from fusionguard.monitor.metrics import MonitorMetrics
+    from fusionguard.monitor.service import ModelService, ServiceConfig
+    from fusionguard.monitor.telemetry import TelemetryConfig, TelemetryWorker
 
     data = toymodels.make_toy_dataset(n_queries=10, n_candidates=5, seed=4)
     model = toymodels.save(toymodels.build_fusion_model(1.0), tmp_path / "fusion.onnx")

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from monitor.metrics import ERROR_REASONS, INVALID_REASONS, OUTCOMES, UNKNOWN_MODEL
+from fusionguard.monitor.metrics import ERROR_REASONS, INVALID_REASONS, OUTCOMES, UNKNOWN_MODEL
 from tests.monitor.test_app import make_app
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

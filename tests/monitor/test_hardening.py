@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from monitor.app import AppConfig
-from monitor.protocol import HEADER_LENGTH
-from monitor.service import ServiceConfig
+from fusionguard.monitor.app import AppConfig
+from fusionguard.monitor.protocol import HEADER_LENGTH
+from fusionguard.monitor.service import ServiceConfig
 from tests.monitor.conftest import json_body, make_registry, rows, set_current
 from tests.monitor.test_app import make_app, plain_scores
 

@@ -16,9 +16,9 @@ from fusionguard.cli import cli
 from fusionguard.dataset import write_dataset
 from fusionguard.errors import InvalidInputError
 from fusionguard.profile import ReferenceProfile
-from monitor.replay import ReplayConfig, iter_requests, replay
-from monitor.service import ModelService, ServiceConfig
-from monitor.telemetry import TelemetryConfig
+from fusionguard.monitor.replay import ReplayConfig, iter_requests, replay
+from fusionguard.monitor.service import ModelService, ServiceConfig
+from fusionguard.monitor.telemetry import TelemetryConfig
 from tests.gate.conftest import FAST_POLICY
 
 N_QUERIES, N_CANDIDATES = 20, 7
@@ -27,7 +27,7 @@ N_QUERIES, N_CANDIDATES = 20, 7
 @pytest.fixture(scope="module")
 def gated(tmp_path_factory):
     """A gate run (zero-masked Shapley passes, the default policy's) of an honest fusion model."""
-    from gate.runner import run_gate
+    from fusionguard.gate.runner import run_gate
 
     root = tmp_path_factory.mktemp("one-measure")
     batch = tm.make_toy_dataset(n_queries=N_QUERIES, n_candidates=N_CANDIDATES, seed=5)
@@ -92,7 +92,7 @@ def test_monitor_refuses_a_profile_of_another_strategy(gated, tmp_path):
 
 
 def test_gate_records_the_policy_strategy(gated):
-    from gate.runner import run_gate
+    from fusionguard.gate.runner import run_gate
 
     _, _, model, data, root = gated
     policy = root / "permute.toml"

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tritonclient.http._utils import _get_inference_request
 
-from monitor.protocol import (
+from fusionguard.monitor.protocol import (
     HEADER_LENGTH,
     InferRequest,
     ProtocolError,

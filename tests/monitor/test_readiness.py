@@ -16,7 +16,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from monitor.app import AppConfig
+from fusionguard.monitor.app import AppConfig
 from tests.monitor.conftest import free_port, json_body, make_registry, rows, set_current
 from tests.monitor.test_app import make_app
 
@@ -77,7 +77,7 @@ def test_empty_registry_starts_not_ready_then_load_and_unload(models, toy, tmp_p
 
 
 def test_registry_poll_makes_the_server_ready(models, toy, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="monitor")
+    caplog.set_level(logging.INFO, logger="fusionguard.monitor")
     root = tmp_path / "reg"
     root.mkdir()
     mapp, registry = make_app(AppConfig(handle_sighup=False, registry_poll_s=0.05), registry=root)
@@ -169,7 +169,7 @@ def test_cli_serve_on_an_empty_registry_becomes_ready_after_promotion_and_sighup
             proc.communicate()
     lines = err.decode().splitlines()
     assert lines and all(LOG_LINE.match(line) for line in lines), [x for x in lines if not LOG_LINE.match(x)][:5]
-    assert any(re.search(r" INFO monitor\.server: serving 'ranker' on .*no model loaded yet, not ready", x) for x in lines)
-    assert any(" INFO monitor.app: SIGHUP reload: now serving version v0001" in x for x in lines)
+    assert any(re.search(r" INFO fusionguard\.monitor\.server: serving 'ranker' on .*no model loaded yet, not ready", x) for x in lines)
+    assert any(" INFO fusionguard.monitor.app: SIGHUP reload: now serving version v0001" in x for x in lines)
     assert any(re.search(r' INFO uvicorn\.access: .*"GET /v2/health/ready HTTP/1\.1" 503', x) for x in lines)
     assert any(re.search(r' INFO uvicorn\.access: .*"POST /v2/models/ranker/infer HTTP/1\.1" 200', x) for x in lines)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from fusionguard import toymodels
 from fusionguard.cli import cli
 from fusionguard.errors import InvalidInputError
-from monitor.service import ModelService, ServiceConfig
+from fusionguard.monitor.service import ModelService, ServiceConfig
 from tests.monitor.conftest import make_registry, set_current
 
 

@@ -12,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fusionguard.cli import cli
 from fusionguard.dataset import Batch, write_dataset
-from monitor.replay import ReplayConfig, iter_requests, replay
-from monitor.service import Sampler, ServiceConfig
+from fusionguard.monitor.replay import ReplayConfig, iter_requests, replay
+from fusionguard.monitor.service import Sampler, ServiceConfig
 from tests.monitor.test_app import reference_visual_share
 
 
@@ -143,11 +143,11 @@ def test_ray_replay_exports_the_local_metrics(models, toy, tmp_path, monkeypatch
     """Same requests, telemetry draws, shares, shadow correlations and invalid counts; only the
     timing histograms differ. Several chunks over two actors, with an invalid request among them."""
     ray = pytest.importorskip("ray")
-    import monitor.replay_ray
+    import fusionguard.monitor.replay_ray
 
     from fusionguard.engine import EngineConfig
 
-    monkeypatch.setattr(monitor.replay_ray, "CHUNK_ROWS", 10)
+    monkeypatch.setattr(fusionguard.monitor.replay_ray, "CHUNK_ROWS", 10)
     feeds = {k: v.copy() for k, v in toy.feeds.items()}
     feeds["visual_tokens"][7, 1, 2] = np.nan  # row 7 belongs to the second query
     path = write_dataset(tmp_path / "bad.parquet", toy.query_id, toy.item_id, toy.label, feeds)

@@ -16,8 +16,8 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from monitor.app import AppConfig
-from monitor.service import Sampler, ServiceConfig
+from fusionguard.monitor.app import AppConfig
+from fusionguard.monitor.service import Sampler, ServiceConfig
 from tests.monitor.conftest import free_port, json_body, make_registry, rows, set_current
 from tests.monitor.test_app import plain_scores
 
@@ -211,7 +211,7 @@ def test_a_large_body_reaches_the_app_in_one_receive():
     connection, so a 270 KB request arrives in one receive() (uvicorn's own: two, paused at 64 KiB)."""
     import uvicorn
 
-    from monitor.server import BODY_HIGH_WATER, ServeConfig, _uvicorn_config
+    from fusionguard.monitor.server import BODY_HIGH_WATER, ServeConfig, _uvicorn_config
 
     receives: list[int] = []
 

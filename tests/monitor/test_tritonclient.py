@@ -13,7 +13,7 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from monitor.service import ServiceConfig
+from fusionguard.monitor.service import ServiceConfig
 from tests.monitor.conftest import make_registry, rows, set_current
 from tests.monitor.test_app import plain_scores
 

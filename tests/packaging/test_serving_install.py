@@ -35,7 +35,7 @@ def serving_venv(tmp_path_factory) -> Path:
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
-    for package in ("fusionguard", "gate", "monitor"):  # what the Dockerfile copies
+    for package in ("fusionguard", "gate", "monitor", "export", "training", "recipes"):  # what the Dockerfile copies
         shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
@@ -50,7 +50,11 @@ def serving_venv(tmp_path_factory) -> Path:
 
 
 def _run(venv: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(venv / "bin" / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout)
+    # run outside the checkout: with the checkout as the working directory, `python -c` would import
+    # its fusionguard/ folder instead of the installed package
+    return subprocess.run(
+        [str(venv / "bin" / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout, cwd=venv.parent,
+    )
 
 
 def test_the_serving_install_lacks_the_gate_stack_and_torch(serving_venv):
@@ -63,7 +67,7 @@ def test_the_serving_install_lacks_the_gate_stack_and_torch(serving_venv):
         assert _run(serving_venv, "python", "-c", f"import {module}").returncode == 0, module
     # drift (PSI and the KS p-value) runs without scipy
     drift = (
-        "import numpy as np; from fusionguard.profile import build_profile; from monitor.drift import DriftTracker\n"
+        "import numpy as np; from fusionguard.profile import build_profile; from fusionguard.monitor.drift import DriftTracker\n"
         "rng = np.random.default_rng(0)\n"
         "p = build_profile('0' * 64, rng.uniform(0, 1, 500), {}, requests=np.arange(500), shapley_strategy='zero')\n"
         "t = DriftTracker(p, window=200)\n"
@@ -88,7 +92,7 @@ def test_monitor_serve_help_works_and_gate_names_its_extra(serving_venv, tmp_pat
     # ops commands of the image need only the core: list and roll back the registry
     listing = _run(serving_venv, "fusionguard", "registry", "list", "--registry", str(tmp_path / "reg"))
     assert listing.returncode == 0 and "holds no versions" in listing.stdout, listing.stderr
-    # commands the image does not carry say what to install, without a traceback
+    # commands whose extra the image lacks say what to install, without a traceback
     report = tmp_path / "report"
     report.mkdir()
     (report / "report.json").write_text(json.dumps(
@@ -96,7 +100,7 @@ def test_monitor_serve_help_works_and_gate_names_its_extra(serving_venv, tmp_pat
     promote = ["promote", "--report", str(report), "--registry", "mlflow://ranker", "--mlflow-uri", "http://127.0.0.1:9"]
     # promotion re-validates the report with the gate's policy rules, so MLflow promotion needs the
     # gate extra as well as tracking; the first missing one is named
-    for command, needle in ((["train", "--help"], "'training'"), (promote, "fusionguard[gate,cpu]")):
+    for command, needle in ((["train", "--help"], "'torch'"), (promote, "fusionguard[gate,cpu]")):
         out = _run(serving_venv, "fusionguard", *command)
         assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, (command, out.stderr)
 
@@ -137,8 +141,8 @@ def test_the_serving_install_serves_a_model(serving_venv, tmp_path):
 _PROBE = """
 import sys
 from fusionguard.cli import main
-from monitor.server import build  # the serving path itself, as `monitor serve` runs it
-import gate.cli  # promote and registry
+from fusionguard.monitor.server import build  # the serving path itself, as `monitor serve` runs it
+import fusionguard.gate.cli  # promote and registry
 for argv in (["monitor", "serve", "--help"], ["registry", "list", "--help"], ["promote", "--help"]):
     try:
         main(argv)

@@ -9,8 +9,8 @@ import pytest
 
 from fusionguard.errors import InvalidInputError
 from tests.training.test_flickr import CFG, _write_split
-from training.flickr import import_flickr
-from recipes.compare import compare, zero_shot_per_query
+from fusionguard.training.flickr import import_flickr
+from fusionguard.recipes.compare import compare, zero_shot_per_query
 
 
 @pytest.fixture()

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from fusionguard import stats
 from fusionguard.cli import cli
 from fusionguard.errors import ConfigError
-from recipes.experiment import expand, load_grid, run_key
-from training.config import TrainConfig
-from recipes.experiment_report import build_report
+from fusionguard.recipes.experiment import expand, load_grid, run_key
+from fusionguard.training.config import TrainConfig
+from fusionguard.recipes.experiment_report import build_report
 
 TOY = """
 name = "toy"
@@ -63,7 +63,7 @@ def test_grid_problems_are_listed_together(tmp_path):
 
 
 def test_scale_overrides_and_shared_runs(tmp_path):
-    from training.config import MitigationConfig
+    from fusionguard.training.config import MitigationConfig
 
     default = MitigationConfig().lambda_visual
     other = default + 0.2
@@ -167,7 +167,7 @@ def test_mlflow_logging_into_a_local_store(tmp_path):
     import mlflow
 
     from fusionguard.toymodels import build_fusion_model, save
-    from training.tracking import log_run
+    from fusionguard.training.tracking import log_run
 
     onnx_path = save(build_fusion_model(1.0, 8, 2, 2, n_heads=2), tmp_path / "m.onnx")
     log = tmp_path / "train_log.jsonl"
@@ -232,7 +232,7 @@ def test_two_run_grid_end_to_end_with_mlflow(tmp_path):
 def test_balancing_grid_has_a_row_for_every_registered_variant():
     from pathlib import Path
 
-    from training.variants import REGISTRY
+    from fusionguard.training.variants import REGISTRY
 
     grid = load_grid(Path(__file__).resolve().parents[2] / "training" / "configs" / "balancing.toml", "small")
     assert set(grid.variants) == set(REGISTRY)

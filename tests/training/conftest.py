@@ -4,8 +4,8 @@ import pytest
 
 import torch  # noqa: F401  (the test install always has the train extra: a missing torch must fail, not skip)
 
-from training.config import ModelConfig, OptimConfig, TrainConfig  # noqa: E402
-from training.synth import SynthConfig, write_benchmark  # noqa: E402
+from fusionguard.training.config import ModelConfig, OptimConfig, TrainConfig  # noqa: E402
+from fusionguard.training.synth import SynthConfig, write_benchmark  # noqa: E402
 
 TINY_SYNTH = SynthConfig(
     seed=3, n_train=12, n_val=4, n_test=4, n_candidates=10, dim=8, text_tokens=2, visual_tokens=3, object_patches=1

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from training.checkpoint import load_checkpoint, load_resume_state, save_checkpoint, save_resume_state
-from training.models import InputDims, build_model
+from fusionguard.training.checkpoint import load_checkpoint, load_resume_state, save_checkpoint, save_resume_state
+from fusionguard.training.models import InputDims, build_model
 
 from .conftest import tiny_config
 
@@ -80,15 +80,15 @@ def test_resume_state_round_trip(tmp_path):
 def test_default_toml_matches_the_dataclass_defaults():
     from pathlib import Path
 
-    from training.config import TrainConfig, load_config
+    from fusionguard.training.config import TrainConfig, load_config
 
     path = Path(__file__).resolve().parents[2] / "training" / "configs" / "default.toml"
     assert load_config(path) == TrainConfig()
 
 
 def test_late_fusion_trains_through_the_trainer_and_reloads(tmp_path, tiny_bench):
-    from training.late_fusion import LateFusionRanker
-    from training.trainer import train_late_fusion
+    from fusionguard.training.late_fusion import LateFusionRanker
+    from fusionguard.training.trainer import train_late_fusion
 
     model, meta = train_late_fusion(tiny_config("baseline", max_epochs=2), tiny_bench, tmp_path, progress=False)
     assert isinstance(model, LateFusionRanker) and not model.training

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from fusionguard.masking import Mask, ablation_masks, fill_masked
-from training.data import load_split, read_dims
-from training.diagnostics import masked_inputs, score_split
-from training.models import build_model
+from fusionguard.training.data import load_split, read_dims
+from fusionguard.training.diagnostics import masked_inputs, score_split
+from fusionguard.training.models import build_model
 
 from .conftest import tiny_config
 

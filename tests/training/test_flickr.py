@@ -9,8 +9,8 @@ import pytest
 
 from fusionguard.dataset import load_dataset
 from fusionguard.errors import ConfigError, InvalidInputError
-from training.flickr import FlickrConfig, import_flickr, mine_negatives
-from training.zero_shot import load_zero_shot
+from fusionguard.training.flickr import FlickrConfig, import_flickr, mine_negatives
+from fusionguard.training.zero_shot import load_zero_shot
 
 
 def _write_split(folder, n, rng):

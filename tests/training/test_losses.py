@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training import losses
+from fusionguard.training import losses
 
 
 def _random_batch(seed: int, sizes=(5, 3, 7)):

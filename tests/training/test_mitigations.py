@@ -13,10 +13,10 @@ from click.testing import CliRunner
 
 from fusionguard.cli import cli
 from fusionguard.metrics import shapley_values
-from training import losses, mitigations
-from training.config import ModelConfig, TrainConfig, config_problems
-from training.models import CrossAttentionRanker, InputDims, ProgressiveFusionRanker, build_model
-from training.variants import ALIASES, REGISTRY, VARIANTS, canonical
+from fusionguard.training import losses, mitigations
+from fusionguard.training.config import ModelConfig, TrainConfig, config_problems
+from fusionguard.training.models import CrossAttentionRanker, InputDims, ProgressiveFusionRanker, build_model
+from fusionguard.training.variants import ALIASES, REGISTRY, VARIANTS, canonical
 
 from .conftest import tiny_config
 
@@ -339,7 +339,7 @@ def test_aliases_resolve_and_the_cli_lists_every_name():
 def test_sgd_optimizer_option_for_the_released_recipes(tmp_path, tiny_bench):
     from dataclasses import replace
 
-    from training.trainer import make_optimizer, train
+    from fusionguard.training.trainer import make_optimizer, train
 
     assert any("optim.optimizer" in p for p in config_problems(replace(TrainConfig(), optim=replace(TrainConfig().optim, optimizer="adam"))))
     config = tiny_config("ogm-ge", max_epochs=1)

@@ -12,10 +12,10 @@ import torch
 
 from fusionguard import stats
 from fusionguard.errors import ConfigError
-from training.checkpoint import load_checkpoint
-from training.config import TrainConfig
-from training.protocol import load_protocol, summarize
-from training.trainer import train
+from fusionguard.training.checkpoint import load_checkpoint
+from fusionguard.training.config import TrainConfig
+from fusionguard.training.protocol import load_protocol, summarize
+from fusionguard.training.trainer import train
 
 from .conftest import tiny_config
 
@@ -120,9 +120,9 @@ def test_protocol_summary_counts_runs_and_tests_at_the_seed_level():
 
 def test_zero_values_warm_start_silences_the_new_modality_at_the_start(tmp_path, tiny_bench):
     train(tiny_config("v1", max_epochs=1), tiny_bench, tmp_path / "v1", progress=False)
-    from training.checkpoint import warm_start
-    from training.data import load_split, read_dims
-    from training.models import build_model
+    from fusionguard.training.checkpoint import warm_start
+    from fusionguard.training.data import load_split, read_dims
+    from fusionguard.training.models import build_model
 
     dims = read_dims(tiny_bench)
     v1 = load_checkpoint(tmp_path / "v1").model

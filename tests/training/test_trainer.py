@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from fusionguard.cli import cli
 from fusionguard.dataset import load_dataset
-from training.synth import generate, oracle_ndcg
-from training.trainer import LOG_FILE, train
+from fusionguard.training.synth import generate, oracle_ndcg
+from fusionguard.training.trainer import LOG_FILE, train
 
 from .conftest import TINY_SYNTH, tiny_config
 
@@ -53,7 +53,7 @@ def test_training_is_deterministic_and_resumable(tmp_path, tiny_bench):
     # interrupt after epoch 2: keep the resume state and log of epochs 0-1, then resume
     import torch
 
-    from training.checkpoint import RESUME_FILE
+    from fusionguard.training.checkpoint import RESUME_FILE
 
     cut = tmp_path / "c"
     train(config, tiny_bench, cut, progress=False)
@@ -141,7 +141,7 @@ def test_stateful_variants_resume_where_they_stopped(tmp_path, tiny_bench, varia
     # resumed follows the uninterrupted run exactly
     import torch
 
-    from training.checkpoint import RESUME_FILE
+    from fusionguard.training.checkpoint import RESUME_FILE
 
     config = tiny_config(variant, max_epochs=4, patience=10)
     full = train(config, tiny_bench, tmp_path / "full", progress=False)

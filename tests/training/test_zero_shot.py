@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fusionguard.metrics import QueryGroups, mrr, ndcg_at_k
-from training.zero_shot import ZeroShot, fit_probe, paired, random_expectation, zscore_within
+from fusionguard.training.zero_shot import ZeroShot, fit_probe, paired, random_expectation, zscore_within
 
 
 def test_zscore_within_matches_a_loop():

@@ -1,17 +1,17 @@
 """The product's claims on the emoji track: a collapsed fused model and a healthy one through the gate.
 
-    python -m training.tracks.claims --cache /work/cache-emoji --out runs/emoji-claims \
+    python -m fusionguard.training.tracks.claims --cache /work/cache-emoji --out runs/emoji-claims \
         [--protocol training/configs/protocol.toml]
 
 Steps (every training setting comes from the protocol TOML, none is tuned here):
-    data       training.tracks.emoji_dataset.import_emoji (the track's family split; test rows
+    data       fusionguard.training.tracks.emoji_dataset.import_emoji (the track's family split; test rows
                are the test families only)
     v1         the production V1: text only, the protocol's [train] table, seed v1_seed
     collapsed  the protocol's mechanism, "warm_start_from_v1": the fused baseline V2 warm-started
                from that V1 (the protocol's [warm] init and fine-tuning optimiser), training seed 0
     healthy    the protocol's control, "baseline-scratch": the same fused baseline V2 trained from
                scratch under [train], training seed 0
-    export     all three to ONNX (export.pipeline, parity verified against torch)
+    export     all three to ONNX (fusionguard.export.pipeline, parity verified against torch)
     gate       `fusionguard gate --candidate X --baseline v1.onnx --data test.parquet` for both
                candidates, default policy; exit codes and the checks' numbers go to claims.json
 
@@ -63,11 +63,11 @@ def run_claims(cache: str | Path, out: str | Path, protocol_path: str | Path, ep
 
     `epochs`: when set, every run trains exactly this many epochs (max_epochs = min_epochs =
     epochs) instead of the protocol's budget; a CPU concession, recorded in claims.json."""
-    from export.pipeline import ExportConfig, export_checkpoint
-    from training.protocol import load_protocol
-    from training.tracks.emoji import EmojiConfig
-    from training.tracks.emoji_dataset import import_emoji
-    from training.trainer import RESULT_FILE, train
+    from fusionguard.export.pipeline import ExportConfig, export_checkpoint
+    from fusionguard.training.protocol import load_protocol
+    from fusionguard.training.tracks.emoji import EmojiConfig
+    from fusionguard.training.tracks.emoji_dataset import import_emoji
+    from fusionguard.training.trainer import RESULT_FILE, train
 
     protocol = load_protocol(protocol_path)
     if protocol.mechanism not in MECHANISMS:
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cache", required=True, help="the emoji track's cache (python -m training.tracks.emoji --cache DIR)")
+    ap.add_argument("--cache", required=True, help="the emoji track's cache (python -m fusionguard.training.tracks.emoji --cache DIR)")
     ap.add_argument("--out", required=True, help="output folder (resumable: finished runs are reused)")
     ap.add_argument("--protocol", default=str(Path(__file__).resolve().parents[1] / "configs" / "protocol.toml"))
     ap.add_argument("--epochs", type=int, default=None,

@@ -57,7 +57,7 @@ import numpy as np
 
 from fusionguard.errors import ConfigError, InvalidInputError
 from fusionguard.metrics import QueryGroups, ndcg_at_k
-from training.zero_shot import ZeroShot, fit_probe, paired, per_query, summarise, zscore_within
+from fusionguard.training.zero_shot import ZeroShot, fit_probe, paired, per_query, summarise, zscore_within
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def minilm_encoder() -> TextEncoder:
 def effnet_encoder(batch: int = 64) -> ImageEncoder:
     import torch
 
-    from training.tracks.effnet_lite import load_pretrained, preprocess
+    from fusionguard.training.tracks.effnet_lite import load_pretrained, preprocess
 
     model = load_pretrained()
 
@@ -273,7 +273,7 @@ def load_features(cache: Path, cat: Catalogue, text: TextEncoder | None = None, 
                 return EmojiFeatures(z["item_text"], z["label"], z["image"], z["query"])
     if not encode:
         raise InvalidInputError(f"{feat_file} is missing or was built from another catalogue; build the track first: "
-                                f"python -m training.tracks.emoji --cache {cache}")
+                                f"python -m fusionguard.training.tracks.emoji --cache {cache}")
     feats = encode_catalogue(cat, text or minilm_encoder(), image or effnet_encoder())
     np.savez(feat_file, catalogue_sha256=np.array(stamp), **asdict(feats))
     return feats
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(description="Build the emoji search track and print its zero-shot rows. "
-                                             "Example: python -m training.tracks.emoji --cache ~/.cache/fusionguard/emoji")
+                                             "Example: python -m fusionguard.training.tracks.emoji --cache ~/.cache/fusionguard/emoji")
     ap.add_argument("--cache", required=True, help="folder outside the repository for packages, features and results")
     ap.add_argument("--seed", type=int, default=EmojiConfig.seed)
     args = ap.parse_args(argv)

@@ -1,6 +1,6 @@
 """The emoji track as a training dataset (train/val/test.parquet) for the trainer and the experiment grid.
 
-Built from the cache the track command made (`python -m training.tracks.emoji --cache DIR`: the
+Built from the cache the track command made (`python -m fusionguard.training.tracks.emoji --cache DIR`: the
 catalogue and features.npz); nothing is downloaded here. Rules, fixed before any trained number was
 read (the zero-shot protocol is in training/tracks/emoji.py):
     splits      the track's family split (train / val / test families, disjoint); a query's rows
@@ -31,9 +31,9 @@ import numpy as np
 
 from fusionguard.dataset import write_dataset
 from fusionguard.errors import ConfigError, InvalidInputError
-from training.tracks.emoji import (SPLITS, Catalogue, EmojiConfig, EmojiFeatures, _unit, choose_weight, item_ids,
+from fusionguard.training.tracks.emoji import (SPLITS, Catalogue, EmojiConfig, EmojiFeatures, _unit, choose_weight, item_ids,
                                    late_fusion, load_features, read_catalogue)
-from training.zero_shot import ZeroShot, fit_probe, write_zero_shot
+from fusionguard.training.zero_shot import ZeroShot, fit_probe, write_zero_shot
 
 META_FILE = "emoji.json"
 TOKENS = 2  # tokens per modality (text and image), D PCA components each

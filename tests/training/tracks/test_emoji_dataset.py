@@ -10,9 +10,9 @@ import pytest
 from fusionguard.dataset import load_dataset
 from fusionguard.errors import InvalidInputError
 from tests.training.tracks.test_emoji import _bag_of_words, _catalogue, _mean_colour, _seed_with_queries_in_every_split
-from training.tracks.emoji import SPLITS, item_ids, load_features
-from training.tracks.emoji_dataset import build_dataset, candidates, import_emoji
-from training.zero_shot import load_zero_shot
+from fusionguard.training.tracks.emoji import SPLITS, item_ids, load_features
+from fusionguard.training.tracks.emoji_dataset import build_dataset, candidates, import_emoji
+from fusionguard.training.zero_shot import load_zero_shot
 
 
 @pytest.fixture()
@@ -62,7 +62,7 @@ def test_dataset_schema_rows_and_zero_shot_on_the_same_rows(built, tmp_path):
     assert len(set(first_position)) > 1  # the relevant row's position varies
     meta = json.loads((out / "emoji.json").read_text())
     assert meta["input_dims"] == {"d": cfg.dim, "lt": 2, "lv": 2}
-    from training.data import read_dims
+    from fusionguard.training.data import read_dims
 
     dims = read_dims(out)
     assert (dims.d, dims.lt, dims.lv) == (cfg.dim, 2, 2)
@@ -79,7 +79,7 @@ def test_import_needs_a_built_cache(built, tmp_path):
 def test_the_grid_runs_the_emoji_track(built, tmp_path):
     """track = "emoji" in a grid TOML: import, train, export, evaluate and report (one tiny run)."""
     pytest.importorskip("torch")
-    from training.experiment import load_grid, run_experiment
+    from fusionguard.training.experiment import load_grid, run_experiment
 
     _, cfg, _ = built
     grid = tmp_path / "emoji.toml"
@@ -122,7 +122,7 @@ def test_a_split_without_queries_is_refused(built, tmp_path):
     cat.queries, cat.kinds = cat.queries[:1], cat.kinds[:1]  # one query: two splits are empty
     with pytest.raises(InvalidInputError, match="holds no query"):
         build_dataset(cat, feats, tmp_path / "data", cfg)
-    from training.tracks.emoji import zero_shot
+    from fusionguard.training.tracks.emoji import zero_shot
 
     with pytest.raises(InvalidInputError, match="holds no query"):
         zero_shot(cat, feats, cfg)
