@@ -79,7 +79,7 @@ def test_import_needs_a_built_cache(built, tmp_path):
 def test_the_grid_runs_the_emoji_track(built, tmp_path):
     """track = "emoji" in a grid TOML: import, train, export, evaluate and report (one tiny run)."""
     pytest.importorskip("torch")
-    from fusionguard.training.experiment import load_grid, run_experiment
+    from fusionguard.recipes.experiment import load_grid, run_experiment
 
     _, cfg, _ = built
     grid = tmp_path / "emoji.toml"

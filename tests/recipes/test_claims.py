@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fusionguard.errors import ConfigError
-from fusionguard.training.tracks.claims import _number, run_claims, summary
+from fusionguard.recipes.claims import _number, run_claims, summary
 
 
 def test_an_unknown_mechanism_is_refused_before_any_work(tmp_path):

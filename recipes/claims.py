@@ -1,6 +1,6 @@
 """The product's claims on the emoji track: a collapsed fused model and a healthy one through the gate.
 
-    python -m fusionguard.training.tracks.claims --cache /work/cache-emoji --out runs/emoji-claims \
+    python -m fusionguard.recipes.claims --cache /work/cache-emoji --out runs/emoji-claims \
         [--protocol training/configs/protocol.toml]
 
 Steps (every training setting comes from the protocol TOML, none is tuned here):
@@ -63,7 +63,8 @@ def run_claims(cache: str | Path, out: str | Path, protocol_path: str | Path, ep
 
     `epochs`: when set, every run trains exactly this many epochs (max_epochs = min_epochs =
     epochs) instead of the protocol's budget; a CPU concession, recorded in claims.json."""
-    from fusionguard.export.pipeline import ExportConfig, export_checkpoint
+    from fusionguard.export.pipeline import ExportConfig
+    from fusionguard.recipes.exporting import export_checkpoint
     from fusionguard.training.protocol import load_protocol
     from fusionguard.training.tracks.emoji import EmojiConfig
     from fusionguard.training.tracks.emoji_dataset import import_emoji
