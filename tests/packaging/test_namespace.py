@@ -12,7 +12,6 @@ runs the CLI from it. Measured on the 2-core machine: about 10 s.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -21,6 +20,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+from tests.packaging.sources import copy_sources
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -48,12 +49,7 @@ def test_pyproject_lists_every_package_folder():
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("wheel")
-    src = tmp / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, src / name)
-    for folder in ("fusionguard", *FOLDERS.values()):
-        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    src = copy_sources(tmp / "src")
     out = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp / "dist"), str(src)],
         capture_output=True, text=True, timeout=300,

@@ -9,7 +9,6 @@ cache. Measured on the 2-core machine: 16.5 s for the install and 38 s for the m
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import pytest
 
 from fusionguard import toymodels
 from fusionguard.registry import file_sha256
+from tests.packaging.sources import copy_sources
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("great_expectations", "pandas", "pyarrow", "matplotlib", "scipy", "torch", "tqdm", "mlflow")
@@ -31,12 +31,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def serving_venv(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("serve-install")
-    src = tmp / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, src / name)
-    for package in ("fusionguard", "gate", "monitor", "export", "training", "recipes"):  # what the Dockerfile copies
-        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    src = copy_sources(tmp / "src")  # what the Dockerfile copies
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     started = time.perf_counter()
