@@ -7,6 +7,7 @@ import difflib
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -26,6 +27,26 @@ _EXTRAS = {
 _EXTRA_HINT = {pkg: f"pip install 'fusionguard[{extra},cpu]'" for extra, pkgs in _EXTRAS.items() for pkg in pkgs}
 _EXTRA_HINT["onnxruntime"] = "pip install 'fusionguard[cpu]' or 'fusionguard[gpu]'"
 _EXTRA_HINT["torch"] = _EXTRA_HINT["onnxscript"] = "pip install 'fusionguard[train,cpu]' (or `make install`)"
+
+
+class DataLocation(click.ParamType):
+    """An eval set or traffic file option: a Parquet file or a directory of Parquet files (which
+    must exist when `exists`: checked before any work), or a URI pyarrow's filesystems understand
+    (``file://``, ``s3://``, ``gs://``...), kept as a string (`Path` would fold its ``//``) and
+    opened by the readers (fusionguard/source.py)."""
+
+    name = "path|uri"
+
+    def __init__(self, exists: bool = True) -> None:
+        self._local = click.Path(path_type=Path, exists=exists)
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201 - click's signature
+        if isinstance(value, str) and "://" in value:
+            return value
+        return self._local.convert(value, param, ctx)
+
+
+DATA_LOCATION = DataLocation()
 
 
 def envvar(option: str) -> dict:

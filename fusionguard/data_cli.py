@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from fusionguard.cli import LazyGroup
+from fusionguard.cli import DataLocation, LazyGroup
 from fusionguard.commands import DATA_COMMANDS_GROUP, Subcommand
 
 COMMAND = Subcommand("fusionguard.data_cli:data", "Generate and validate datasets.")
@@ -19,7 +19,7 @@ def data() -> None:
 
 
 @data.command("validate")
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("file", type=DataLocation(exists=False))  # a missing file is listed as a problem
 @click.option("--model", "models", multiple=True, type=click.Path(path_type=Path),
               help="ONNX model whose contract the data must satisfy (repeatable).")
 @click.option("--contract", "sidecar", type=click.Path(path_type=Path), default=None,

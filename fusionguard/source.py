@@ -34,7 +34,17 @@ READ_ROWS = 8192  # rows per Parquet read (as fusionguard.streaming)
 
 MEANS_ROWS = 65_536  # Scorer.reference_means's chunk: the same sums in the same order
 
-__all__ = ["ParquetSource", "dataset_sha256", "open_dataset"]
+__all__ = ["ParquetSource", "data_location", "dataset_sha256", "is_uri", "open_dataset"]
+
+
+def is_uri(data: object) -> bool:
+    """True for a URI (``scheme://...``), which must stay a string: `Path` would fold its ``//``."""
+    return "://" in str(data)
+
+
+def data_location(data: str | Path) -> str | Path:
+    """An eval set's location as the readers take it: a URI as its string, anything else a `Path`."""
+    return str(data) if is_uri(data) else Path(data)
 
 
 def _hidden(path: str, root: str) -> bool:
@@ -199,16 +209,17 @@ def open_dataset(data: str | Path) -> pq.ParquetFile | _Files:
     or a URI as one file-like reader over its files (`ParquetSource`)."""
     from fusionguard.dataset import open_parquet
 
-    if "://" not in str(data) and not Path(data).is_dir():
+    if not is_uri(data) and not Path(data).is_dir():
         return open_parquet(data)
     return ParquetSource.open(data).as_file()
 
 
 def dataset_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """SHA-256 of a dataset file's bytes, read in chunks (a directory of Parquet files: `ParquetSource.sha256`)."""
-    path = Path(path)
-    if path.is_dir():
+    """SHA-256 of a dataset file's bytes, read in chunks (a directory of Parquet files or a URI:
+    `ParquetSource.sha256`, which for one file is the same hash of its bytes)."""
+    if is_uri(path) or Path(path).is_dir():
         return ParquetSource.open(path).sha256(chunk_bytes)
+    path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"dataset {path} does not exist; check the path")
     digest = hashlib.sha256()

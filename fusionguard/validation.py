@@ -41,7 +41,7 @@ from tqdm import tqdm
 from fusionguard.contract import ModelContract
 from fusionguard.dataset import ID_COLUMNS, read_batches
 from fusionguard.errors import DataValidationError, InvalidInputError
-from fusionguard.source import open_dataset
+from fusionguard.source import data_location, open_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -185,9 +185,9 @@ def validate_dataset(
 def _validate(path: str | Path, contracts: Sequence[ModelContract], max_label: int | None, batch_rows: int
               ) -> ValidationReport:
     label = str(path)
-    path = Path(path)
+    path = data_location(path)
     try:
-        pf = open_dataset(path)  # a file, or a directory of files read as one
+        pf = open_dataset(path)  # a file, a directory of files read as one, or a URI
     except InvalidInputError as err:
         return ValidationReport(label, (str(err),), 0, 0, {"unreadable": 1})
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from fusionguard.cli import LazyGroup, envvar, progress_option
+from fusionguard.cli import DATA_LOCATION, LazyGroup, envvar, progress_option
 from fusionguard.errors import FusionGuardError, InvalidInputError
 from fusionguard.registry import Registry
 
@@ -23,13 +23,14 @@ logger = logging.getLogger(__name__)
 
 _EXISTING = click.Path(path_type=Path)  # a path the command reads or creates
 _FILE = click.Path(path_type=Path, exists=True, dir_okay=False)  # an input file: checked before any work
-_DATA = click.Path(path_type=Path, exists=True)  # a Parquet file or a directory of Parquet files
+
+_DATA = DATA_LOCATION  # a Parquet file, a directory of Parquet files, or a URI
 
 
 @click.command("gate")
 @click.option("--candidate", required=True, type=_FILE, help="Candidate ONNX model.")
 @click.option("--baseline", type=_FILE, default=None, help="Baseline (V1) ONNX model; required unless the policy sets baseline.required = false.")
-@click.option("--data", "data", required=True, type=_DATA, help="Eval set: a Parquet file or a directory of Parquet files.")
+@click.option("--data", "data", required=True, type=_DATA, help="Eval set: a Parquet file, a directory of Parquet files, or a URI (file://, s3://, gs://...).")
 @click.option("--policy", type=_FILE, default=None, help="Policy TOML (defaults: docs/gate.md).")
 @click.option("--candidate-contract", type=_FILE, default=None, help="Sidecar JSON contract for the candidate.")
 @click.option("--baseline-contract", type=_FILE, default=None, help="Sidecar JSON contract for the baseline.")
@@ -191,7 +192,7 @@ def rollback(registry_dir, version) -> None:  # noqa: ANN001
 @click.option("--models", required=True, multiple=True, type=_FILE, help="Fusion models; repeat or list them. The first is the reference of the p-values.")
 @click.argument("more_models", nargs=-1, type=_FILE)
 @click.option("--baseline", type=_FILE, default=None, help="Text-only V1 for the Spearman column.")
-@click.option("--data", "data", required=True, type=_DATA, help="Eval set: a Parquet file or a directory of Parquet files.")
+@click.option("--data", "data", required=True, type=_DATA, help="Eval set: a Parquet file, a directory of Parquet files, or a URI (file://, s3://, gs://...).")
 @click.option("--policy", type=_FILE, default=None, help="Policy TOML (k, masking, resamples, seed).")
 @click.option("--out", required=True, type=_EXISTING, help="Output directory (table.csv/.md/.tex, per_query.csv).")
 @progress_option

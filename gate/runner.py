@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionguard import metrics
-from fusionguard.source import dataset_sha256
+from fusionguard.source import data_location, dataset_sha256, is_uri
 from fusionguard.errors import (
     EXIT_INVALID,
     EXIT_PASSED,
@@ -98,7 +98,7 @@ def run_gate(
         clear_artefacts(Path(out))
     policy = policy if isinstance(policy, Policy) else load_policy(policy)
     require_engine(engine)
-    candidate, data = Path(candidate), Path(data)
+    candidate, data = Path(candidate), data_location(data)  # a URI stays a string
     if baseline is None and policy.baseline.required:
         raise InvalidInputError(
             "no baseline given; pass --baseline V1.onnx, or set baseline.required = false in the policy "
@@ -108,7 +108,7 @@ def run_gate(
     started = time.perf_counter()
     cand_info = _model_info(candidate)
     base_info = _model_info(Path(baseline)) if baseline is not None else None
-    data_info: dict[str, Any] = {"path": str(data.resolve()) if data.exists() else str(data)}
+    data_info: dict[str, Any] = {"path": str(data) if is_uri(data) or not data.exists() else str(data.resolve())}
     results: dict[str, CheckResult] = {}
     result = GateResult(EXIT_PASSED, GateOutcome.PASSED, [], cand_info, base_info, data_info, policy, None, timings)
 
@@ -164,10 +164,14 @@ def run_gate(
     return result
 
 
-def _data_check(data: Path, contracts: list, policy: Policy, info: dict[str, Any]) -> CheckResult:
-    if not data.exists():  # a Parquet file, or a directory of Parquet files read as one
+def _data_check(data: str | Path, contracts: list, policy: Policy, info: dict[str, Any]) -> CheckResult:
+    # a Parquet file, a directory of Parquet files read as one, or a URI (fusionguard/source.py)
+    if not is_uri(data) and not data.exists():
         return errored("data", f"eval set {data} does not exist; check --data", EXIT_INVALID)
-    info["sha256"] = dataset_sha256(data)
+    try:
+        info["sha256"] = dataset_sha256(data)
+    except InvalidInputError as err:  # a URI with nothing there, or a file that is not Parquet
+        return errored("data", str(err), EXIT_INVALID)
     report = validate_dataset(data, contracts, max_label=policy.label_limit)
     info.update({"n_rows": report.n_rows, "n_queries": report.n_queries})
     if not report.ok:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fusionguard.cli import LazyGroup, envvar, progress_option
+from fusionguard.cli import DATA_LOCATION, LazyGroup, envvar, progress_option
 from fusionguard.devices import DEVICES
 from fusionguard.engine import EngineConfig, engine_options
 from fusionguard.monitor.app import AppConfig
@@ -132,7 +132,8 @@ def serve(registry, model, name, shadow, profile, device, threads, telemetry_sha
 
 @monitor.command()
 @_model_options
-@click.option("--data", type=_path, required=True, help="Logged traffic, Parquet in the dataset schema.")
+@click.option("--data", type=DATA_LOCATION, required=True,
+              help="Logged traffic in the dataset schema: a Parquet file, a directory of Parquet files, or a URI.")
 @click.option("--out", type=_path, default=None, help="Write the Prometheus exposition to this file.")
 @click.option("--pushgateway", default=None, help="Push the metrics to this Pushgateway URL instead.")
 @click.option("--job", default="fusionguard_replay", show_default=True, help="Pushgateway job label.")

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, push_to_gateway, write_to_textf
 
 from fusionguard.batches import query_runs
 from fusionguard.dataset import Batch, iter_batches
+from fusionguard.source import ParquetSource, is_uri
 from fusionguard.engine import EngineConfig, require_engine
 from fusionguard.errors import InvalidInputError
 from fusionguard.scorer import InvalidFeedsError
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ReplayConfig:
-    data: Path  # traffic Parquet in the dataset schema; each query's rows are one request
+    data: str | Path  # traffic in the dataset schema (a file, a directory of files, a URI); each query's rows are one request
     service: ServiceConfig  # the model (file or registry), shadow, profile, telemetry share
     out: Path | None = None  # write the exposition here (exactly one of out / pushgateway)
     pushgateway: str | None = None  # e.g. http://127.0.0.1:9091
@@ -108,7 +109,11 @@ def replay(config: ReplayConfig) -> ReplayResult:
     metrics.model_info.labels(service.name, state.version, state.scorer.sha256, state.scorer.provider).set(1)
     metrics.model_ready.labels(service.name).set(1)
     n_req = n_rows = n_invalid = n_tel = 0
-    batches = iter_batches(config.data, state.scorer.contract, batch_rows=config.batch_rows)
+    if is_uri(config.data) or Path(config.data).is_dir():  # the files in path order, read as one
+        source = ParquetSource.open(config.data)
+        batches = source.read(0, source.n_rows, state.scorer.contract, read_rows=config.batch_rows)
+    else:
+        batches = iter_batches(config.data, state.scorer.contract, batch_rows=config.batch_rows)
     bar = None
     if config.progress:
         from tqdm.auto import tqdm

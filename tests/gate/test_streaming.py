@@ -270,3 +270,37 @@ def test_gate_on_a_directory_of_files_equals_the_gate_on_the_file(toys, ragged, 
     r1, r2 = got["one"][1], got["many"][1]
     assert r1["checks"] == r2["checks"]
     assert r2["data"]["sha256"] != r1["data"]["sha256"] and r2["data"]["n_rows"] == r1["data"]["n_rows"]
+
+
+def test_gate_and_eval_read_a_uri_like_the_path(toys, ragged, tmp_path):
+    """--data file:///...: the URI stays a string (Path would fold its //) and is read through
+    pyarrow's filesystem by the data check, the dataset hash and the local engine; the reports
+    equal the plain path's, the hash included (one file: the hash of its bytes)."""
+    uri = ragged.resolve().as_uri()
+    assert uri.startswith("file:///")
+    got = _gate_reports(toys, {"path": (ragged, EngineConfig(workers=2)), "uri": (uri, EngineConfig(workers=2))},
+                        _policy(tmp_path, "permute"), tmp_path)
+    assert got["uri"][0] == got["path"][0]
+    r_path, r_uri = got["path"][1], got["uri"][1]
+    assert r_uri["checks"] == r_path["checks"]
+    assert r_uri["data"]["sha256"] == r_path["data"]["sha256"] and r_uri["data"]["path"] == uri
+    assert got["uri"][2] == got["path"][2]
+    missing = run_gate(toys.fusion, "file:///nonexistent/eval.parquet", tmp_path / "missing", baseline=toys.v1,
+                       policy=_policy(tmp_path, "permute"))
+    assert missing.exit_code == 2 and "does not exist" in json.dumps(
+        json.loads((tmp_path / "missing" / "report.json").read_text())["checks"])
+
+
+def test_the_cli_keeps_a_uri_and_still_checks_a_local_path(toys, ragged, tmp_path):
+    from click.testing import CliRunner
+
+    from fusionguard.cli import cli
+
+    uri = ragged.resolve().as_uri()
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["eval", "--models", str(toys.fusion), "--baseline", str(toys.v1), "--data", uri,
+                              "--policy", str(_policy(tmp_path, "permute")), "--out", str(tmp_path / "e")])
+    assert ok.exit_code == 0, ok.output
+    bad = runner.invoke(cli, ["eval", "--models", str(toys.fusion), "--data", str(tmp_path / "nope.parquet"),
+                               "--out", str(tmp_path / "e2")])
+    assert bad.exit_code == 2 and "does not exist" in bad.output
