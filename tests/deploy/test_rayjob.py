@@ -31,6 +31,7 @@ def _parse(args: list[str]):  # noqa: ANN202 - a click Context
 
     import click
 
+    from fusionguard.cli import DataLocation
     from fusionguard.gate.cli import gate
 
     params = []
@@ -39,6 +40,8 @@ def _parse(args: list[str]):  # noqa: ANN202 - a click Context
         if isinstance(param.type, click.Path) and param.type.exists:
             param.type = copy.copy(param.type)
             param.type.exists = False
+        elif isinstance(param.type, DataLocation):  # --data: a path (or URI) on the cluster's volumes
+            param.type = DataLocation(exists=False)
         params.append(param)
     return click.Command("gate", params=params).make_context("gate", args)
 
