@@ -339,11 +339,16 @@ def configurations(args: argparse.Namespace, have_kserve: bool) -> list[tuple[st
     return rows
 
 
-def run(args: argparse.Namespace, model: Path, feeds: dict[str, np.ndarray], work: Path) -> dict:
+def _request_file(feeds: dict[str, np.ndarray], work: Path) -> tuple[Path, int]:
+    """The binary request body, written to WORK/request.bin for wrk, and its JSON header's length."""
     body, headers = binary_body(feeds)
     body_file = work / "request.bin"
     body_file.write_bytes(body)
-    header_len = int(headers["Inference-Header-Content-Length"])
+    return body_file, int(headers["Inference-Header-Content-Length"])
+
+
+def run(args: argparse.Namespace, model: Path, feeds: dict[str, np.ndarray], work: Path) -> dict:
+    body_file, header_len = _request_file(feeds, work)
     rows_per_request = next(iter(feeds.values())).shape[0]
     have_kserve = KSERVE_PY.exists()
     if not have_kserve:
@@ -444,10 +449,7 @@ def _ratios(table: dict, args: argparse.Namespace) -> dict:
 
 
 def soak(args: argparse.Namespace, model: Path, feeds: dict[str, np.ndarray], work: Path) -> dict:
-    body, headers = binary_body(feeds)
-    body_file = work / "request.bin"
-    body_file.write_bytes(body)
-    header_len = int(headers["Inference-Header-Content-Length"])
+    body_file, header_len = _request_file(feeds, work)
     server = fusionguard_server(model, DEFAULT_SHARE, workers=args.workers, batch_rows=args.max_batch_rows,
                                 delay_us=args.max_queue_delay_us)
     try:

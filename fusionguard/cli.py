@@ -41,7 +41,7 @@ class DataLocation(click.ParamType):
         self._local = click.Path(path_type=Path, exists=exists)
 
     def convert(self, value, param, ctx):  # noqa: ANN001, ANN201 - click's signature
-        if isinstance(value, str) and "://" in value:
+        if isinstance(value, str) and "://" in value:  # fusionguard.source.is_uri (not imported: it loads pyarrow)
             return value
         return self._local.convert(value, param, ctx)
 

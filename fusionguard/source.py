@@ -34,12 +34,18 @@ READ_ROWS = 8192  # rows per Parquet read (as fusionguard.streaming)
 
 MEANS_ROWS = 65_536  # Scorer.reference_means's chunk: the same sums in the same order
 
-__all__ = ["ParquetSource", "data_location", "dataset_sha256", "is_uri", "open_dataset"]
+__all__ = ["ParquetSource", "data_location", "dataset_sha256", "is_uri", "open_dataset", "spans_files"]
 
 
 def is_uri(data: object) -> bool:
     """True for a URI (``scheme://...``), which must stay a string: `Path` would fold its ``//``."""
     return "://" in str(data)
+
+
+def spans_files(data: str | Path) -> bool:
+    """True for a URI or a local directory: read through `ParquetSource` (files in path order as
+    one), not as one local Parquet file."""
+    return is_uri(data) or Path(data).is_dir()
 
 
 def data_location(data: str | Path) -> str | Path:
@@ -209,7 +215,7 @@ def open_dataset(data: str | Path) -> pq.ParquetFile | _Files:
     or a URI as one file-like reader over its files (`ParquetSource`)."""
     from fusionguard.dataset import open_parquet
 
-    if not is_uri(data) and not Path(data).is_dir():
+    if not spans_files(data):
         return open_parquet(data)
     return ParquetSource.open(data).as_file()
 
@@ -217,7 +223,7 @@ def open_dataset(data: str | Path) -> pq.ParquetFile | _Files:
 def dataset_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     """SHA-256 of a dataset file's bytes, read in chunks (a directory of Parquet files or a URI:
     `ParquetSource.sha256`, which for one file is the same hash of its bytes)."""
-    if is_uri(path) or Path(path).is_dir():
+    if spans_files(path):
         return ParquetSource.open(path).sha256(chunk_bytes)
     path = Path(path)
     if not path.is_file():

@@ -37,7 +37,7 @@ from fusionguard import metrics
 from fusionguard.dataset import Batch, iter_batches
 from fusionguard.errors import EvaluationError, InvalidInputError
 from fusionguard.scorer import Mask, Scorer
-from fusionguard.source import ParquetSource, data_location, is_uri
+from fusionguard.source import ParquetSource, data_location, spans_files
 from fusionguard.streaming import query_batches, whole_query_batches
 
 from fusionguard.engine import EngineConfig
@@ -102,7 +102,7 @@ def _run_partials(
     workers = default_workers() if engine.workers is None else engine.workers
     rows = chunk_rows(policy, masks)
     mean_masks = any(m.strategy == "mean" and m.modalities for m in masks)
-    if is_uri(data) or data.is_dir():  # a URI, or a directory of files read in path order as one
+    if spans_files(data):  # a URI, or a directory of files read in path order as one
         source = ParquetSource.open(data)
         means = source.input_means(scorer.contract) if mean_masks else None
         batches = whole_query_batches(source.read(0, source.n_rows, scorer.contract), rows, data)
@@ -148,7 +148,7 @@ class StreamedData:
 def read_ids(data: str | Path) -> StreamedData:
     """query_id, item_id and label of every row (the only per-row columns the statistics need):
     a Parquet file, or (for the Ray engine) a directory of files or a URI (fusionguard/source.py)."""
-    if not is_uri(data) and Path(data).is_file():
+    if not spans_files(data):
         parts = [b for b in iter_batches(data, None, batch_rows=1 << 20, inputs=()) if len(b)]
     else:  # a directory of files or a URI
         parts = [b for b in ParquetSource.open(data).ids() if len(b)]

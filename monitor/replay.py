@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, push_to_gateway, write_to_textf
 
 from fusionguard.batches import query_runs
 from fusionguard.dataset import Batch, iter_batches
-from fusionguard.source import ParquetSource, is_uri
+from fusionguard.source import ParquetSource, spans_files
 from fusionguard.engine import EngineConfig, require_engine
 from fusionguard.errors import InvalidInputError
 from fusionguard.scorer import InvalidFeedsError
@@ -109,7 +109,7 @@ def replay(config: ReplayConfig) -> ReplayResult:
     metrics.model_info.labels(service.name, state.version, state.scorer.sha256, state.scorer.provider).set(1)
     metrics.model_ready.labels(service.name).set(1)
     n_req = n_rows = n_invalid = n_tel = 0
-    if is_uri(config.data) or Path(config.data).is_dir():  # the files in path order, read as one
+    if spans_files(config.data):  # the files in path order, read as one
         source = ParquetSource.open(config.data)
         batches = source.read(0, source.n_rows, state.scorer.contract, read_rows=config.batch_rows)
     else:
