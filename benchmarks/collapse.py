@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fusionguard.training.synth import SynthConfig
-from fusionguard.training.protocol import CONTROLS, load_protocol, read_records, run_cell, summarize
+from fusionguard.training.protocol import CONTROLS, load_protocol, prepare, read_records, run_cell, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL = ROOT / "training" / "configs" / "protocol.toml"
@@ -315,6 +315,7 @@ def main() -> None:
     run_p.add_argument("--training-seeds", type=int, nargs="+", default=None)
     run_p.add_argument("--long", action="store_true", help="The protocol's [long] budget (twice as long, no early stop).")
     run_p.add_argument("--work", type=Path, default=Path("/tmp/fusionguard-collapse"))
+    run_p.add_argument("--jobs", type=int, default=1, help="Runs trained at a time, one process and one torch thread each.")
     run_p.add_argument("--visual-strength", type=float, default=None,
                        help="Sweep point: the generator's visual_strength (records go under '<protocol>@visual_strength=S').")
     sw_p = sub.add_parser("sweep-report", help="The phase diagram (visual strength x budget -> escape probability).")
@@ -348,20 +349,47 @@ def main() -> None:
     done = {(r["variant"], r["generator_seed"], r["training_seed"], bool(r.get("long")))
             for r in read_records(args.results) if r["protocol"] == protocol.name}
     variants = args.variants or [protocol.reference]
-    for seed in args.training_seeds or protocol.training_seeds:  # seed-major: a partial grid still covers every generator seed
-        for gen in args.generator_seeds or protocol.generator_seeds:
-            for variant in variants:
-                if (variant, gen, seed, args.long) in done:
-                    continue
-                rec = run_cell(protocol, variant, gen, seed, args.work, long=args.long)
-                rec["visual_strength"] = float(protocol.data.get("visual_strength", SynthConfig().visual_strength))
-                args.results.parent.mkdir(parents=True, exist_ok=True)
-                with args.results.open("a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(rec) + "\n")
-                print(f"{variant} g{gen} s{seed}{' long' if args.long else ''}: NDCG@10 {rec['ndcg']:.4f} visual drop "
-                      f"{100 * rec['visual_drop']:.2f}% spearman(V1) {rec['spearman_v1']:.4f} collapsed {rec['collapsed']} "
-                      f"escaped {rec['escaped']} best epoch {rec['best_epoch']}/{rec['epochs_run']} {rec['seconds']:.0f} s", flush=True)
+    # seed-major: a partial grid (or one cut short) still covers every generator seed and variant
+    cells = [(variant, gen, seed) for seed in args.training_seeds or protocol.training_seeds
+             for gen in args.generator_seeds or protocol.generator_seeds for variant in variants
+             if (variant, gen, seed, args.long) not in done]
+    for gen in sorted({gen for _, gen, _ in cells}):  # the data and the production V1 once, before any worker needs them
+        prepare(protocol, gen, args.work)
+    print(f"{len(cells)} runs to train ({len(done)} already in {args.results}), {args.jobs} at a time", flush=True)
+    if args.jobs <= 1:
+        records = (_cell(protocol, variant, gen, seed, args.work, args.long) for variant, gen, seed in cells)
+        for rec in records:
+            _store(args.results, rec)
+        return
+    import multiprocessing
 
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # one torch thread per worker; each finished run is appended by this process alone
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_cell, protocol, variant, gen, seed, args.work, args.long) for variant, gen, seed in cells]
+        for fut in as_completed(futures):
+            _store(args.results, fut.result())
+
+
+def _cell(protocol, variant: str, gen: int, seed: int, work: Path, long: bool) -> dict:  # noqa: ANN001
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    rec = run_cell(protocol, variant, gen, seed, work, long=long)
+    rec["visual_strength"] = float(protocol.data.get("visual_strength", SynthConfig().visual_strength))
+    return rec
+
+
+def _store(results: Path, rec: dict) -> None:
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with results.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(rec) + "\n")
+    print(f"{rec['variant']} g{rec['generator_seed']} s{rec['training_seed']}{' long' if rec['long'] else ''}: NDCG@10 "
+          f"{rec['ndcg']:.4f} visual drop {100 * rec['visual_drop']:.2f}% spearman(V1) {rec['spearman_v1']:.4f} collapsed "
+          f"{rec['collapsed']} escaped {rec['escaped']} best epoch {rec['best_epoch']}/{rec['epochs_run']} {rec['seconds']:.0f} s",
+          flush=True)
 
 if __name__ == "__main__":
     main()

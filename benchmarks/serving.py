@@ -273,9 +273,10 @@ class Server:
             return self.proc.wait()
 
 
-def fusionguard_server(model: Path, share: float, workers: int = 1, batch_rows: int = 0, delay_us: int = 0) -> Server:
+def fusionguard_server(model: Path, share: float, workers: int = 1, batch_rows: int = 0, delay_us: int = 0,
+                       device: str = "cpu") -> Server:
     port = _free_port()
-    cmd = [sys.executable, "-m", "fusionguard.cli", "monitor", "serve", "--model", str(model), "--device", "cpu",
+    cmd = [sys.executable, "-m", "fusionguard.cli", "monitor", "serve", "--model", str(model), "--device", device,
            "--threads", "1", "--telemetry-share", str(share), "--port", str(port), "--workers", str(workers),
            "--max-batch-rows", str(batch_rows), "--max-queue-delay-us", str(delay_us),
            "--max-concurrency", "1024", "--log-level", "warning"]

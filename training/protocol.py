@@ -15,6 +15,8 @@ and entropy on val).
 from __future__ import annotations
 
 import json
+import os
+import platform
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -135,6 +137,13 @@ def _v1(protocol: Protocol, gen_seed: int, data: Path, work: Path) -> Path:
     return out
 
 
+def prepare(protocol: Protocol, gen_seed: int, work: str | Path) -> tuple[Path, Path]:
+    """One generator seed's data and production V1 under WORK/<protocol name> (made once, then reused)."""
+    work = Path(work) / protocol.name  # each protocol its own data, V1 and runs
+    data = _data(protocol, gen_seed, work)
+    return data, _v1(protocol, gen_seed, data, work)
+
+
 def run_cell(protocol: Protocol, variant: str, gen_seed: int, train_seed: int, work: str | Path, long: bool = False) -> dict[str, Any]:
     """Train and test one run of the grid; returns its record (see the module docstring)."""
     import torch
@@ -145,9 +154,8 @@ def run_cell(protocol: Protocol, variant: str, gen_seed: int, train_seed: int, w
     from fusionguard.training.diagnostics import score_split
     from fusionguard.training.trainer import train
 
-    work = Path(work) / protocol.name  # each protocol its own data, V1 and runs
-    data = _data(protocol, gen_seed, work)
-    v1_dir = _v1(protocol, gen_seed, data, work)
+    data, v1_dir = prepare(protocol, gen_seed, work)
+    work = Path(work) / protocol.name
     train_variant = "baseline" if variant in CONTROLS else variant
     # a control, or an architecture with no parameter in common with V1 (late fusion), trains from scratch
     warm = "" if variant in CONTROLS or variant in NO_WARM_START else str(v1_dir)
@@ -179,6 +187,7 @@ def run_cell(protocol: Protocol, variant: str, gen_seed: int, train_seed: int, w
         "escaped": drop >= c.escape_min_visual_drop,
         "first_val_escape_epoch": escape_epoch, "max_val_visual_drop": max((d for d in val_drops if d is not None), default=None),
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "seconds": seconds,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}",
         "v1_final_train_loss": _last_loss(v1_dir), "v1_epochs": _epochs(v1_dir),
         "v1_test_ndcg": float(np.nanmean(ndcg_at_k(test.groups, v1_scores.full[None, :], k=k)[0])),
         "per_query_ndcg": ndcg[0].tolist(), "per_query_visual_drop": np.asarray(visual_drop, dtype=float).tolist(),
