@@ -18,11 +18,13 @@ candidates). Pin the process to the cores the comparison should have (`taskset -
 server, wrk and this script share them, as on the 2-core CI machine.
 
 Run:  taskset -c 0,1 python -m benchmarks.serving_gpu --out benchmarks/results/serving_gpu_<machine>.json
+      python -m benchmarks.serving_gpu --markdown benchmarks/results/serving_gpu_h200.json   (docs' tables)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -100,7 +102,7 @@ def model_time(model: Path, feeds: dict[str, np.ndarray], multiples: list[int], 
         row = {}
         for name, fn in (("cpu bare session.run (1 thread)", lambda big=big: cpu.run(None, big)),
                          ("cuda bare session.run (numpy feeds)", lambda big=big: cuda.run(None, big)),
-                         ("cuda fusionguard Scorer.run_valid (I/O binding, pinned)", lambda big=big: scorer.run_valid(big)),
+                         ("cuda fusionguard Scorer.run_valid (I/O binding)", lambda big=big: scorer.run_valid(big)),
                          ("cuda fusionguard, 4 telemetry passes", lambda big=big: scorer.run_valid(big, TELEMETRY_MASKS))):
             for _ in range(3):
                 fn()  # warm-up: CUDA kernels, staging buffers
@@ -141,6 +143,39 @@ def http(model: Path, feeds: dict[str, np.ndarray], work: Path, seconds: float, 
     return out
 
 
+def markdown(result: dict) -> str:
+    """docs/monitor.md's GPU tables from a results file of this benchmark."""
+    setup, prov = result["setup"], result.get("provider", {})
+    lines = [f"Machine: {setup['gpu']}; {setup['machine']}.",
+             f"Provider: {prov.get('scorer_provider')}, I/O binding {prov.get('io_binding')}, pinned staging "
+             f"{prov.get('pinned_staging')}.", ""]
+    worst = max((p["max_abs_diff"] for rows in result.get("agreement", {}).values() if isinstance(rows, dict)
+                 for p in rows.values() if isinstance(p, dict) and "max_abs_diff" in p), default=None)
+    same = all(p.get("same_ranking_every_query") for rows in result.get("agreement", {}).values() if isinstance(rows, dict)
+               for p in rows.values() if isinstance(p, dict))
+    lines += [f"CUDA vs CPU scores, every telemetry pass at {', '.join(result.get('agreement', {}))} rows: max |difference| "
+              f"{worst:.2g}, same ranking in every query: {same}.", ""]
+    times = result.get("model_time", {})
+    if times and "error" not in times:
+        names = [k for k in next(iter(times.values())) if k != "rows"]
+        staging = "pinned" if prov.get("pinned_staging") else "unpinned"  # what the run had, whatever the label said
+        label = lambda n: n.replace("I/O binding, pinned", "I/O binding").replace("I/O binding", f"I/O binding, {staging}")  # noqa: E731
+        lines += ["| rows | " + " | ".join(f"{label(n)}: ms (rows/s)" for n in names) + " |", "|---:|" + "---:|" * len(names)]
+        for row in times.values():
+            lines.append(f"| {row['rows']:,} | " + " | ".join(f"{row[n]['median_ms']:.3f} ({row[n]['rows_per_s']:,.0f})" for n in names) + " |")
+        lines.append("")
+    rows = result.get("http", {})
+    if rows and "error" not in rows:
+        lines += ["| server | requests/s | rows/s | p50 ms | p99 ms | server CPU µs/request |", "|---|---:|---:|---:|---:|---:|"]
+        for key, r in rows.items():
+            if "error" in r:
+                lines.append(f"| {key} | did not start | | | | |")
+                continue
+            lines.append(f"| {key} | {r['rps']:,.0f} | {r['rows_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                         f"{r['server_cpu_us_per_request']:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="timed wrk load per row")
@@ -148,7 +183,12 @@ def main() -> None:
     parser.add_argument("--max-batch-rows", type=int, default=1024)
     parser.add_argument("--candidates", type=int, default=32)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--markdown", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="print the docs' tables from a results file and exit (runs nothing)")
     args = parser.parse_args()
+    if args.markdown is not None:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return
     out = args.out or RESULTS / "serving_gpu.json"
     result: dict = {"setup": {
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, affinity {sorted(os.sched_getaffinity(0))}, "

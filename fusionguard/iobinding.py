@@ -9,14 +9,19 @@ the host once, after the run. The staging buffers are reused across calls of the
 most `max_shapes` sets are kept.
 
 Pinned memory comes from the CUDA execution provider's device (`onnxruntime.get_ep_devices()`,
-`memory_info(HOST_ACCESSIBLE)`); where this ONNX Runtime build does not offer it, inputs are
-bound as device OrtValues copied from the numpy arrays (still one copy per input, no pinning)
-and a warning says so once.
+`memory_info(HOST_ACCESSIBLE)`). onnxruntime-gpu 1.31 lists only the CPU there until the CUDA
+provider's library is registered as an EP library (seen on an H200: benchmarks/results/
+serving_gpu_h200.json ran unpinned for that reason), so when no CUDA device is listed the
+library shipped in the package (`capi/libonnxruntime_providers_cuda.so`) is registered under
+`CUDA_EP_REGISTRATION` and the devices are read again. Where this ONNX Runtime build still does
+not offer pinned memory, inputs are bound as device OrtValues copied from the numpy arrays
+(still one copy per input, no pinning) and a warning says so once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -28,6 +33,22 @@ import onnxruntime as ort
 logger = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
+CUDA_EP_REGISTRATION = "fusionguard-cuda"  # the name the CUDA provider's library is registered under
+CUDA_EP_LIBRARY = "libonnxruntime_providers_cuda.so"
+
+
+def _cuda_device(get_devices: Any) -> Any | None:
+    return next((d for d in get_devices() if d.ep_name == CUDA), None)
+
+
+def _register_cuda_library(ort_module: Any) -> bool:
+    """Register the package's CUDA provider library as an EP library; False where there is none."""
+    register = getattr(ort_module, "register_execution_provider_library", None)
+    library = os.path.join(os.path.dirname(getattr(ort_module, "__file__", "") or ""), "capi", CUDA_EP_LIBRARY)
+    if register is None or not os.path.isfile(library):
+        return False
+    register(CUDA_EP_REGISTRATION, library)
+    return True
 
 
 def pinned_memory_info(ort_module: Any = None) -> Any | None:
@@ -38,9 +59,11 @@ def pinned_memory_info(ort_module: Any = None) -> Any | None:
     if get_devices is None or memory_type is None:
         return None
     try:
-        for device in get_devices():
-            if device.ep_name == CUDA:
-                return device.memory_info(memory_type)
+        device = _cuda_device(get_devices)
+        if device is None and _register_cuda_library(ort_module):
+            device = _cuda_device(get_devices)
+        if device is not None:
+            return device.memory_info(memory_type)
     except Exception as err:  # noqa: BLE001 - an EP-device query failure only costs the pinning
         logger.warning("cannot query the CUDA provider's pinned memory (%s); inputs are staged unpinned", err)
     return None
@@ -64,6 +87,12 @@ class CudaIOBinding:
         self._device_id = device_id
         self._ort = ort_module or ort
         self._pinned = pinned_memory_info(self._ort)
+        if self._pinned is not None:
+            try:  # one tiny pinned buffer first: a failure here costs the pinning, not a request
+                self._ort.OrtValue.ortvalue_from_shape_and_type((1,), np.float32, memory_info=self._pinned)
+            except Exception as err:  # noqa: BLE001
+                logger.warning("cannot allocate the CUDA provider's pinned memory (%s); inputs are staged unpinned", err)
+                self._pinned = None
         if self._pinned is None:
             logger.warning("pinned host memory is unavailable in this ONNX Runtime build; CUDA inputs are copied unpinned")
         self._buffers: OrderedDict[tuple, dict[str, Any]] = OrderedDict()  # feed shapes -> staging OrtValues

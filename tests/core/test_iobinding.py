@@ -70,6 +70,49 @@ class FakeOrt:
         return [FakeDevice(CPU), FakeDevice(CUDA)]
 
 
+class FakeOrtNeedsRegistration(FakeOrt):
+    """onnxruntime-gpu 1.31 as seen on an H200: the CUDA EP device is listed only after the
+    provider's library is registered."""
+
+    def __init__(self, capi_dir, ship_library: bool = True) -> None:
+        self.__file__ = str(capi_dir.parent / "__init__.py")
+        capi_dir.mkdir(parents=True, exist_ok=True)
+        if ship_library:
+            (capi_dir / iob.CUDA_EP_LIBRARY).write_bytes(b"")
+        self.registered: list[tuple[str, str]] = []
+
+    def register_execution_provider_library(self, name, path) -> None:
+        self.registered.append((name, path))
+
+    def get_ep_devices(self):
+        return [FakeDevice(CPU)] + ([FakeDevice(CUDA)] if self.registered else [])
+
+
+def test_pinned_memory_after_registering_the_cuda_library(tmp_path):
+    fake = FakeOrtNeedsRegistration(tmp_path / "onnxruntime" / "capi")
+    assert iob.pinned_memory_info(fake) is PINNED
+    assert fake.registered == [(iob.CUDA_EP_REGISTRATION, str(tmp_path / "onnxruntime" / "capi" / iob.CUDA_EP_LIBRARY))]
+    assert iob.pinned_memory_info(FakeOrt()) is PINNED  # listed already: nothing registered
+    no_library = FakeOrtNeedsRegistration(tmp_path / "other" / "capi", ship_library=False)
+    assert iob.pinned_memory_info(no_library) is None and no_library.registered == []
+
+
+def test_a_pinned_buffer_that_cannot_be_allocated_falls_back_to_unpinned(fusion, feeds, caplog):
+    class BrokenPinned(FakeOrt):
+        class OrtValue(FakeOrtValue):
+            @classmethod
+            def ortvalue_from_shape_and_type(cls, shape, element_type, memory_info=None):
+                raise RuntimeError("Unsupported device type")
+
+    session = FakeCudaSession(fusion)
+    with caplog.at_level(logging.WARNING, logger="fusionguard.iobinding"):
+        binding = iob.CudaIOBinding(session, ["score", "attention"], ort_module=BrokenPinned())
+    assert not binding.pinned and "cannot allocate" in caplog.text
+    got = binding.run(feeds)
+    np.testing.assert_array_equal(got[0], session.cpu.run(["score"], feeds)[0])
+    assert {v.where for v in session.bindings[0].inputs.values()} == {"cuda:0"}
+
+
 class FakeBinding:
     def __init__(self, session) -> None:
         self.session = session
