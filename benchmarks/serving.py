@@ -155,6 +155,38 @@ def _asgi_requests(model: Path, feeds: dict[str, np.ndarray], calls: int, shares
     return uvloop.run(main())
 
 
+def _deferred_us(model: Path, feeds: dict[str, np.ndarray], calls: int) -> dict[str, float]:
+    """What the app hands the telemetry worker for a sampled request (its three masked passes in
+    one `session.run`, then `TelemetryWorker.process`), called synchronously on this thread: the
+    sampled request's extra work without the hand-over to the worker thread."""
+    from prometheus_client import CollectorRegistry
+
+    from fusionguard.monitor.app import AppConfig, MonitorApp
+    from fusionguard.monitor.service import ModelService
+
+    app = MonitorApp(ModelService(ServiceConfig(model=model, device="cpu", threads=1, telemetry_share=1.0)),
+                     CollectorRegistry(), AppConfig(handle_sighup=False))
+    service = app.service
+    state, masks = service.admit(feeds, True)
+    served = service.run(state, feeds, masks[:1])
+    return _per_call_us(lambda: app.worker.process(app._with_passes(served, masks, service.run(state, feeds, masks[1:]))),  # noqa: SLF001
+                        calls)
+
+
+def telemetry_profile(model: Path, feeds: dict[str, np.ndarray], calls: int) -> dict:
+    """Where a sampled request's CPU goes: the app in process at share 0 and 1 (every thread's
+    CPU per request, alternating blocks), and the deferred work of one sampled request called on
+    this thread. What share 1 costs above share 0 and above that deferred work is the hand-over to
+    the telemetry thread (queue, wake-ups, the GIL passed between the event loop and the worker)."""
+    app0, app1 = _asgi_requests(model, feeds, calls, [0.0, 1.0])
+    deferred = _deferred_us(model, feeds, calls)
+    extra = app1["cpu_mean_us"] - app0["cpu_mean_us"]
+    return {"app_share0_us": app0, "app_share1_us": app1, "deferred_on_this_thread_us": deferred,
+            "sampled_request_extra_cpu_us": extra, "handover_cpu_us": extra - deferred["cpu_median_us"],
+            "predicted_cost_at_default_share": DEFAULT_SHARE * extra / app0["cpu_mean_us"],
+            "predicted_cost_at_default_share_without_handover": DEFAULT_SHARE * deferred["cpu_median_us"] / app0["cpu_mean_us"]}
+
+
 def stages(model: Path, feeds: dict[str, np.ndarray], calls: int) -> dict[str, dict[str, float]]:
     body, headers = binary_body(feeds)
     headers = {k.lower(): v for k, v in headers.items()}
@@ -495,6 +527,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16, help="text and visual tokens per candidate")
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--soak", action="store_true")
+    parser.add_argument("--telemetry-profile", action="store_true",
+                        help="only where a telemetry-sampled request's CPU goes (in process; -> serving_telemetry.json)")
     parser.add_argument("--soak-seconds", type=float, default=180)
     parser.add_argument("--soak-step-seconds", type=float, default=15.0, help="seconds per wrk call (one RSS sample each)")
     parser.add_argument("--rss-bound-mib", type=float, default=64.0)
@@ -523,7 +557,12 @@ def main() -> None:
             "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_version()}, onnxruntime {ort.__version__}",
             "loadavg_at_start": os.getloadavg(),
         }
-        if args.soak:
+        if args.telemetry_profile:
+            result = {"setup": setup, "telemetry_profile": telemetry_profile(model, feeds, args.stage_calls)}
+            result["setup"]["loadavg_at_end"] = os.getloadavg()
+            print(json.dumps(result["telemetry_profile"], indent=1))
+            out = args.out or RESULTS / "serving_telemetry.json"
+        elif args.soak:
             result = {"setup": setup, "soak": soak(args, model, feeds, work)}
             s = result["soak"]
             print(f"soak: {s['requests']} requests in {s['seconds']:.0f} s ({s['rps']:.0f} req/s), {s['errors']} errors; RSS {s['rss_mib_samples'][0]:.0f} -> {s['rss_mib_samples'][-1]:.0f} MiB "

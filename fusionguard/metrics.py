@@ -423,6 +423,5 @@ def attention_entropy(attention: object) -> np.ndarray:
     n_keys = att.shape[2]
     if n_keys < 2:
         raise InvalidInputError(f"attention has {n_keys} key(s); normalised entropy needs K >= 2")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        plogp = np.where(att > 0, att * np.log(np.where(att > 0, att, 1.0)), 0.0)
-    return -plogp.sum(axis=2) / np.log(n_keys)
+    safe = np.where(att > 0, att, 1.0)  # 0 log 0 (and anything <= 0) counts as 1 log 1 = 0
+    return -(safe * np.log(safe)).sum(axis=2) / np.log(n_keys)
