@@ -149,3 +149,31 @@ def test_phase_diagram_escape_by_budget_censors_runs_that_stopped_early():
     share, count = escape_by_budget(runs, np.array([1, 2, 3]), 0.10)
     assert count.tolist() == [3, 3, 2]
     np.testing.assert_allclose(share, [0.0, 1 / 3, 1 / 2])
+
+
+def test_collapse_run_in_parallel_records_what_the_sequential_run_does(tmp_path, monkeypatch):
+    """`benchmarks.collapse run --jobs 2` trains in worker processes and appends each record from
+    the parent: the same runs, and the same numbers, as one at a time (each run is seeded)."""
+    import sys
+
+    from benchmarks import collapse
+
+    protocol = tmp_path / "tiny.toml"
+    protocol.write_text(
+        'name = "tiny"\ngenerator_seeds = [0]\ntraining_seeds = [0, 1]\nv1_seed = 0\nvariants = ["baseline"]\n'
+        'reference = "baseline"\n[train]\ndevice = "cpu"\n[train.model]\nd_model = 8\nn_heads = 2\n'
+        "[train.optim]\nmax_epochs = 1\nmin_epochs = 1\n[data]\nn_train = 6\nn_val = 3\nn_test = 3\n"
+        "n_candidates = 5\ndim = 8\ntext_tokens = 2\nvisual_tokens = 2\nobject_patches = 1\n[eval]\nn_resamples = 10\n"
+    )
+    records = {}
+    for jobs in ("1", "2"):
+        results = tmp_path / f"jobs{jobs}.jsonl"
+        monkeypatch.setattr(sys, "argv", ["collapse", "run", "--protocol", str(protocol), "--work", str(tmp_path / f"w{jobs}"),
+                                          "--results", str(results), "--jobs", jobs])
+        collapse.main()
+        rows = [json.loads(line) for line in results.read_text().splitlines()]
+        records[jobs] = {(r["variant"], r["generator_seed"], r["training_seed"]): r for r in rows}
+    assert set(records["1"]) == set(records["2"]) == {("baseline", 0, 0), ("baseline", 0, 1)}
+    for key, r in records["1"].items():
+        assert records["2"][key]["per_query_ndcg"] == r["per_query_ndcg"] and records["2"][key]["visual_drop"] == r["visual_drop"]
+        assert "torch" in r["machine"]
