@@ -47,7 +47,7 @@ def _p(x) -> str:
 COLUMNS = ["variant", "runs", "visual drop < 1%", "Spearman V1 ≥ 0.99", "collapsed (both) [95% CI]", "escaped [95% CI]", "p escape vs ref (Fisher, Holm)",
            "test NDCG@10 [95% CI]", "seed SD", "ΔNDCG@10 vs ref [95% CI]", "p (seed-level, Holm)",
            "visual drop [95% CI]", "seed SD (pp)", "p visual drop (seed-level, Holm)", "Spearman V1 (seed SD)",
-           "median epoch of first val escape", "epochs run", "s/run"]
+           "median epoch of first val escape", "epochs run", "s/run on 2 cores (median, runs)"]
 
 
 def _cells(r: dict) -> list[str]:
@@ -59,7 +59,8 @@ def _cells(r: dict) -> list[str]:
             _ci({**r, "visual_drop": r["visual_drop_mean"]}, "visual_drop", _pct), sd(r["visual_drop_seed_sd"], True),
             _p(r.get("p_holm_visual_drop")), f"{r['spearman_v1_mean']:.4f} ({sd(r['spearman_v1_seed_sd'])})",
             "–" if r["epochs_to_escape_median"] is None else f"{r['epochs_to_escape_median']:.0f}",
-            f"{r['epochs_run_mean']:.1f}", f"{r['seconds_mean']:.0f}"]
+            f"{r['epochs_run_mean']:.1f}",
+            "–" if r["seconds_2core_median"] is None else f"{r['seconds_2core_median']:.0f} ({r['runs_2core']})"]
 
 
 def markdown(rows: list[dict], title: str) -> str:

@@ -251,7 +251,11 @@ def summarize(records: list[dict[str, Any]], protocol: Protocol, long: bool = Fa
             row[f"{name}_share"], row[f"{name}_low"], row[f"{name}_high"] = ci.estimate, ci.low, ci.high
         epochs = [runs[k]["first_val_escape_epoch"] for k in keys if runs[k]["first_val_escape_epoch"] is not None]
         row["epochs_to_escape_median"] = float(np.median(epochs)) if epochs else None
-        row["seconds_mean"] = float(np.mean([runs[k]["seconds"] for k in keys]))
+        # cost per run on a 2-core machine like CI's: runs made elsewhere (the GPU machine's 16
+        # cores, 14 runs at a time) are left out; records without a machine field were made here
+        two_core = [runs[k]["seconds"] for k in keys if " 2 cpus" in runs[k].get("machine", " 2 cpus")]
+        row["seconds_2core_median"] = float(np.median(two_core)) if two_core else None
+        row["runs_2core"] = len(two_core)
         row["epochs_run_mean"] = float(np.mean([runs[k]["epochs_run"] for k in keys]))
         for metric in ("ndcg", "visual_drop", "spearman_v1"):
             seed_values = np.array([runs[k][metric] for k in keys], dtype=float)
