@@ -118,6 +118,19 @@ def test_protocol_summary_counts_runs_and_tests_at_the_seed_level():
     assert prog["ndcg_seed_sd"] == pytest.approx(0.0) and prog["delta_ndcg"] == pytest.approx(0.05, abs=0.01)
 
 
+def test_seed_level_p_can_reach_the_stretch_target_after_holm_over_every_variant():
+    """30 paired runs that all improve: after Holm over the protocol's 15 variants the seed-level p
+    must still be able to go below the research plan's stretch target (0.001); with the
+    bootstrap's 10,000 sign flips it could not (floor 15 / 10,001 = 0.0015)."""
+    protocol = replace(load_protocol(ROOT / "training" / "configs" / "protocol.toml"), n_resamples=200)
+    records = [_record("baseline", g, s, 0.0, 0.75) for g in (0, 1, 2) for s in range(10)]
+    for i, variant in enumerate(protocol.variants[1:]):
+        records += [_record(variant, g, s, 0.2, 0.80 + 0.001 * s, 0.9) for g in (0, 1, 2) for s in range(10)]
+    rows = summarize(records, protocol)
+    assert len([r for r in rows if "p_holm_ndcg" in r]) == 14
+    assert all(r["p_holm_ndcg"] < 0.001 for r in rows if "p_holm_ndcg" in r)
+
+
 def test_zero_values_warm_start_silences_the_new_modality_at_the_start(tmp_path, tiny_bench):
     train(tiny_config("v1", max_epochs=1), tiny_bench, tmp_path / "v1", progress=False)
     from fusionguard.training.checkpoint import warm_start
