@@ -42,6 +42,7 @@ __all__ = [
     "bootstrap_cis",
     "fisher_exact",
     "hierarchical_bootstrap_ci",
+    "SEED_TEST_RESAMPLES",
     "seed_level_test",
     "CountStatistic",
     "count_bootstrap_ci",
@@ -572,7 +573,14 @@ def hierarchical_bootstrap_ci(values: object, *, settings: BootstrapSettings = D
     return Interval(estimate, float(low), float(high), confidence, n_resamples, "hierarchical-percentile", s)
 
 
-def seed_level_test(diff: object, n_resamples: int = 100_000, seed: int = 0) -> float:
+# Sign flips of `seed_level_test` when it cannot enumerate them (more than 16 runs): p is at least
+# 1/(1 + B), and Holm multiplies the smallest p by the number of tests (15 variants in the
+# collapse protocol), so B must leave room below the research plan's stretch target (p < 0.001):
+# with 10,000 the floor was 0.0015 whatever the data; with 10^6 it is 1.5e-5.
+SEED_TEST_RESAMPLES = 1_000_000
+
+
+def seed_level_test(diff: object, n_resamples: int = SEED_TEST_RESAMPLES, seed: int = 0) -> float:
     """Two-sided paired sign-flip test on per-run (per-seed) differences, e.g. a variant's test
     NDCG@10 minus the baseline's with the same training and generator seed: the run, not the
     query, is the unit. Exact (all 2^n sign patterns) for n <= 16, else `randomization_test`

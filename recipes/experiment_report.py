@@ -134,7 +134,7 @@ def _table(manifest: dict, data: pd.DataFrame, labels: list[str], reference: str
                 ci = stats.hierarchical_bootstrap_ci(diff.to_numpy(), settings=stats.BootstrapSettings(n_resamples=n_res))
                 rec[f"delta_{name}"], rec[f"delta_{name}_low"], rec[f"delta_{name}_high"] = ci.estimate, ci.low, ci.high
                 rec[f"delta_{name}_seed_sd"] = _sd(seed_diff)
-                rec[f"p_{col}"] = stats.seed_level_test(seed_diff.to_numpy(), n_res, 0)
+                rec[f"p_{col}"] = stats.seed_level_test(seed_diff.to_numpy(), seed=0)  # stats.SEED_TEST_RESAMPLES sign flips
                 rec[f"effect_{col}"] = stats.paired_effect_size(seed_diff.to_numpy())
                 raw_p[col].append(len(records))
         lat = [json.loads((out / e["run_dir"] / "latency.json").read_text(encoding="utf-8"))["median_ms"] for e in entries]
