@@ -18,6 +18,10 @@ server's CPU time per request (every process, from /proc) and, at concurrency 1,
 = p50 minus bare `session.run`'s CPU time at the request's rows. Each configuration runs `--rounds` times
 interleaved; the median round (by requests/s) is reported and every round is kept in the JSON.
 
+`--telemetry-profile` instead measures only where a telemetry-sampled request's CPU goes (in
+process: the app at share 0 and 1, the sampled request's deferred work on one thread, and the rest:
+the hand-over to the telemetry thread); writes serving_telemetry.json.
+
 `--soak` instead runs the new path (workers + batching + the default telemetry share) under
 `wrk -c 32` for `--soak-seconds`, sampling the RSS of the supervisor and every worker.
 
