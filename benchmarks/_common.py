@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections.abc import Callable
@@ -26,3 +27,19 @@ def write_results(path: Path, result: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {path}")
+
+
+def add_results_options(parser: argparse.ArgumentParser) -> None:
+    """`--out FILE` (where the run writes its numbers) and `--markdown RESULTS_JSON` (print the
+    docs' tables from a stored results file and run nothing)."""
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--markdown", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="print the docs' tables from a results file and exit (runs nothing)")
+
+
+def printed_markdown(args: argparse.Namespace, render: Callable[[dict], str]) -> bool:
+    """With `--markdown FILE`, print `render(FILE's numbers)` and return True (the caller stops)."""
+    if args.markdown is None:
+        return False
+    print(render(json.loads(args.markdown.read_text(encoding="utf-8"))))
+    return True

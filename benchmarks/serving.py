@@ -52,7 +52,7 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from benchmarks._common import write_results  # noqa: E402
+from benchmarks._common import add_results_options, printed_markdown, write_results  # noqa: E402
 from benchmarks.monitor import _free_port, binary_body, make_feeds  # noqa: E402
 from fusionguard import toymodels  # noqa: E402
 from fusionguard.scorer import Scorer, feed_problems  # noqa: E402
@@ -536,12 +536,9 @@ def main() -> None:
     parser.add_argument("--soak-seconds", type=float, default=180)
     parser.add_argument("--soak-step-seconds", type=float, default=15.0, help="seconds per wrk call (one RSS sample each)")
     parser.add_argument("--rss-bound-mib", type=float, default=64.0)
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--markdown", type=Path, default=None, metavar="RESULTS_JSON",
-                        help="print the docs' tables from a results file and exit (runs nothing)")
+    add_results_options(parser)
     args = parser.parse_args()
-    if args.markdown is not None:
-        print(markdown(json.loads(args.markdown.read_text())))
+    if printed_markdown(args, markdown):
         return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: `make tools` installs Debian's wrk")

@@ -24,7 +24,6 @@ Run:  taskset -c 0,1 python -m benchmarks.serving_gpu --out benchmarks/results/s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -39,7 +38,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from benchmarks._common import write_results  # noqa: E402
+from benchmarks._common import add_results_options, printed_markdown, write_results  # noqa: E402
 from benchmarks.monitor import make_feeds  # noqa: E402
 from benchmarks.serving import _per_call_us, _request_file, fusionguard_server, load  # noqa: E402
 from fusionguard import toymodels  # noqa: E402
@@ -182,12 +181,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000, help="calls per model-time measurement at the request's rows")
     parser.add_argument("--max-batch-rows", type=int, default=1024)
     parser.add_argument("--candidates", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--markdown", type=Path, default=None, metavar="RESULTS_JSON",
-                        help="print the docs' tables from a results file and exit (runs nothing)")
+    add_results_options(parser)
     args = parser.parse_args()
-    if args.markdown is not None:
-        print(markdown(json.loads(args.markdown.read_text())))
+    if printed_markdown(args, markdown):
         return
     out = args.out or RESULTS / "serving_gpu.json"
     result: dict = {"setup": {
