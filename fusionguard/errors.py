@@ -26,6 +26,18 @@ class FusionGuardError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self) -> tuple:
+        """Pickled by state, not by constructor arguments (subclasses take other arguments), so
+        an error raised in a Ray worker comes back to the driver as itself."""
+        return _rebuild, (type(self), dict(self.__dict__))
+
+
+def _rebuild(cls: type[FusionGuardError], state: dict) -> FusionGuardError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, state.get("message", ""))
+    err.__dict__.update(state)
+    return err
+
 
 class InvalidInputError(FusionGuardError):
     """A file, option or value supplied by the user is unusable (exit 2)."""

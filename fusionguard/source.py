@@ -126,19 +126,32 @@ class ParquetSource:
             InvalidInputError: a damaged data page.
         """
         wanted = _resolve_inputs(contract, None)
-        columns = [*ID_COLUMNS, *(w[0] for w in wanted)]
+        for path, rb in self.read_records(start, stop, [*ID_COLUMNS, *(w[0] for w in wanted)], read_rows=read_rows):
+            yield _to_batch(rb, wanted, Path(path))
+
+    def read_records(
+        self, start: int, stop: int, columns: list[str], *, read_rows: int = READ_ROWS
+    ) -> Iterator[tuple[str, pa.RecordBatch]]:
+        """Rows [start, stop) of the dataset's `columns`, in order, as (file path, Arrow record
+        batch of at most `read_rows` rows), undecoded (the Ray Data source's blocks).
+
+        Raises:
+            DataValidationError: a file lacks a needed column.
+            InvalidInputError: a damaged data page.
+        """
         offset = 0
         for path, groups in zip(self.files, self.row_groups):
             n = sum(groups)
             lo, hi = max(start - offset, 0), min(stop - offset, n)
             if lo < hi:
-                yield from self._read_file(path, groups, lo, hi, columns, wanted, read_rows)
+                for rb in self._read_file(path, groups, lo, hi, columns, read_rows):
+                    yield path, rb
             offset += n
             if offset >= stop:
                 return
 
-    def _read_file(self, path: str, groups: tuple[int, ...], lo: int, hi: int, columns: list[str], wanted: list,
-                   read_rows: int) -> Iterator[Batch]:
+    def _read_file(self, path: str, groups: tuple[int, ...], lo: int, hi: int, columns: list[str],
+                   read_rows: int) -> Iterator[pa.RecordBatch]:
         bounds = np.cumsum((0, *groups))
         first = int(np.searchsorted(bounds, lo, side="right")) - 1  # the row group holding row `lo`
         last = int(np.searchsorted(bounds, hi, side="left"))  # one past the row group holding row hi - 1
@@ -156,7 +169,7 @@ class ParquetSource:
             a, b = max(lo - pos, 0), min(hi - pos, rb.num_rows)
             pos += rb.num_rows
             if a < b:
-                yield _to_batch(rb.slice(a, b - a), wanted, Path(path))
+                yield rb.slice(a, b - a)
             if pos >= hi:
                 return
 

@@ -1,4 +1,5 @@
-"""The Ray engine: an actor pool of ONNX Runtime scorers reads and reduces the eval set.
+"""The Ray engine: Ray Data reads the eval set in whole-query spans, an actor pool of ONNX
+Runtime scorers reduces them, the driver assembles the local engine's measures.
 
 `ray_partials` is the Ray counterpart of the local engine's producer (gate/streaming.py):
 
@@ -6,32 +7,36 @@
    files or a URI pyarrow's filesystems understand), reads its ``query_id`` column only and
    computes where the local engine's whole-query batches end (`fusionguard.streaming.batch_ends`).
    A query whose rows are not one contiguous run is refused there (`UnsortedDataError`, exit 2),
-   before any actor starts. The batches must be the local engine's: the ``permute`` masks
+   before Ray starts any work. The batches must be the local engine's: the ``permute`` masks
    shuffle within a batch, so equal batches are what makes the numbers equal to the last bit.
-2. Consecutive batches are grouped into spans of about `SPAN_ROWS` rows. Each span goes to one
-   actor as a few integers (its first row and its batch ends); the actor reads those rows itself
-   from the dataset, through the same pyarrow filesystem, cuts them into the same batches,
-   scores each under every mask on its own ONNX Runtime session (one CPU each, or one GPU each
-   with ``--device cuda``) and reduces it to per-query values (`fusionguard.gate.streaming.reduce_batch`).
-3. The driver takes the spans' partials back in dataset order (so the reduction does not depend
-   on which actor finished first), at most two spans per actor in flight, and
-   `fusionguard.gate.streaming.assemble` turns them into the measures the checks read, as locally.
+2. Consecutive batches are grouped into spans of about `SPAN_ROWS` rows, and the spans become a
+   Ray Data dataset (`fusionguard.raydata.SpanDatasource`, read with ``ray.data.read_datasource``):
+   one read task per span reads the span's rows of the needed columns through the dataset's
+   pyarrow filesystem, wherever Ray schedules it, and produces them as one Arrow block.
+3. ``map_batches`` runs `SpanReducer` in an actor pool (`ray.data.ActorPoolStrategy`; one CPU
+   per actor, or one GPU per actor with ``--device cuda``), one block per call: the actor cuts the
+   block into the span's batches, scores each under every mask on its own ONNX Runtime session
+   and reduces it to per-query values (`fusionguard.gate.partials.reduce_batch`). Ray Data fuses
+   the read into the actors' tasks, so the rows are decoded where they are scored; only the small
+   partials (pickled, one row per span) travel to the driver.
+4. The driver takes the spans' partials back, puts them in dataset order (so the reduction does
+   not depend on which actor finished first) and `fusionguard.gate.streaming.assemble` turns
+   them into the measures the checks read, as locally.
 
-Only ids and small partials cross the network: the input tensors are read where they are
-scored. The actors must see the dataset at the same URI as the driver (shared storage, an
-object store URI, or a local file on a one-machine cluster).
+Block shaping is off for the run (one block per read task) and every actor checks that its block
+is exactly one whole span, refusing anything else instead of scoring part of a batch
+(fusionguard/raydata.py). The actors must see the dataset at the same URI
+as the driver (shared storage, an object store URI, or a local file on a one-machine cluster).
 
-Why not Ray Data's ``read_parquet``: its blocks do not follow the local engine's batch cuts (the
-permute shuffles would differ), and with Ray 2.60 its ``iter_batches`` returned a multi-row-group
-file's row groups out of order even with ``preserve_order`` set (found by benchmarks/streaming.py;
-the row-level correlations came out misaligned). Reading explicit row ranges keeps both exact;
-`assemble` still checks the row order against the ids and refuses a mismatch.
+Why spans rather than ``ray.data.read_parquet``: its blocks do not follow the local engine's batch
+cuts (the permute shuffles would differ), and with Ray 2.60 its ``iter_batches`` returned a
+multi-row-group file's row groups out of order even with ``preserve_order`` set (found by
+benchmarks/streaming.py). `assemble` still checks the row order against the ids.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,8 +44,10 @@ from typing import Any
 import numpy as np
 
 from fusionguard.contract import ModelContract
-from fusionguard.engine import EngineConfig, connect, get, pool_size
+from fusionguard.dataset import ID_COLUMNS, _resolve_inputs, _to_batch
+from fusionguard.engine import EngineConfig, connect, pool_size
 from fusionguard.errors import InvalidInputError
+from fusionguard.raydata import SpanDatasource, data_context, ordered_results, result_row, span_of
 from fusionguard.scorer import Mask, Scorer
 from fusionguard.source import ParquetSource
 from fusionguard.streaming import batch_ends, sized_chunks
@@ -51,28 +58,9 @@ from fusionguard.gate.partials import BatchPartial, chunk_rows, reduce_batch
 
 logger = logging.getLogger(__name__)
 
-SPAN_ROWS = 65_536  # rows one actor task reads and reduces (a range starting mid row group decodes it from its start)
+SPAN_ROWS = 65_536  # rows per read task / actor call (a range starting mid row group decodes it from its start)
 
-__all__ = ["SPAN_ROWS", "ScorerActor", "plan_spans", "ray_partials"]
-
-
-class ScorerActor:
-    """One ONNX Runtime session in a Ray actor; reads and reduces spans of whole-query batches."""
-
-    def __init__(self, model: bytes, contract: ModelContract, device: str) -> None:
-        import onnx
-
-        self.scorer = Scorer(onnx.load_from_string(model), contract, device=device, threads=1)
-
-    def reduce_span(self, source: ParquetSource, start: int, ends: np.ndarray, masks: list[Mask], plan: PassPlan | None,
-                    policy: Policy, features: bool, means: dict[str, np.ndarray] | None) -> list[BatchPartial]:
-        """Rows [start, ends[-1]) read here, cut at `ends`, each batch reduced."""
-        sizes = np.diff(np.concatenate(([start], ends))).tolist()
-        batches = sized_chunks(source.read(start, int(ends[-1]), self.scorer.contract), sizes)
-        return [reduce_batch(self.scorer, b, masks, plan, policy, features=features, means=means) for b in batches]
-
-    def provider(self) -> str:
-        return self.scorer.provider
+__all__ = ["SPAN_ROWS", "SpanReducer", "plan_spans", "ray_partials"]
 
 
 def plan_spans(ends: np.ndarray, span_rows: int) -> list[tuple[int, np.ndarray]]:
@@ -85,6 +73,32 @@ def plan_spans(ends: np.ndarray, span_rows: int) -> list[tuple[int, np.ndarray]]
             spans.append((start, ends[first:i + 1]))
             start, first = end, i + 1
     return spans
+
+
+class SpanReducer:
+    """The ``map_batches`` callable of the actor pool: one ONNX Runtime session per actor; each
+    call takes one span's block and returns its partials (`fusionguard.raydata.result_row`)."""
+
+    def __init__(self, model: bytes, contract: ModelContract, device: str, spans: list[tuple[int, np.ndarray]],
+                 masks: list[Mask], plan: PassPlan | None, policy: Policy, features: bool,
+                 means: dict[str, np.ndarray] | None, uri: str) -> None:
+        import onnx
+
+        self.scorer = Scorer(onnx.load_from_string(model), contract, device=device, threads=1)
+        self.spans, self.masks, self.plan, self.policy = spans, masks, plan, policy
+        self.ranges = [(start, int(ends[-1])) for start, ends in spans]
+        self.features, self.means, self.uri = features, means, uri
+        self.wanted = _resolve_inputs(contract, None)
+
+    def __call__(self, table: Any) -> Any:  # a pyarrow Table in, one out
+        index = span_of(table, self.ranges)
+        start, ends = self.spans[index]
+        sizes = np.diff(np.concatenate(([start], ends))).tolist()
+        records = table.select([*ID_COLUMNS, *(w[0] for w in self.wanted)]).to_batches()
+        batches = (_to_batch(rb, self.wanted, Path(self.uri)) for rb in records if rb.num_rows)
+        parts = [reduce_batch(self.scorer, b, self.masks, self.plan, self.policy, features=self.features,
+                              means=self.means) for b in sized_chunks(batches, sizes)]
+        return result_row(index, table.num_rows, parts)
 
 
 def ray_partials(
@@ -108,33 +122,28 @@ def ray_partials(
     cuda = device == "cuda"
     size = pool_size(ray, engine, device)
     spans = plan_spans(ends, min(SPAN_ROWS, max(1, source.n_rows // (2 * size))))  # >= 2 spans per actor when it can
-    model = ray.put(Path(scorer.path).read_bytes())
-    remote = ray.remote(ScorerActor).options(num_cpus=0 if cuda else 1, num_gpus=1 if cuda else 0)
-    actors = [remote.remote(model, scorer.contract, device) for _ in range(size)]
-    source_ref = ray.put(source)
-    logger.info("ray engine: %d actor(s) on %s, %d span(s) of %d batches", size, device, len(spans), ends.shape[0])
-    bar = _bar(progress, source.n_rows)
-    try:
-        pending: deque = deque()
-        for i, (start, span_ends) in enumerate(spans):
-            pending.append(actors[i % size].reduce_span.remote(source_ref, start, span_ends, masks, plan, policy,
-                                                               features, means))
-            if len(pending) >= 2 * size:
-                yield from _take(ray, pending.popleft(), bar)
-        while pending:
-            yield from _take(ray, pending.popleft(), bar)
-    finally:
-        if bar is not None:
-            bar.close()
-        for actor in actors:
-            ray.kill(actor)
+    wanted = _resolve_inputs(scorer.contract, None)
+    logger.info("ray engine: Ray Data, %d read task(s) of whole-query spans, %d actor(s) on %s, %d batches",
+                len(spans), size, device, ends.shape[0])
+    with data_context():
+        dataset = ray.data.read_datasource(
+            SpanDatasource(source, [(a, int(e[-1])) for a, e in spans], [*ID_COLUMNS, *(w[0] for w in wanted)],
+                           _row_bytes(wanted)),
+            override_num_blocks=len(spans))
+        reduced = dataset.map_batches(
+            SpanReducer, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
+            compute=ray.data.ActorPoolStrategy(size=size),
+            fn_constructor_args=(Path(scorer.path).read_bytes(), scorer.contract, device, spans, masks, plan, policy,
+                                 features, means, source.uri),
+            num_cpus=0 if cuda else 1, num_gpus=1 if cuda else 0,
+        )
+    for parts in ordered_results(reduced, len(spans), _bar(progress, source.n_rows)):
+        yield from parts
 
 
-def _take(ray: Any, ref: Any, bar: Any) -> Iterator[BatchPartial]:
-    parts = get(ray, ref)
-    if bar is not None:
-        bar.update(sum(p.label.shape[0] for p in parts))
-    yield from parts
+def _row_bytes(wanted: list) -> int:
+    """A decoded row's size estimate (Ray Data's memory budgeting): 4-byte feeds, ids and label."""
+    return 24 + sum(4 * int(np.prod(shape or (1,))) for _, shape, _ in wanted)
 
 
 def _bar(progress: bool, total: int):  # noqa: ANN202

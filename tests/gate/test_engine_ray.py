@@ -122,3 +122,33 @@ def test_ray_refuses_a_query_split_over_two_files(local_ray, toys, tmp_path):
     with pytest.raises(UnsortedDataError, match="fusionguard data group") as err:
         stream_measures(cand, folder, read_ids(folder), load_policy(toys.policy), engine=EngineConfig("ray"))
     assert isinstance(err.value, InvalidInputError) and err.value.exit_code == 2
+
+
+@pytest.mark.slow
+def test_an_actor_error_comes_back_as_itself(local_ray, toys, ragged, tmp_path):  # noqa: F811
+    """A file without a model input: the read task raises DataValidationError inside Ray Data's
+    actor, and the driver raises it as itself (exit 2, its message), not Ray's wrapper."""
+    import pyarrow.parquet as pq
+
+    from fusionguard.errors import DataValidationError
+
+    cand = Scorer(toys.fusion, device="cpu")
+    dropped = tmp_path / "no_visual.parquet"
+    table = pq.read_table(ragged)
+    name = cand.contract.input_names[-1]
+    pq.write_table(table.drop_columns([name]), dropped)
+    with pytest.raises(DataValidationError, match=f"missing columns \\['{name}'\\]") as err:
+        stream_measures(cand, dropped, read_ids(dropped), load_policy(_policy(tmp_path, "zero")),
+                        engine=EngineConfig("ray", workers=2))
+    assert err.value.exit_code == 2
+
+
+def test_the_ray_data_context_is_restored():
+    """The run's DataContext settings (one block per read task, no Ray bars) do not leak."""
+    from fusionguard.raydata import data_context
+
+    ctx = ray.data.DataContext.get_current()
+    before = (ctx.target_max_block_size, ctx.enable_progress_bars, ctx.execution_options.preserve_order)
+    with data_context():
+        assert ctx.target_max_block_size is None and ctx.execution_options.preserve_order
+    assert (ctx.target_max_block_size, ctx.enable_progress_bars, ctx.execution_options.preserve_order) == before

@@ -221,14 +221,21 @@ def test_rows_out_of_file_order_are_refused(toys, ragged, tmp_path):
 
 
 def test_actor_spans_give_the_local_partials(toys, ragged, tmp_path):
-    """The Ray engine's actor code without Ray (fast): spans read from the source and cut at the
-    planned batch ends reduce to the local engine's partials, batch for batch."""
+    """The Ray engine's read task and actor code without Ray (fast): spans read as Arrow blocks
+    and cut at the planned batch ends reduce to the local engine's partials, batch for batch."""
+    import pickle
+
+    import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from fusionguard.errors import InvalidInputError
 
     from fusionguard.source import ParquetSource
     from fusionguard.streaming import batch_ends
 
-    from fusionguard.gate.engine_ray import ScorerActor, plan_spans
+    from fusionguard.raydata import read_span
+
+    from fusionguard.gate.engine_ray import SpanReducer, plan_spans
     from fusionguard.gate.measures import plan_passes
     from fusionguard.gate.streaming import _run_partials, chunk_rows
 
@@ -241,16 +248,29 @@ def test_actor_spans_give_the_local_partials(toys, ragged, tmp_path):
     source = ParquetSource.open(small_groups)
     ids = np.concatenate([b.query_id for b in source.ids()])
     ends = batch_ends(ids, chunk_rows(policy, plan.masks), small_groups)
-    actor = ScorerActor(toys.fusion.read_bytes(), cand.contract, "cpu")
     spans = plan_spans(ends, 50)
     assert len(spans) > 3
-    remote = [p for start, e in spans for p in actor.reduce_span(source, start, e, plan.masks, plan, policy, True, None)]
+    columns = ["query_id", "item_id", "label", *cand.contract.input_names]
+    reducer = SpanReducer(toys.fusion.read_bytes(), cand.contract, "cpu", spans, plan.masks, plan, policy, True, None,
+                          str(small_groups))
+    remote = []
+    for i, (start, e) in enumerate(spans):
+        (block,) = read_span(source, i, start, int(e[-1]), columns)
+        out = reducer(block)
+        assert out.column("span").to_pylist() == [i] and out.column("rows").to_pylist() == [int(e[-1]) - start]
+        remote += pickle.loads(out.column("results")[0].as_py())
     assert len(remote) == len(local)
     for a, b in zip(local, remote):
         for name in ("query_id", "item_id", "ndcg", "score", "phi_text", "share", "mass_rows"):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
         for name in a.features:
             np.testing.assert_array_equal(a.features[name], b.features[name])
+    # A block that is not exactly one whole span is refused, not scored in part.
+    (block,) = read_span(source, 1, spans[1][0], int(spans[1][1][-1]), columns)
+    with pytest.raises(InvalidInputError, match="not one span|of span 1"):
+        reducer(block.slice(0, block.num_rows - 1))
+    with pytest.raises(InvalidInputError, match="not one span"):
+        reducer(pa.concat_tables([block, *read_span(source, 2, spans[2][0], int(spans[2][1][-1]), columns)]))
 
 
 def test_gate_on_a_directory_of_files_equals_the_gate_on_the_file(toys, ragged, tmp_path):

@@ -1,0 +1,185 @@
+"""Ray Data plumbing shared by the Ray engines (gate/engine_ray.py, monitor/replay_ray.py).
+
+The engines read a Parquet eval set (or traffic file) as a Ray Data dataset of **spans**: row
+ranges that start and end on a unit the engine must not cut (a whole-query batch for the gate, a
+whole request for the replay). `span_dataset` builds it from `SpanDatasource`: one read task per
+span reads the span's rows of the needed columns through the dataset's pyarrow filesystem
+(`fusionguard.source.ParquetSource.read_records`), wherever Ray schedules the task, and produces
+them as one Arrow block tagged with the span's index (column `SPAN_COLUMN`). The engine's
+``map_batches`` callable (an actor pool) then takes one block per call, checks with `span_of`
+that it is exactly one whole span, and returns one small row: the span index, its row count and
+its pickled results. `ordered_results` gives those results back in span order, whatever order
+the actors finished in.
+
+Ray Data may reshape blocks (merge small ones, split large ones) unless block shaping is off;
+`data_context` turns it off for the run (``target_max_block_size = None``: one block per read
+task), and `span_of` refuses any block that is not one span instead of working on part of one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import pickle
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from fusionguard.errors import FusionGuardError, InvalidInputError
+from fusionguard.source import ParquetSource
+
+SPAN_COLUMN = "__fusionguard_span"  # the span index each block carries
+
+__all__ = ["SPAN_COLUMN", "SpanDatasource", "data_context", "ordered_results", "read_span", "result_row", "span_of"]
+
+
+def read_span(source: ParquetSource, index: int, start: int, stop: int, columns: list[str]) -> Iterator[Any]:
+    """A read task's body: rows [start, stop) of `columns` as one Arrow table with the span index."""
+    import pyarrow as pa
+
+    records = [rb for _, rb in source.read_records(start, stop, columns)]
+    table = pa.Table.from_batches(records) if records else None
+    if table is None or table.num_rows != stop - start:
+        raise InvalidInputError(f"the dataset {source.uri} changed while it was read: rows {start}-{stop} are short")
+    yield table.append_column(SPAN_COLUMN, pa.array(np.full(table.num_rows, index, dtype=np.int64)))
+
+
+def _datasource_class() -> type:
+    """`SpanDatasource`'s class, defined on first use so that importing this module does not import Ray."""
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    class _SpanDatasource(Datasource):
+        """A Parquet dataset as Ray Data reads it: one read task per span."""
+
+        def __init__(self, source: ParquetSource, spans: list[tuple[int, int]], columns: list[str],
+                     row_bytes: int) -> None:
+            super().__init__()
+            self.source, self.spans, self.columns, self.row_bytes = source, spans, columns, row_bytes
+
+        def estimate_inmemory_data_size(self) -> int | None:
+            return self.source.n_rows * self.row_bytes
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                           data_context: Any = None) -> list:
+            return [
+                ReadTask(lambda i=i, a=a, z=z: read_span(self.source, i, a, z, self.columns),
+                         BlockMetadata(num_rows=z - a, size_bytes=(z - a) * self.row_bytes, input_files=None,
+                                       exec_stats=None))
+                for i, (a, z) in enumerate(self.spans)
+            ]
+
+        def get_name(self) -> str:
+            return "FusionguardSpans"
+
+    return _SpanDatasource
+
+
+def SpanDatasource(source: ParquetSource, spans: list[tuple[int, int]], columns: list[str],  # noqa: N802
+                   row_bytes: int):  # noqa: ANN201 (a ray.data.Datasource, made on first use)
+    """A `ray.data.Datasource` over the row ranges `spans` = [(start, stop)] of `source`;
+    `row_bytes` estimates a decoded row's size (Ray Data's memory budgeting)."""
+    return _datasource_class()(source, spans, columns, row_bytes)
+
+
+def span_of(table: Any, spans: list[tuple[int, int]]) -> int:
+    """The span index of a block handed to an actor; refuses a block that is not exactly one
+    whole span (nothing is computed from it)."""
+    tags = table.column(SPAN_COLUMN).to_numpy() if table.num_rows else np.zeros(0, dtype=np.int64)
+    if tags.shape[0] == 0 or not (tags == tags[0]).all():
+        raise InvalidInputError("Ray Data handed an actor a block that is not one span (block shaping is on?); "
+                                "nothing was computed from it")
+    index = int(tags[0])
+    start, stop = spans[index]
+    if tags.shape[0] != stop - start:
+        raise InvalidInputError(f"Ray Data handed an actor {tags.shape[0]} of span {index}'s {stop - start} rows "
+                                "(block shaping is on?); nothing was computed from it")
+    return index
+
+
+def result_row(index: int, rows: int, results: object) -> Any:
+    """An actor's answer for one span: one Arrow row (span index, rows, pickled results)."""
+    import pyarrow as pa
+
+    blob = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
+    return pa.table({"span": pa.array([index], pa.int64()), "rows": pa.array([rows], pa.int64()),
+                     "results": pa.array([blob], pa.large_binary())})
+
+
+def ordered_results(dataset: Any, n_spans: int, bar: Any = None) -> Iterator[Any]:
+    """Each span's unpickled results, in span order (spans that finish early wait, pickled, in a
+    heap); `bar` (tqdm) advances by each span's rows as it arrives and is closed at the end. An
+    actor's FusionGuardError comes back as itself (its message and exit code), not wrapped."""
+    heap: list[tuple[int, bytes]] = []
+    want = 0
+    try:
+        for span, rows, blob in _rows(dataset):
+            if bar is not None:
+                bar.update(rows)
+            heapq.heappush(heap, (span, blob))
+            while heap and heap[0][0] == want:
+                yield pickle.loads(heapq.heappop(heap)[1])
+                want += 1
+    finally:
+        if bar is not None:
+            bar.close()
+    if want != n_spans:
+        raise InvalidInputError(f"Ray Data returned {want} of {n_spans} spans in order (missing or repeated spans)")
+
+
+def _rows(dataset: Any) -> Iterator[tuple[int, int, bytes]]:
+    try:
+        for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+            yield from zip(table.column("span").to_pylist(), table.column("rows").to_pylist(),
+                           table.column("results").to_pylist())
+    except Exception as err:  # noqa: BLE001 (unwrapped below, or re-raised as it is)
+        cause = fusionguard_cause(err)
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def fusionguard_cause(err: BaseException) -> FusionGuardError | None:
+    """The FusionGuardError a Ray worker raised, found in the chain Ray wraps it in."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [err]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, FusionGuardError):
+            return e
+        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return None
+
+
+class data_context:  # noqa: N801 (a context manager)
+    """Ray Data's DataContext while an engine builds its dataset: one block per read task (no
+    block shaping), no Ray progress bars or start banner (the engines draw their own bar), order
+    preserved, Ray Data's INFO lines off the terminal; restored afterwards. A dataset keeps a
+    copy of the context it was built under."""
+
+    FIELDS = {"target_max_block_size": None, "enable_progress_bars": False, "print_on_execution_start": False}
+
+    def __init__(self) -> None:
+        import ray.data
+
+        self.ctx = ray.data.DataContext.get_current()
+        self.log = logging.getLogger("ray.data")
+
+    def __enter__(self) -> None:
+        self.saved = {k: getattr(self.ctx, k) for k in self.FIELDS}
+        self.saved_order = self.ctx.execution_options.preserve_order
+        self.level = self.log.level
+        for k, v in self.FIELDS.items():
+            setattr(self.ctx, k, v)
+        self.ctx.execution_options.preserve_order = True
+        self.log.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        for k, v in self.saved.items():
+            setattr(self.ctx, k, v)
+        self.ctx.execution_options.preserve_order = self.saved_order
+        self.log.setLevel(self.level)
