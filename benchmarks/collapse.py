@@ -111,14 +111,32 @@ def phase_figure(results: Path, protocol_paths: list[Path], path: Path) -> Path:
     return path
 
 
-def report(results: Path, protocol_paths: list[Path], section: str = "main", write_doc: bool = True) -> str:
+def runs_table(records: list[dict]) -> str:
+    """One row per stored run (a pilot's few cells, each readable on its own)."""
+    lines = ["| variant | generator seed | training seed | budget | test NDCG@10 | visual drop | Spearman V1 | collapsed | escaped | "
+             "best epoch / epochs run | max val visual drop | V1 test NDCG@10 | s |", "|" + "---|" * 13]
+    for r in sorted(records, key=lambda r: (r["variant"], bool(r.get("long")), r["generator_seed"], r["training_seed"])):
+        lines.append(f"| {r['variant']} | {r['generator_seed']} | {r['training_seed']} | {'long' if r.get('long') else 'standard'} | {r['ndcg']:.4f} | "
+                     f"{_pct(r['visual_drop'])} | {r['spearman_v1']:.4f} | {'yes' if r['collapsed'] else 'no'} | "
+                     f"{'yes' if r['escaped'] else 'no'} | {r['best_epoch']} / {r['epochs_run']} | {_pct(r['max_val_visual_drop'])} | "
+                     f"{r['v1_test_ndcg']:.4f} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def report(results: Path, protocol_paths: list[Path], section: str = "main", write_doc: bool = True, per_run: bool = False) -> str:
     figure = phase_figure(results, protocol_paths, results.with_name(f"{results.stem}_{section}_phase.png"))
     parts = []
     for protocol_path in protocol_paths:
         parts += _protocol_tables(results, protocol_path, targets=section == "main")
+        if per_run:
+            name = load_protocol(protocol_path).name
+            kept = [r for r in read_records(results) if r["protocol"] == name]
+            if kept:
+                parts.append(f"Every run of '{name}':\n\n" + runs_table(kept))
     shown = " ".join(str(p.relative_to(ROOT) if p.resolve().is_relative_to(ROOT) else p) for p in protocol_paths)
     res = results.relative_to(ROOT) if results.is_relative_to(ROOT) else results
-    cmd = f"Regenerate: `.venv/bin/python -m benchmarks.collapse report --results {res} --protocol {shown} --section {section}`"
+    cmd = (f"Regenerate: `.venv/bin/python -m benchmarks.collapse report --results {res} --protocol {shown} --section {section}"
+           f"{' --per-run' if per_run else ''}`")
     rel = figure.relative_to(ROOT) if figure.is_relative_to(ROOT) else figure
     parts.append(f"![every run: visual drop vs Spearman with V1](../{rel})")
     text = "\n\n".join(parts + [cmd]) if parts else f"No runs stored yet.\n\n{cmd}"
@@ -327,6 +345,7 @@ def main() -> None:
     rep_p.add_argument("--no-doc", action="store_true", help="Do not rewrite docs/training.md.")
     rep_p.add_argument("--protocol", type=Path, nargs="+", default=[PROTOCOL])
     rep_p.add_argument("--section", default="main", help="Which COLLAPSE:<section> markers of docs/training.md to fill.")
+    rep_p.add_argument("--per-run", action="store_true", help="Add a table with one row per stored run (pilots).")
     run_p.add_argument("--protocol", type=Path, default=PROTOCOL)
     for p in (run_p, rep_p):
         p.add_argument("--results", type=Path, default=RESULTS)
@@ -338,7 +357,8 @@ def main() -> None:
         print(f"\nfigure: {fig}")
         return
     if args.command == "report":
-        print(report(args.results.resolve(), [p.resolve() for p in args.protocol], args.section, write_doc=not args.no_doc))
+        print(report(args.results.resolve(), [p.resolve() for p in args.protocol], args.section, write_doc=not args.no_doc,
+                     per_run=args.per_run))
         return
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch

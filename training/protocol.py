@@ -97,6 +97,10 @@ def load_protocol(path: str | Path) -> Protocol:
         warm=raw.get("warm", {}), long=raw.get("long", {}), v1=raw.get("v1", {}), data=raw.get("data", {}), n_resamples=int(raw.get("eval", {}).get("n_resamples", 10_000)),
         source=str(path),
     )
+    from fusionguard.training.clicks import LABEL_SOURCES
+
+    if label_source(protocol) not in LABEL_SOURCES:
+        problems.append(f"[data] label_source = '{label_source(protocol)}' must be one of {list(LABEL_SOURCES)}")
     bad = [v for v in protocol.variants if v not in VARIANTS or v == "v1"]
     if bad:
         problems.append(f"variants {bad} must be V2 training variants {[v for v in VARIANTS if v != 'v1']}")
@@ -118,13 +122,28 @@ def load_protocol(path: str | Path) -> Protocol:
     return protocol
 
 
+def label_source(protocol: Protocol) -> str:
+    """Where the V2's train/val labels come from: "editorial" (the generator's true grades, the
+    default) or "v1_clicks" (the production V1's logged clicks, `fusionguard.training.clicks`)."""
+    return str(protocol.data.get("label_source", "editorial"))
+
+
 def _data(protocol: Protocol, gen_seed: int, work: Path) -> Path:
     from fusionguard.training.synth import SynthConfig, write_benchmark
 
     out = work / f"data-g{gen_seed}"
     if not (out / "test.parquet").is_file():
-        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in protocol.data.items()}
+        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in protocol.data.items() if k != "label_source"}
         write_benchmark(SynthConfig(**{**cfg, "seed": gen_seed}), out)
+    return out
+
+
+def _click_data(gen_seed: int, editorial: Path, v1_dir: Path, work: Path) -> Path:
+    from fusionguard.training.clicks import write_click_benchmark
+
+    out = work / f"data-g{gen_seed}-v1-clicks"
+    if not (out / "test.parquet").is_file():  # test.parquet is written last: its presence means complete
+        write_click_benchmark(editorial, v1_dir, out, gen_seed)
     return out
 
 
@@ -138,10 +157,15 @@ def _v1(protocol: Protocol, gen_seed: int, data: Path, work: Path) -> Path:
 
 
 def prepare(protocol: Protocol, gen_seed: int, work: str | Path) -> tuple[Path, Path]:
-    """One generator seed's data and production V1 under WORK/<protocol name> (made once, then reused)."""
+    """One generator seed's data and production V1 under WORK/<protocol name> (made once, then
+    reused). The V1 always trains on the editorial labels; with label_source "v1_clicks" the
+    returned data directory holds its logged clicks as train/val labels (test unchanged)."""
     work = Path(work) / protocol.name  # each protocol its own data, V1 and runs
     data = _data(protocol, gen_seed, work)
-    return data, _v1(protocol, gen_seed, data, work)
+    v1_dir = _v1(protocol, gen_seed, data, work)
+    if label_source(protocol) == "v1_clicks":
+        data = _click_data(gen_seed, data, v1_dir, work)
+    return data, v1_dir
 
 
 def run_cell(protocol: Protocol, variant: str, gen_seed: int, train_seed: int, work: str | Path, long: bool = False) -> dict[str, Any]:
@@ -179,7 +203,7 @@ def run_cell(protocol: Protocol, variant: str, gen_seed: int, train_seed: int, w
     escape_epoch = next((h["epoch"] for h in result.history if (h.get("val_visual_drop") or 0) >= c.escape_min_visual_drop), None)
     return {
         "protocol": protocol.name, "variant": variant, "generator_seed": gen_seed, "training_seed": train_seed, "long": long,
-        "warm_start_from": warm, "warm_loaded": len(result.warm_start["loaded"]) if result.warm_start else 0,
+        "label_source": label_source(protocol), "warm_start_from": warm, "warm_loaded": len(result.warm_start["loaded"]) if result.warm_start else 0,
         "ndcg": float(np.nanmean(ndcg[0])), "visual_drop": drop, "spearman_v1": spearman,
         "text_drop": result.test["text_drop"], "visual_attention_mass": result.test["visual_attention_mass"],
         "attention_entropy": result.test["attention_entropy"],

@@ -190,3 +190,15 @@ def test_collapse_run_in_parallel_records_what_the_sequential_run_does(tmp_path,
     for key, r in records["1"].items():
         assert records["2"][key]["per_query_ndcg"] == r["per_query_ndcg"] and records["2"][key]["visual_drop"] == r["visual_drop"]
         assert "torch" in r["machine"]
+
+
+def test_collapse_report_per_run_table_has_one_row_per_record():
+    from benchmarks.collapse import runs_table
+
+    rec = {"variant": "baseline", "training_seed": 0, "ndcg": 0.7, "visual_drop": 0.004, "spearman_v1": 0.995, "collapsed": True,
+           "escaped": False, "best_epoch": 3, "epochs_run": 20, "max_val_visual_drop": 0.02, "v1_test_ndcg": 0.75, "seconds": 11.0}
+    table = runs_table([{**rec, "generator_seed": 1, "long": True}, {**rec, "generator_seed": 2, "collapsed": False, "spearman_v1": 0.9}])
+    rows = table.splitlines()[2:]
+    assert len(rows) == 2  # the standard-budget run first, then the long one
+    assert rows[0].startswith("| baseline | 2 | 0 | standard | 0.7000 | 0.4% | 0.9000 | no |")
+    assert rows[1].startswith("| baseline | 1 | 0 | long |") and "| yes | no | 3 / 20 |" in rows[1]
