@@ -1,8 +1,9 @@
 """Which engine scores a Parquet dataset: the local streaming engine or Ray.
 
 `local` (default) streams whole-query batches from a Parquet file and scores them on `workers`
-ONNX Runtime sessions in this process. `ray` scores them in an actor pool of ONNX Runtime
-scorers on a Ray cluster (gate/engine_ray.py for `gate` and `eval`, monitor/replay_ray.py for
+ONNX Runtime sessions in this process. `ray` reads them with Ray Data and scores them in an
+actor pool of ONNX Runtime scorers on a Ray cluster (fusionguard/raydata.py; gate/engine_ray.py
+for `gate` and `eval`, monitor/replay_ray.py for
 `monitor replay`); the driver assembles the results with the local engine's code, so the
 numbers are equal. The gate and the monitor share these options, so they live in the core;
 Ray is imported only when the Ray engine runs (the `ray` extra).
@@ -84,5 +85,6 @@ def engine_options(fn):  # noqa: ANN001, ANN201
     fn = click.option("--workers", type=int, default=None,
                       help="Batches scored in parallel (local: ONNX Runtime sessions, default one per CPU; ray: actors).")(fn)
     fn = click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
-                      help="local: stream the Parquet file on this machine; ray: an actor pool of scorers on a Ray cluster.")(fn)
+                      help="local: stream the Parquet file on this machine; ray: Ray Data reads it and an actor pool "
+                           "of scorers on a Ray cluster scores it.")(fn)
     return fn

@@ -31,7 +31,22 @@ from fusionguard.source import ParquetSource
 
 SPAN_COLUMN = "__fusionguard_span"  # the span index each block carries
 
-__all__ = ["SPAN_COLUMN", "SpanDatasource", "data_context", "ordered_results", "read_span", "result_row", "span_of"]
+__all__ = [
+    "SPAN_COLUMN", "SpanDatasource", "data_context", "ordered_results", "plan_spans", "read_span", "result_row",
+    "row_bytes", "span_of",
+]
+
+
+def plan_spans(ends: np.ndarray, span_rows: int) -> list[tuple[int, np.ndarray]]:
+    """Consecutive units (whole-query batches, whole requests) ending at `ends` grouped into
+    spans of at least `span_rows` rows (the last may be shorter): [(first row, the span's unit ends)]."""
+    spans = []
+    start, first = 0, 0
+    for i, end in enumerate(ends.tolist()):
+        if end - start >= span_rows or i == len(ends) - 1:
+            spans.append((start, ends[first:i + 1]))
+            start, first = end, i + 1
+    return spans
 
 
 def read_span(source: ParquetSource, index: int, start: int, stop: int, columns: list[str]) -> Iterator[Any]:
@@ -81,6 +96,12 @@ def SpanDatasource(source: ParquetSource, spans: list[tuple[int, int]], columns:
     """A `ray.data.Datasource` over the row ranges `spans` = [(start, stop)] of `source`;
     `row_bytes` estimates a decoded row's size (Ray Data's memory budgeting)."""
     return _datasource_class()(source, spans, columns, row_bytes)
+
+
+def row_bytes(wanted: list) -> int:
+    """A decoded row's size estimate for Ray Data's memory budgeting: ids, label and 4-byte
+    feeds (`wanted` as `fusionguard.dataset._resolve_inputs` gives it)."""
+    return 24 + sum(4 * int(np.prod(shape or (1,))) for _, shape, _ in wanted)
 
 
 def span_of(table: Any, spans: list[tuple[int, int]]) -> int:

@@ -47,7 +47,9 @@ from fusionguard.contract import ModelContract
 from fusionguard.dataset import ID_COLUMNS, _resolve_inputs, _to_batch
 from fusionguard.engine import EngineConfig, connect, pool_size
 from fusionguard.errors import InvalidInputError
-from fusionguard.raydata import SpanDatasource, data_context, ordered_results, result_row, span_of
+from fusionguard.raydata import (
+    SpanDatasource, data_context, ordered_results, plan_spans, result_row, row_bytes, span_of,
+)
 from fusionguard.scorer import Mask, Scorer
 from fusionguard.source import ParquetSource
 from fusionguard.streaming import batch_ends, sized_chunks
@@ -61,18 +63,6 @@ logger = logging.getLogger(__name__)
 SPAN_ROWS = 65_536  # rows per read task / actor call (a range starting mid row group decodes it from its start)
 
 __all__ = ["SPAN_ROWS", "SpanReducer", "plan_spans", "ray_partials"]
-
-
-def plan_spans(ends: np.ndarray, span_rows: int) -> list[tuple[int, np.ndarray]]:
-    """Consecutive batches grouped into spans of at least `span_rows` rows (the last may be
-    shorter): [(first row, the span's batch ends)]."""
-    spans = []
-    start, first = 0, 0
-    for i, end in enumerate(ends.tolist()):
-        if end - start >= span_rows or i == len(ends) - 1:
-            spans.append((start, ends[first:i + 1]))
-            start, first = end, i + 1
-    return spans
 
 
 class SpanReducer:
@@ -128,7 +118,7 @@ def ray_partials(
     with data_context():
         dataset = ray.data.read_datasource(
             SpanDatasource(source, [(a, int(e[-1])) for a, e in spans], [*ID_COLUMNS, *(w[0] for w in wanted)],
-                           _row_bytes(wanted)),
+                           row_bytes(wanted)),
             override_num_blocks=len(spans))
         reduced = dataset.map_batches(
             SpanReducer, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
@@ -139,11 +129,6 @@ def ray_partials(
         )
     for parts in ordered_results(reduced, len(spans), _bar(progress, source.n_rows)):
         yield from parts
-
-
-def _row_bytes(wanted: list) -> int:
-    """A decoded row's size estimate (Ray Data's memory budgeting): 4-byte feeds, ids and label."""
-    return 24 + sum(4 * int(np.prod(shape or (1,))) for _, shape, _ in wanted)
 
 
 def _bar(progress: bool, total: int):  # noqa: ANN202

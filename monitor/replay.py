@@ -69,15 +69,22 @@ def iter_requests(batches: Iterator[Batch]) -> Iterator[Batch]:
     return query_runs(batches)
 
 
-def _scored(service: ModelService, requests: Iterator[Batch], engine: EngineConfig
+def _scored(service: ModelService, config: ReplayConfig
             ) -> Iterator[tuple[Batch, bool, Scored | InvalidFeedsError, float]]:
-    """(request, telemetry drawn, its Scored or validation error, start time), in request order."""
-    if engine.engine == "ray":
+    """(request, telemetry drawn, its Scored or validation error, start time), in request order.
+    The Ray engine reads the traffic itself (monitor/replay_ray.py); locally it is streamed here."""
+    if config.engine.engine == "ray":
         from fusionguard.monitor.replay_ray import ray_scored
 
-        yield from ray_scored(service, requests, engine)
+        yield from ray_scored(service, config.data, config.engine)
         return
-    for request in requests:
+    contract = service.state.scorer.contract
+    if spans_files(config.data):  # the files in path order, read as one
+        source = ParquetSource.open(config.data)
+        batches = source.read(0, source.n_rows, contract, read_rows=config.batch_rows)
+    else:
+        batches = iter_batches(config.data, contract, batch_rows=config.batch_rows)
+    for request in iter_requests(batches):
         t0 = time.perf_counter()
         telemetry = service.sampler()
         try:
@@ -109,17 +116,12 @@ def replay(config: ReplayConfig) -> ReplayResult:
     metrics.model_info.labels(service.name, state.version, state.scorer.sha256, state.scorer.provider).set(1)
     metrics.model_ready.labels(service.name).set(1)
     n_req = n_rows = n_invalid = n_tel = 0
-    if spans_files(config.data):  # the files in path order, read as one
-        source = ParquetSource.open(config.data)
-        batches = source.read(0, source.n_rows, state.scorer.contract, read_rows=config.batch_rows)
-    else:
-        batches = iter_batches(config.data, state.scorer.contract, batch_rows=config.batch_rows)
     bar = None
     if config.progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(unit="request", desc="replay", disable=None)  # a bar on terminals only, not in logs
-    for request, telemetry, scored, t0 in _scored(service, iter_requests(batches), config.engine):
+    for request, telemetry, scored, t0 in _scored(service, config):
         n_req += 1
         n_rows += len(request.query_id)
         if isinstance(scored, InvalidFeedsError):

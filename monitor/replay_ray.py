@@ -1,106 +1,138 @@
-"""`monitor replay --engine ray`: the requests' model passes run in an actor pool of ONNX Runtime
-scorers; everything else runs on the driver exactly as in the local replay.
+"""`monitor replay --engine ray`: Ray Data reads the traffic in spans of whole requests, an actor
+pool of ONNX Runtime scorers validates and scores them, and the driver records every request as
+the local replay does.
 
-The driver reads the traffic and cuts it into requests (monitor/replay.py), draws each request's
-telemetry decision from the service's seeded sampler and validates its tensors (`admit`) in
-request order, as the local replay does. Requests are then grouped into chunks of about
-`CHUNK_ROWS` rows; each chunk goes to one actor, which runs every request's passes with
-`Scorer.run_valid` (the call `ModelService.run` makes) on its own session, one CPU each (one GPU
-each with ``--device cuda``). The driver takes the outputs back in request order, at most two
-chunks per actor in flight, and builds the same `Scored` the local replay scores, so
-`record_scored` and the telemetry worker (Shapley shares, attention, drift, and the shadow model,
-which runs on the driver) see the same values in the same order: the exported metrics are the
-local replay's except the timing histograms. A request's duration is the actor's model time plus
-the driver's recording time.
+1. The driver opens the traffic (`fusionguard.source.ParquetSource`: a file, a directory of files
+   or a URI), reads its ``query_id`` column only and cuts it into requests (runs of consecutive
+   rows with the same query id, as the local replay's `fusionguard.batches.query_runs`). It draws
+   every request's telemetry decision from the service's seeded sampler, in request order, as
+   the local replay does, and groups consecutive requests into spans of about `CHUNK_ROWS` rows.
+2. Ray Data reads the spans (`fusionguard.raydata.SpanDatasource`, one read task per span, the
+   reads fused into the actors' tasks) and ``map_batches`` runs `ReplayScorer` in an actor pool
+   (one CPU per actor, one GPU with ``--device cuda``): the actor cuts its block into the span's
+   requests, validates each once (`fusionguard.feeds.feed_problems`, as `ModelService.admit`) and
+   runs the passes admission would choose (the Shapley passes for a sampled request on a
+   two-modality model, else the unmasked pass) with `Scorer.run_valid`, on its own session.
+3. The driver takes the spans back in request order (`fusionguard.raydata.ordered_results`) and
+   builds the same `Scored` the local replay builds, so `record_scored` and the telemetry worker
+   (Shapley shares, attention, drift, and the shadow model, which runs on the driver) see the same
+   values in the same order: the exported metrics are the local replay's except the timing
+   histograms. A request's duration is the actor's model time plus the driver's recording time.
+
+The requests' tensors come back to the driver with their outputs: the telemetry and the shadow
+model read them there, as in the local replay.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from fusionguard.contract import ModelContract
-from fusionguard.dataset import Batch
-from fusionguard.engine import EngineConfig, connect, get, pool_size
+from fusionguard.dataset import ID_COLUMNS, Batch, _resolve_inputs, _to_batch, concat_batches, slice_batch
+from fusionguard.engine import EngineConfig, connect, pool_size
 from fusionguard.errors import InvalidInputError
+from fusionguard.feeds import feed_problems
+from fusionguard.raydata import (
+    SpanDatasource, data_context, ordered_results, plan_spans, result_row, row_bytes, span_of,
+)
 from fusionguard.scorer import InvalidFeedsError, Mask, Outputs, Scorer
+from fusionguard.source import ParquetSource
 from fusionguard.monitor.service import ModelService, Scored
 
-CHUNK_ROWS = 8192  # request rows per actor call (whole requests)
+CHUNK_ROWS = 8192  # traffic rows per read task / actor call (whole requests)
 
-__all__ = ["CHUNK_ROWS", "ReplayActor", "ray_scored"]
+__all__ = ["CHUNK_ROWS", "ReplayScorer", "ray_scored"]
+
+Result = tuple[Batch, "tuple[Mask, ...] | InvalidFeedsError", "list[Outputs] | None", float]
 
 
-class ReplayActor:
-    """One ONNX Runtime session in a Ray actor; runs admitted requests' passes."""
+class ReplayScorer:
+    """The ``map_batches`` callable of the replay's actor pool: one ONNX Runtime session per
+    actor; each call takes one span's block and returns, per request, (request, its passes or
+    its validation error, the outputs, the model seconds)."""
 
-    def __init__(self, model: bytes, contract: ModelContract, device: str) -> None:
+    def __init__(self, model: bytes, contract: ModelContract, device: str,
+                 spans: list[tuple[int, np.ndarray, int]], passes: list[tuple[Mask, ...]], uri: str) -> None:
         import onnx
 
         self.scorer = Scorer(onnx.load_from_string(model), contract, device=device, threads=1)
+        self.spans, self.passes, self.uri = spans, passes, uri
+        self.ranges = [(start, int(ends[-1])) for start, ends, _ in spans]
+        self.wanted = _resolve_inputs(contract, None)
 
-    def run(self, requests: list[tuple[dict, tuple[Mask, ...]]]) -> list[tuple[list[Outputs], float]]:
-        out = []
-        for feeds, masks in requests:
-            start = time.perf_counter()
-            outputs = self.scorer.run_valid(feeds, masks)
-            out.append((outputs, time.perf_counter() - start))
-        return out
+    def __call__(self, table: Any) -> Any:  # a pyarrow Table in, one out
+        index = span_of(table, self.ranges)
+        start, ends, first = self.spans[index]
+        records = table.select([*ID_COLUMNS, *(w[0] for w in self.wanted)]).to_batches()
+        block = concat_batches([_to_batch(rb, self.wanted, Path(self.uri)) for rb in records if rb.num_rows])
+        bounds = np.concatenate(([0], ends - start)).tolist()
+        results: list[Result] = []
+        for k, (a, z) in enumerate(zip(bounds[:-1], bounds[1:])):
+            request = slice_batch(block, a, z)
+            problems = feed_problems(self.scorer.contract, request.feeds)
+            if problems:
+                results.append((request, InvalidFeedsError(problems), None, 0.0))
+                continue
+            masks = self.passes[first + k]
+            t0 = time.perf_counter()
+            outputs = self.scorer.run_valid(request.feeds, masks)
+            results.append((request, masks, outputs, time.perf_counter() - t0))
+        return result_row(index, table.num_rows, results)
 
 
-def ray_scored(service: ModelService, requests: Iterator[Batch], engine: EngineConfig
+def request_ends(query_id: np.ndarray) -> np.ndarray:
+    """Where each request ends: runs of consecutive rows with the same query id (as `query_runs`)."""
+    n = query_id.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.append(np.flatnonzero(query_id[1:] != query_id[:-1]) + 1, n).astype(np.int64)
+
+
+def ray_scored(service: ModelService, data: str | Path, engine: EngineConfig
                ) -> Iterator[tuple[Batch, bool, Scored | InvalidFeedsError, float]]:
     """(request, telemetry drawn, its Scored or its validation error, start time), in request order."""
     state = service.state
     if state is None or state.scorer.path is None:
         raise InvalidInputError("the Ray engine needs a model file")
+    source = ParquetSource.open(data)
+    ids = [b.query_id for b in source.ids()]
+    ends = request_ends(np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64))
+    del ids
+    if ends.shape[0] == 0:
+        return
+    telemetry = [service.sampler() for _ in range(ends.shape[0])]  # the local replay's draws, in request order
+    passes = [service.masks_for(state, t) for t in telemetry]
+    spans, first = [], 0
+    for start, span_ends in plan_spans(ends, CHUNK_ROWS):
+        spans.append((start, span_ends, first))
+        first += span_ends.shape[0]
     ray = connect(engine.ray_address)
     device = state.scorer.device
     cuda = device == "cuda"
-    size = pool_size(ray, engine, device)
-    model = ray.put(Path(state.scorer.path).read_bytes())
-    remote = ray.remote(ReplayActor).options(num_cpus=0 if cuda else 1, num_gpus=1 if cuda else 0)
-    actors = [remote.remote(model, state.scorer.contract, device) for _ in range(size)]
-
-    def chunks() -> Iterator[list[tuple[Batch, bool, tuple[Mask, ...] | InvalidFeedsError]]]:
-        chunk, rows = [], 0
-        for request in requests:
-            telemetry = service.sampler()
-            try:
-                admitted, masks = service.admit(request.feeds, telemetry)
-            except InvalidFeedsError as err:
-                chunk.append((request, telemetry, err))
-            else:
-                if admitted is not state:
-                    raise InvalidInputError("the model changed during the replay")
-                chunk.append((request, telemetry, masks))
-                rows += len(request)
-            if rows >= CHUNK_ROWS:
-                yield chunk
-                chunk, rows = [], 0
-        if chunk:
-            yield chunk
-
-    def results(chunk, ref):  # noqa: ANN001, ANN202
-        outputs = iter(get(ray, ref))
-        for request, telemetry, masks in chunk:
+    wanted = _resolve_inputs(state.scorer.contract, None)
+    with data_context():
+        dataset = ray.data.read_datasource(
+            SpanDatasource(source, [(a, int(e[-1])) for a, e, _ in spans], [*ID_COLUMNS, *(w[0] for w in wanted)],
+                           row_bytes(wanted)),
+            override_num_blocks=len(spans))
+        scored = dataset.map_batches(
+            ReplayScorer, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
+            compute=ray.data.ActorPoolStrategy(size=pool_size(ray, engine, device)),
+            fn_constructor_args=(Path(state.scorer.path).read_bytes(), state.scorer.contract, device, spans, passes,
+                                 source.uri),
+            num_cpus=0 if cuda else 1, num_gpus=1 if cuda else 0,
+        )
+    i = 0
+    for results in ordered_results(scored, len(spans)):
+        for request, masks, outputs, seconds in results:
             if isinstance(masks, InvalidFeedsError):
-                yield request, telemetry, masks, time.perf_counter()
-                continue
-            outs, seconds = next(outputs)
-            yield request, telemetry, service.scored(state, request.feeds, outs, masks, seconds), time.perf_counter() - seconds
-
-    try:
-        pending: deque = deque()
-        for i, chunk in enumerate(chunks()):
-            work = [(request.feeds, masks) for request, _, masks in chunk if not isinstance(masks, InvalidFeedsError)]
-            pending.append((chunk, actors[i % size].run.remote(work)))
-            if len(pending) >= 2 * size:
-                yield from results(*pending.popleft())
-        while pending:
-            yield from results(*pending.popleft())
-    finally:
-        for actor in actors:
-            ray.kill(actor)
+                yield request, telemetry[i], masks, time.perf_counter()
+            else:
+                yield (request, telemetry[i], service.scored(state, request.feeds, outputs, masks, seconds),
+                       time.perf_counter() - seconds)
+            i += 1

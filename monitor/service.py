@@ -249,7 +249,12 @@ class ModelService:
         problems = feed_problems(state.scorer.contract, feeds)
         if problems:
             raise InvalidFeedsError(problems)
-        return state, (self.passes.masks if telemetry and state.two_modalities else FULL_ONLY)
+        return state, self.masks_for(state, telemetry)
+
+    def masks_for(self, state: ModelState, telemetry: bool) -> tuple[Mask, ...]:
+        """The passes admission runs: the Shapley passes for a `telemetry` request on a
+        two-modality model, else the unmasked pass alone."""
+        return self.passes.masks if telemetry and state.two_modalities else FULL_ONLY
 
     def run(self, state: ModelState, feeds: dict[str, np.ndarray], masks: tuple[Mask, ...]) -> Scored:
         """Score admitted feeds: every pass in one `session.run`.
