@@ -1,7 +1,8 @@
 """The Ray engine gives the local engine's per-query values and verdict, on a local Ray.
 
-The actors read their rows themselves (gate/engine_ray.py); the data comes as one file with
-small row groups, as a directory of files and as a file:// URI."""
+Ray Data reads the spans and the actors reduce them (gate/engine_ray.py); the data comes as one
+file with small row groups, as a directory of files and as a file:// URI. The gate's equality and
+the error path run in the default suite (one local Ray, ~20 s); the rest are marked slow."""
 
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ def _row_groups(src, dst, size: int = 37):
     return dst
 
 
-@pytest.mark.slow
 def test_ray_gate_equals_the_local_gate(local_ray, toys, ragged, tmp_path):  # noqa: F811
     policy = _policy(tmp_path, "permute")
     ragged = _row_groups(ragged, tmp_path / "row_groups.parquet")
@@ -124,7 +124,6 @@ def test_ray_refuses_a_query_split_over_two_files(local_ray, toys, tmp_path):
     assert isinstance(err.value, InvalidInputError) and err.value.exit_code == 2
 
 
-@pytest.mark.slow
 def test_an_actor_error_comes_back_as_itself(local_ray, toys, ragged, tmp_path):  # noqa: F811
     """A file without a model input: the read task raises DataValidationError inside Ray Data's
     actor, and the driver raises it as itself (exit 2, its message), not Ray's wrapper."""
