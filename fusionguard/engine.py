@@ -20,7 +20,10 @@ from fusionguard.errors import InvalidInputError
 
 ENGINES = ("local", "ray")
 
-__all__ = ["ENGINES", "EngineConfig", "connect", "engine_options", "get", "pool_size", "require_engine"]
+__all__ = [
+    "CONNECT_TIMEOUT_S", "ENGINES", "EngineConfig", "check_reachable", "connect", "engine_options", "get", "pool_size",
+    "require_engine",
+]
 
 
 @dataclass(frozen=True)
@@ -39,23 +42,63 @@ class EngineConfig:
 
 
 def require_engine(engine: EngineConfig | None) -> None:
-    """Fail early (exit 2, before anything is scored or written) when Ray is asked for but missing."""
+    """Fail early (exit 2, before anything is scored or written) when Ray is asked for but
+    missing, or --ray-address is malformed or unreachable."""
     if engine is not None and engine.engine == "ray":
         import importlib.util
 
         if importlib.util.find_spec("ray") is None:
             raise InvalidInputError("--engine ray needs Ray: pip install 'fusionguard[ray]'")
+        check_reachable(engine.ray_address)
+
+
+CONNECT_TIMEOUT_S = 10.0  # how long --ray-address may take to accept a TCP connection
 
 
 def connect(address: str | None) -> Any:
-    """The `ray` module, joined to `address` (or to a new local Ray) unless already connected."""
+    """The `ray` module, joined to `address` (or to a new local Ray) unless already connected.
+
+    Raises:
+        InvalidInputError: Ray is missing, or `address` is malformed or not reachable (checked
+            with a plain TCP connection first: Ray itself retries an unreachable head for minutes).
+    """
     try:
         import ray
     except ImportError:
         raise InvalidInputError("--engine ray needs Ray: pip install 'fusionguard[ray]'") from None
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        check_reachable(address)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, TimeoutError, ValueError) as err:
+            raise InvalidInputError(
+                f"cannot join the Ray cluster at {address or 'a new local Ray'} ({type(err).__name__}: "
+                f"{' '.join(str(err).split())[:300]}); check --ray-address"
+            ) from None
     return ray
+
+
+def check_reachable(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast unless `address` (HOST:PORT or ray://HOST:PORT; None or "auto" are not checked
+    here) accepts a TCP connection within `timeout` seconds."""
+    if address is None or address in ("auto", "local"):
+        return
+    scheme, _, rest = address.rpartition("://")
+    host, _, port = rest.rpartition(":")
+    if scheme not in ("", "ray") or not host or not port.isdigit():
+        raise InvalidInputError(
+            f"--ray-address '{address}' is not HOST:PORT, ray://HOST:PORT or auto (e.g. 10.0.0.5:6379 for a head "
+            "node's GCS, ray://10.0.0.5:10001 for Ray Client)"
+        )
+    import socket
+
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise InvalidInputError(
+            f"cannot reach the Ray cluster at {address} within {timeout:g} s ({err.strerror or err}); check "
+            "--ray-address: the head node's GCS port (usually 6379) or ray://HOST:10001 for Ray Client"
+        ) from None
 
 
 def pool_size(ray: Any, engine: EngineConfig, device: str) -> int:
