@@ -3,6 +3,7 @@
 Run:    .venv/bin/python -m benchmarks.collapse run [--variants baseline] [--generator-seeds 0 1 2]
             [--training-seeds 0 ... 9] [--long] [--work DIR] [--results FILE]
 Report: .venv/bin/python -m benchmarks.collapse report [--results FILE] [--protocol TOML ...] [--section NAME]
+Every mechanism tried, one table: .venv/bin/python -m benchmarks.collapse pilots-summary
 
 `run` appends one JSON record per run to benchmarks/results/collapse.jsonl (default) and skips
 runs the file already holds, so a grid can be finished over several sessions. `report` rebuilds
@@ -157,6 +158,51 @@ def _fill(doc: Path, section: str, text: str) -> None:
     if begin in content and end in content:
         head, rest = content.split(begin, 1)
         doc.write_text(head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1], encoding="utf-8")
+
+
+PILOT_ROUNDS = (  # (round, results file): every mechanism tried for the protocol, in the order tried
+    ("1", ROOT / "benchmarks" / "results" / "collapse_pilot.jsonl"),
+    ("2", ROOT / "benchmarks" / "results" / "collapse_pilot2.jsonl"),
+    ("3", ROOT / "benchmarks" / "results" / "collapse_pilot3.jsonl"),
+    ("4", ROOT / "benchmarks" / "results" / "collapse_pilot4.jsonl"),
+    ("protocol grid", RESULTS),
+)
+
+
+def pilots_summary(rounds=PILOT_ROUNDS, write_doc: bool = True) -> str:
+    """One row per (round, mechanism, variant, budget) over every stored pilot run and the
+    protocol grid's baseline runs: how often each half of the collapse criterion held. Each
+    round had its own qualifying rule (training/configs/pilot/README.md); this table only counts."""
+    from fusionguard.stats import binomial_ci
+
+    groups: dict[tuple, list[dict]] = {}
+    for name, path in rounds:
+        for r in read_records(path):
+            if name == "protocol grid" and r["variant"] != "baseline":
+                continue  # the mitigations' rows are in "Under the protocol"
+            groups.setdefault((name, r["protocol"], r["variant"], bool(r.get("long"))), []).append(r)
+    lines = ["| round | mechanism (protocol) | variant | budget | runs | visual drop < 1% | Spearman V1 ≥ 0.99 | "
+             "collapsed (both) [95% CI] | escaped (drop ≥ 10%) | visual drop, min to max | Spearman V1, min to max | "
+             "test NDCG@10 (mean) |", "|" + "---|" * 12]
+    order = {name: i for i, (name, _) in enumerate(rounds)}
+    for (name, protocol, variant, long), recs in sorted(groups.items(), key=lambda kv: (order[kv[0][0]], *kv[0][1:])):
+        n = len(recs)
+        drops = [r["visual_drop"] for r in recs]
+        rhos = [r["spearman_v1"] for r in recs]
+        k = sum(bool(r["collapsed"]) for r in recs)
+        ci = binomial_ci(k, n)
+        lines.append(
+            f"| {name} | {protocol} | {variant} | {'long' if long else 'standard'} | {n} | "
+            f"{sum(d < 0.01 for d in drops)}/{n} | {sum(x >= 0.99 for x in rhos)}/{n} | "
+            f"{k}/{n} [{_pct(ci.low)}, {_pct(ci.high)}] | {sum(bool(r['escaped']) for r in recs)}/{n} | "
+            f"{_pct(min(drops))} to {_pct(max(drops))} | {min(rhos):.3f} to {max(rhos):.3f} | "
+            f"{np.mean([r['ndcg'] for r in recs]):.4f} |")
+    files = ", ".join(f"`{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`" for _, path in rounds)
+    text = ("\n".join(lines) + f"\n\nFrom {files} (the protocol grid: its baseline runs only; the "
+            "criteria are each record's own protocol's). Regenerate: `.venv/bin/python -m benchmarks.collapse pilots-summary`")
+    if write_doc:
+        _fill(DOC, "pilots-summary", text)
+    return text
 
 
 TARGETS = (  # the research plan's targets: (name, target, stretch)
@@ -341,6 +387,8 @@ def main() -> None:
     sw_p.add_argument("--protocol", type=Path, default=PROTOCOL)
     sw_p.add_argument("--results", type=Path, default=SWEEP_RESULTS)
     sw_p.add_argument("--main-results", type=Path, default=RESULTS, help="The protocol's own results (its long baseline runs: the benchmark point).")
+    ps_p = sub.add_parser("pilots-summary", help="Every mechanism tried (pilot rounds and the protocol grid), one table.")
+    ps_p.add_argument("--no-doc", action="store_true", help="Do not rewrite docs/training.md.")
     rep_p = sub.add_parser("report", help="Rebuild the tables from the stored records.")
     rep_p.add_argument("--no-doc", action="store_true", help="Do not rewrite docs/training.md.")
     rep_p.add_argument("--protocol", type=Path, nargs="+", default=[PROTOCOL])
@@ -355,6 +403,9 @@ def main() -> None:
         fig, table = sweep_figure(results, args.protocol.resolve(), results.with_name(f"{results.stem}_phase.png"), args.main_results.resolve())
         print(table)
         print(f"\nfigure: {fig}")
+        return
+    if args.command == "pilots-summary":
+        print(pilots_summary(write_doc=not args.no_doc))
         return
     if args.command == "report":
         print(report(args.results.resolve(), [p.resolve() for p in args.protocol], args.section, write_doc=not args.no_doc,

@@ -202,3 +202,23 @@ def test_collapse_report_per_run_table_has_one_row_per_record():
     assert len(rows) == 2  # the standard-budget run first, then the long one
     assert rows[0].startswith("| baseline | 2 | 0 | standard | 0.7000 | 0.4% | 0.9000 | no |")
     assert rows[1].startswith("| baseline | 1 | 0 | long |") and "| yes | no | 3 / 20 |" in rows[1]
+
+
+def test_pilots_summary_counts_each_half_of_the_criterion(tmp_path):
+    """One row per (round, protocol, variant, budget); the protocol grid keeps its baseline only."""
+    import json
+
+    from benchmarks.collapse import pilots_summary
+
+    def rec(protocol, variant, drop, rho, long=False):
+        return {"protocol": protocol, "variant": variant, "long": long, "visual_drop": drop, "spearman_v1": rho,
+                "collapsed": drop < 0.01 and rho >= 0.99, "escaped": drop >= 0.10, "ndcg": 0.7}
+
+    pilot = tmp_path / "p.jsonl"
+    grid = tmp_path / "g.jsonl"
+    pilot.write_text("\n".join(json.dumps(r) for r in [rec("a", "baseline", 0.0, 0.995), rec("a", "baseline", 0.02, 0.999),
+                                                        rec("a", "baseline", 0.005, 0.95)]) + "\n")
+    grid.write_text("\n".join(json.dumps(r) for r in [rec("w", "baseline", 0.2, 0.8, long=True), rec("w", "mbl", 0.0, 1.0)]) + "\n")
+    rows = pilots_summary((("1", pilot), ("protocol grid", grid)), write_doc=False).splitlines()[2:4]
+    assert rows[0].startswith("| 1 | a | baseline | standard | 3 | 2/3 | 2/3 | 1/3 [")
+    assert rows[1].startswith("| protocol grid | w | baseline | long | 1 | 0/1 | 0/1 | 0/1 [") and "| 1/1 |" in rows[1]
