@@ -31,6 +31,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fusionguard.errors import ConfigError
 
 MECHANISMS = ("warm_start_from_v1",)
@@ -58,11 +60,15 @@ def _number(checks: dict, check: str, *path: str) -> float | None:
     return value if isinstance(value, (int, float)) else None
 
 
-def run_claims(cache: str | Path, out: str | Path, protocol_path: str | Path, epochs: int | None = None) -> dict[str, Any]:
-    """Build, train, export and gate (see the module docstring); writes and returns out/claims.json.
+def run_claims(cache: str | Path, out: str | Path, protocol_path: str | Path, epochs: int | None = None,
+               training_seed: int = 0) -> dict[str, Any]:
+    """Build, train, export and gate (see the module docstring); writes and returns out/claims.json
+    (out/claims-s<N>.json for another training seed).
 
     `epochs`: when set, every run trains exactly this many epochs (max_epochs = min_epochs =
-    epochs) instead of the protocol's budget; a CPU concession, recorded in claims.json."""
+    epochs) instead of the protocol's budget; a CPU concession, recorded in claims.json.
+    `training_seed`: the two candidates' training seed (the V1 is the protocol's, shared by every
+    seed); seed 0 keeps the original folder names, seed N writes collapsed-sN, healthy-sN."""
     from fusionguard.export.pipeline import ExportConfig
     from fusionguard.recipes.exporting import export_checkpoint
     from fusionguard.training.protocol import load_protocol
@@ -80,20 +86,21 @@ def run_claims(cache: str | Path, out: str | Path, protocol_path: str | Path, ep
     if not (data / "test.parquet").is_file():
         import_emoji(cache, data, EmojiConfig())
     timings: dict[str, float] = {"data_s": time.perf_counter() - t0}
+    tag = "" if training_seed == 0 else f"-s{training_seed}"
     runs = {"v1": ("v1", ""), "collapsed": ("baseline", "v1"), "healthy": ("baseline", "")}
     export_cfg = ExportConfig(batch_sizes=(1, 20), parity_rows=128, threads=1)
     onnx: dict[str, Path] = {}
     results: dict[str, Any] = {}
     for name, (variant, warm) in runs.items():
         t = time.perf_counter()
-        run_dir = out / name
-        seed = protocol.v1_seed if name == "v1" else 0
+        run_dir = out / (name if name == "v1" else name + tag)
+        seed = protocol.v1_seed if name == "v1" else training_seed
         config = protocol.train_config(variant, seed, str(out / "v1") if warm else "")
         if epochs is not None:
             config = replace(config, optim=replace(config.optim, max_epochs=epochs, min_epochs=epochs))
         if not (run_dir / RESULT_FILE).is_file():
             train(config, data, run_dir, progress=False, resume=False)
-        onnx[name] = out / f"{name}.onnx"
+        onnx[name] = out / f"{run_dir.name}.onnx"
         if not onnx[name].is_file():
             export_checkpoint(run_dir, onnx[name], export_cfg)
         result = json.loads((run_dir / RESULT_FILE).read_text(encoding="utf-8"))
@@ -104,7 +111,7 @@ def run_claims(cache: str | Path, out: str | Path, protocol_path: str | Path, ep
     c = protocol.criteria
     for name in CANDIDATES:
         t = time.perf_counter()
-        g = _gate(onnx[name], onnx["v1"], data / "test.parquet", out / f"gate-{name}")
+        g = _gate(onnx[name], onnx["v1"], data / "test.parquet", out / f"gate-{name}{tag}")
         drop = _number(g["checks"], "visual_ablation", "visual_drop", "estimate")
         spearman = _number(g["checks"], "integrity", "spearman_mean", "estimate")
         g["protocol_collapsed"] = (None if drop is None or spearman is None
@@ -113,11 +120,58 @@ def run_claims(cache: str | Path, out: str | Path, protocol_path: str | Path, ep
         timings[f"gate_{name}_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     claims = {"protocol": protocol.name, "mechanism": protocol.mechanism, "protocol_file": str(protocol_path),
-              "cache": str(cache), "epochs_override": epochs, "runs": results, "timings": timings,
+              "cache": str(cache), "epochs_override": epochs, "training_seed": training_seed, "runs": results,
+              "timings": timings,
               "gate_blocks_collapsed": results["collapsed"]["gate"]["exit_code"] == 1,
               "gate_passes_healthy": results["healthy"]["gate"]["exit_code"] == 0}
-    (out / "claims.json").write_text(json.dumps(claims, indent=2, default=str), encoding="utf-8")
+    (out / f"claims{tag}.json").write_text(json.dumps(claims, indent=2, default=str), encoding="utf-8")
     return claims
+
+
+def default_protocol() -> Path:
+    """The packaged research protocol (fusionguard.training.configs: training/configs/protocol.toml
+    in the source tree), found without importing torch."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fusionguard.training.configs")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("fusionguard.training.configs", ["the training configs are not installed; pass --protocol"])
+    return Path(list(spec.submodule_search_locations)[0]) / "protocol.toml"
+
+
+def seeds_table(out: str | Path) -> str:
+    """Every stored seed's candidates through the gate (out/claims.json, out/claims-s*.json), one
+    row each, with the spread over seeds: the Markdown table docs/experiments.md shows."""
+    files = sorted(Path(out).glob("claims*.json"))
+    rows = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    if not rows:
+        raise ConfigError(str(out), ["no claims*.json here; run the recipe first"])
+    lines = ["| training seed | candidate | test NDCG@10 | gate visual drop [95% CI] | gate Spearman vs V1 [95% CI] | "
+             "gate exit | protocol collapsed |", "|" + "---|" * 7]
+    stats: dict[str, dict[str, list[float]]] = {}
+    for claims in sorted(rows, key=lambda c: c.get("training_seed", 0)):
+        for name in CANDIDATES:
+            r = claims["runs"][name]
+            g = r["gate"]
+            drop = [_number(g["checks"], "visual_ablation", "visual_drop", k) for k in ("estimate", "low", "high")]
+            rho = [_number(g["checks"], "integrity", "spearman_mean", k) for k in ("estimate", "low", "high")]
+            ndcg = (r.get("test") or {}).get("ndcg")
+            fmt = lambda v: "–" if v[0] is None else f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"  # noqa: E731
+            lines.append(f"| {claims.get('training_seed', 0)} | {name} | {ndcg:.3f} | {fmt(drop)} | {fmt(rho)} | "
+                         f"{g['exit_code']} | {g['protocol_collapsed']} |")
+            for key, value in (("ndcg", ndcg), ("drop", drop[0]), ("rho", rho[0]), ("blocked", float(g["exit_code"] == 1))):
+                if value is not None:
+                    stats.setdefault(name, {}).setdefault(key, []).append(value)
+    budget = {c.get("epochs_override") for c in rows}
+    lines.append("")
+    for name, s in stats.items():
+        n = len(s["ndcg"])
+        sd = lambda k: float(np.std(s[k], ddof=1)) if len(s[k]) > 1 else float("nan")  # noqa: E731
+        lines.append(f"- {name}: {n} seed(s); test NDCG@10 mean {np.mean(s['ndcg']):.3f} (SD {sd('ndcg'):.3f}); gate visual "
+                     f"drop mean {np.mean(s['drop']):.3f} (SD {sd('drop'):.3f}); Spearman vs V1 mean {np.mean(s['rho']):.3f} "
+                     f"(SD {sd('rho'):.3f}); blocked in {int(sum(s['blocked']))} of {n}")
+    lines.append(f"- budget: {', '.join('the protocol' if b is None else f'{b} epochs per run' for b in sorted(budget, key=str))}")
+    return "\n".join(lines)
 
 
 def summary(claims: dict[str, Any]) -> str:
@@ -145,11 +199,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", required=True, help="the emoji track's cache (python -m fusionguard.training.tracks.emoji --cache DIR)")
     ap.add_argument("--out", required=True, help="output folder (resumable: finished runs are reused)")
-    ap.add_argument("--protocol", default=str(Path(__file__).resolve().parents[1] / "configs" / "protocol.toml"))
+    ap.add_argument("--protocol", default=str(default_protocol()),
+                    help="the research protocol TOML (default: the packaged training/configs/protocol.toml)")
     ap.add_argument("--epochs", type=int, default=None,
                     help="train every run exactly this many epochs instead of the protocol's budget (CPU machines)")
+    ap.add_argument("--training-seed", type=int, default=0, help="the candidates' training seed (the V1 is shared)")
+    ap.add_argument("--seeds-table", action="store_true", help="print the table of every stored seed in --out and stop")
     args = ap.parse_args(argv)
-    claims = run_claims(args.cache, args.out, args.protocol, args.epochs)
+    if args.seeds_table:
+        print(seeds_table(args.out))
+        return 0
+    claims = run_claims(args.cache, args.out, args.protocol, args.epochs, args.training_seed)
     print(summary(claims))
     return 0 if claims["gate_blocks_collapsed"] and claims["gate_passes_healthy"] else 1
 
