@@ -22,18 +22,20 @@ import heapq
 import logging
 import pickle
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fusionguard.dataset import ID_COLUMNS, Batch, _to_batch
 from fusionguard.errors import FusionGuardError, InvalidInputError
 from fusionguard.source import ParquetSource
 
 SPAN_COLUMN = "__fusionguard_span"  # the span index each block carries
 
 __all__ = [
-    "SPAN_COLUMN", "SpanDatasource", "data_context", "ordered_results", "plan_spans", "read_span", "result_row",
-    "row_bytes", "span_of",
+    "SPAN_COLUMN", "SpanDatasource", "block_batches", "columns_of", "data_context", "ordered_results", "plan_spans",
+    "read_span", "result_row", "row_bytes", "span_of",
 ]
 
 
@@ -68,10 +70,10 @@ def _datasource_class() -> type:
     class _SpanDatasource(Datasource):
         """A Parquet dataset as Ray Data reads it: one read task per span."""
 
-        def __init__(self, source: ParquetSource, spans: list[tuple[int, int]], columns: list[str],
-                     row_bytes: int) -> None:
+        def __init__(self, source: ParquetSource, spans: list[tuple[int, int]], wanted: list) -> None:
             super().__init__()
-            self.source, self.spans, self.columns, self.row_bytes = source, spans, columns, row_bytes
+            self.source, self.spans = source, spans
+            self.columns, self.row_bytes = columns_of(wanted), row_bytes(wanted)
 
         def estimate_inmemory_data_size(self) -> int | None:
             return self.source.n_rows * self.row_bytes
@@ -91,11 +93,20 @@ def _datasource_class() -> type:
     return _SpanDatasource
 
 
-def SpanDatasource(source: ParquetSource, spans: list[tuple[int, int]], columns: list[str],  # noqa: N802
-                   row_bytes: int):  # noqa: ANN201 (a ray.data.Datasource, made on first use)
-    """A `ray.data.Datasource` over the row ranges `spans` = [(start, stop)] of `source`;
-    `row_bytes` estimates a decoded row's size (Ray Data's memory budgeting)."""
-    return _datasource_class()(source, spans, columns, row_bytes)
+def SpanDatasource(source: ParquetSource, spans: list[tuple[int, int]], wanted: list):  # noqa: ANN201, N802
+    """A `ray.data.Datasource` over the row ranges `spans` = [(start, stop)] of `source`, reading
+    the ids and the `wanted` inputs (as `fusionguard.dataset._resolve_inputs` gives them)."""
+    return _datasource_class()(source, spans, wanted)
+
+
+def columns_of(wanted: list) -> list[str]:
+    """The columns a span block holds: the ids and the wanted inputs."""
+    return [*ID_COLUMNS, *(w[0] for w in wanted)]
+
+
+def block_batches(table: Any, wanted: list, uri: str) -> Iterator[Batch]:
+    """A span block (an Arrow table) as Batches shaped by the contract, in row order."""
+    return (_to_batch(rb, wanted, Path(uri)) for rb in table.select(columns_of(wanted)).to_batches() if rb.num_rows)
 
 
 def row_bytes(wanted: list) -> int:

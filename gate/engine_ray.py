@@ -44,11 +44,11 @@ from typing import Any
 import numpy as np
 
 from fusionguard.contract import ModelContract
-from fusionguard.dataset import ID_COLUMNS, _resolve_inputs, _to_batch
+from fusionguard.dataset import _resolve_inputs
 from fusionguard.engine import EngineConfig, connect, pool_size
 from fusionguard.errors import InvalidInputError
 from fusionguard.raydata import (
-    SpanDatasource, data_context, ordered_results, plan_spans, result_row, row_bytes, span_of,
+    SpanDatasource, block_batches, data_context, ordered_results, plan_spans, result_row, span_of,
 )
 from fusionguard.scorer import Mask, Scorer
 from fusionguard.source import ParquetSource
@@ -84,8 +84,7 @@ class SpanReducer:
         index = span_of(table, self.ranges)
         start, ends = self.spans[index]
         sizes = np.diff(np.concatenate(([start], ends))).tolist()
-        records = table.select([*ID_COLUMNS, *(w[0] for w in self.wanted)]).to_batches()
-        batches = (_to_batch(rb, self.wanted, Path(self.uri)) for rb in records if rb.num_rows)
+        batches = block_batches(table, self.wanted, self.uri)
         parts = [reduce_batch(self.scorer, b, self.masks, self.plan, self.policy, features=self.features,
                               means=self.means) for b in sized_chunks(batches, sizes)]
         return result_row(index, table.num_rows, parts)
@@ -112,13 +111,11 @@ def ray_partials(
     cuda = device == "cuda"
     size = pool_size(ray, engine, device)
     spans = plan_spans(ends, min(SPAN_ROWS, max(1, source.n_rows // (2 * size))))  # >= 2 spans per actor when it can
-    wanted = _resolve_inputs(scorer.contract, None)
     logger.info("ray engine: Ray Data, %d read task(s) of whole-query spans, %d actor(s) on %s, %d batches",
                 len(spans), size, device, ends.shape[0])
     with data_context():
         dataset = ray.data.read_datasource(
-            SpanDatasource(source, [(a, int(e[-1])) for a, e in spans], [*ID_COLUMNS, *(w[0] for w in wanted)],
-                           row_bytes(wanted)),
+            SpanDatasource(source, [(a, int(e[-1])) for a, e in spans], _resolve_inputs(scorer.contract, None)),
             override_num_blocks=len(spans))
         reduced = dataset.map_batches(
             SpanReducer, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,

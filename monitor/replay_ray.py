@@ -33,12 +33,12 @@ from typing import Any
 import numpy as np
 
 from fusionguard.contract import ModelContract
-from fusionguard.dataset import ID_COLUMNS, Batch, _resolve_inputs, _to_batch, concat_batches, slice_batch
+from fusionguard.dataset import Batch, _resolve_inputs, concat_batches, slice_batch
 from fusionguard.engine import EngineConfig, connect, pool_size
 from fusionguard.errors import InvalidInputError
 from fusionguard.feeds import feed_problems
 from fusionguard.raydata import (
-    SpanDatasource, data_context, ordered_results, plan_spans, result_row, row_bytes, span_of,
+    SpanDatasource, block_batches, data_context, ordered_results, plan_spans, result_row, span_of,
 )
 from fusionguard.scorer import InvalidFeedsError, Mask, Outputs, Scorer
 from fusionguard.source import ParquetSource
@@ -68,8 +68,7 @@ class ReplayScorer:
     def __call__(self, table: Any) -> Any:  # a pyarrow Table in, one out
         index = span_of(table, self.ranges)
         start, ends, first = self.spans[index]
-        records = table.select([*ID_COLUMNS, *(w[0] for w in self.wanted)]).to_batches()
-        block = concat_batches([_to_batch(rb, self.wanted, Path(self.uri)) for rb in records if rb.num_rows])
+        block = concat_batches(list(block_batches(table, self.wanted, self.uri)))
         bounds = np.concatenate(([0], ends - start)).tolist()
         results: list[Result] = []
         for k, (a, z) in enumerate(zip(bounds[:-1], bounds[1:])):
@@ -114,11 +113,9 @@ def ray_scored(service: ModelService, data: str | Path, engine: EngineConfig
     ray = connect(engine.ray_address)
     device = state.scorer.device
     cuda = device == "cuda"
-    wanted = _resolve_inputs(state.scorer.contract, None)
     with data_context():
         dataset = ray.data.read_datasource(
-            SpanDatasource(source, [(a, int(e[-1])) for a, e, _ in spans], [*ID_COLUMNS, *(w[0] for w in wanted)],
-                           row_bytes(wanted)),
+            SpanDatasource(source, [(a, int(e[-1])) for a, e, _ in spans], _resolve_inputs(state.scorer.contract, None)),
             override_num_blocks=len(spans))
         scored = dataset.map_batches(
             ReplayScorer, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
