@@ -188,10 +188,10 @@ def fusionguard_cause(err: BaseException) -> FusionGuardError | None:
 
 
 class data_context:  # noqa: N801 (a context manager)
-    """Ray Data's DataContext while an engine builds its dataset: one block per read task (no
-    block shaping), no Ray progress bars or start banner (the engines draw their own bar), order
-    preserved, Ray Data's INFO lines off the terminal; restored afterwards. A dataset keeps a
-    copy of the context it was built under."""
+    """Ray Data's DataContext while an engine builds and runs its dataset: one block per read task
+    (no block shaping), no Ray progress bars or start banner (the engines draw their own bar),
+    order preserved, Ray Data's INFO and WARNING lines off the terminal; restored afterwards. A
+    dataset keeps a copy of the context it was built under; the log level matters while it runs."""
 
     FIELDS = {"target_max_block_size": None, "enable_progress_bars": False, "print_on_execution_start": False}
 

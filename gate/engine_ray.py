@@ -124,8 +124,8 @@ def ray_partials(
                                  features, means, source.uri),
             num_cpus=0 if cuda else 1, num_gpus=1 if cuda else 0,
         )
-    for parts in ordered_results(reduced, len(spans), _bar(progress, source.n_rows)):
-        yield from parts
+        for parts in ordered_results(reduced, len(spans), _bar(progress, source.n_rows)):
+            yield from parts
 
 
 def _bar(progress: bool, total: int):  # noqa: ANN202

@@ -124,12 +124,12 @@ def ray_scored(service: ModelService, data: str | Path, engine: EngineConfig
                                  source.uri),
             num_cpus=0 if cuda else 1, num_gpus=1 if cuda else 0,
         )
-    i = 0
-    for results in ordered_results(scored, len(spans)):
-        for request, masks, outputs, seconds in results:
-            if isinstance(masks, InvalidFeedsError):
-                yield request, telemetry[i], masks, time.perf_counter()
-            else:
-                yield (request, telemetry[i], service.scored(state, request.feeds, outputs, masks, seconds),
-                       time.perf_counter() - seconds)
-            i += 1
+        i = 0
+        for results in ordered_results(scored, len(spans)):
+            for request, masks, outputs, seconds in results:
+                if isinstance(masks, InvalidFeedsError):
+                    yield request, telemetry[i], masks, time.perf_counter()
+                else:
+                    yield (request, telemetry[i], service.scored(state, request.feeds, outputs, masks, seconds),
+                           time.perf_counter() - seconds)
+                i += 1
