@@ -102,11 +102,21 @@ def check_reachable(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> 
 
 
 def pool_size(ray: Any, engine: EngineConfig, device: str) -> int:
-    """Actors in the pool: `engine.workers`, else one per CPU (one per GPU on cuda) of the cluster."""
+    """Actors in the pool: `engine.workers`, else one per CPU (one per GPU on cuda) of the cluster.
+
+    Raises:
+        InvalidInputError: cuda actors on a cluster without GPUs (they would wait forever for one).
+    """
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if device == "cuda" and gpus < 1:
+        raise InvalidInputError(
+            "--device cuda with --engine ray needs GPU workers, and this Ray cluster has none "
+            f"(resources: {int(resources.get('CPU', 0))} CPUs, 0 GPUs); use --device cpu or a cluster with GPUs"
+        )
     if engine.workers is not None:
         return engine.workers
-    resources = ray.cluster_resources()
-    return max(1, int(resources.get("GPU" if device == "cuda" else "CPU", 1)))
+    return max(1, gpus if device == "cuda" else int(resources.get("CPU", 1)))
 
 
 def get(ray: Any, ref: Any) -> Any:

@@ -1,4 +1,5 @@
-"""--ray-address fails fast with a clear message instead of Ray's minutes of retries."""
+"""The Ray engine fails fast with a clear message: an unreachable --ray-address (instead of Ray's
+minutes of retries), cuda actors on a cluster without GPUs (instead of waiting forever)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,24 @@ def test_the_engine_check_refuses_an_unreachable_cluster_before_any_work():
     with pytest.raises(InvalidInputError, match="cannot reach the Ray cluster"):
         require_engine(EngineConfig("ray", ray_address=f"127.0.0.1:{_closed_port()}"))
     require_engine(EngineConfig("ray"))  # a new local Ray: nothing to reach yet
+
+
+class _FakeRay:
+    def __init__(self, resources: dict) -> None:
+        self.resources = resources
+
+    def cluster_resources(self) -> dict:
+        return self.resources
+
+
+def test_cuda_actors_on_a_cluster_without_gpus_are_refused():
+    """They would wait forever for a GPU; the pool size says so first."""
+    from fusionguard.engine import EngineConfig, pool_size
+
+    with pytest.raises(InvalidInputError, match="has none"):
+        pool_size(_FakeRay({"CPU": 16.0}), EngineConfig("ray"), "cuda")
+    with pytest.raises(InvalidInputError, match="has none"):
+        pool_size(_FakeRay({"CPU": 16.0}), EngineConfig("ray", workers=2), "cuda")
+    assert pool_size(_FakeRay({"CPU": 16.0, "GPU": 4.0}), EngineConfig("ray"), "cuda") == 4
+    assert pool_size(_FakeRay({"CPU": 16.0}), EngineConfig("ray"), "cpu") == 16
+    assert pool_size(_FakeRay({"CPU": 16.0}), EngineConfig("ray", workers=3), "cpu") == 3
