@@ -34,8 +34,8 @@ from fusionguard.source import ParquetSource
 SPAN_COLUMN = "__fusionguard_span"  # the span index each block carries
 
 __all__ = [
-    "SPAN_COLUMN", "SpanDatasource", "block_batches", "columns_of", "data_context", "ordered_results", "plan_spans",
-    "read_span", "result_row", "row_bytes", "span_of",
+    "SPAN_COLUMN", "SpanDatasource", "actor_scorer", "block_batches", "columns_of", "data_context", "ordered_results",
+    "plan_spans", "read_span", "result_row", "row_bytes", "span_actor_pool", "span_of",
 ]
 
 
@@ -97,6 +97,30 @@ def SpanDatasource(source: ParquetSource, spans: list[tuple[int, int]], wanted: 
     """A `ray.data.Datasource` over the row ranges `spans` = [(start, stop)] of `source`, reading
     the ids and the `wanted` inputs (as `fusionguard.dataset._resolve_inputs` gives them)."""
     return _datasource_class()(source, spans, wanted)
+
+
+def span_actor_pool(ray: Any, source: ParquetSource, spans: list[tuple[int, int]], contract: Any, actor: type,
+                    args: tuple, size: int, device: str) -> Any:
+    """The Ray Data pipeline both engines run: `source` read as one block per span (row ranges
+    `spans`), each block handed to `actor` (a callable class built with `args`) in a pool of
+    `size` actors, one CPU each or one GPU each on cuda. Build it inside `data_context()`."""
+    from fusionguard.dataset import _resolve_inputs
+
+    cuda = device == "cuda"
+    dataset = ray.data.read_datasource(SpanDatasource(source, spans, _resolve_inputs(contract, None)),
+                                       override_num_blocks=len(spans))
+    return dataset.map_batches(actor, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
+                               compute=ray.data.ActorPoolStrategy(size=size), fn_constructor_args=args,
+                               num_cpus=0 if cuda else 1, num_gpus=1 if cuda else 0)
+
+
+def actor_scorer(model: bytes, contract: Any, device: str) -> Any:
+    """An actor's own ONNX Runtime session (one intra-op thread: the pool is the parallelism)."""
+    import onnx
+
+    from fusionguard.scorer import Scorer
+
+    return Scorer(onnx.load_from_string(model), contract, device=device, threads=1)
 
 
 def columns_of(wanted: list) -> list[str]:

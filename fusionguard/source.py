@@ -115,6 +115,11 @@ class ParquetSource:
         """query_id, item_id and label of every row, in order (no feature column is read)."""
         return self.read(0, self.n_rows, None, read_rows=read_rows)
 
+    def query_ids(self) -> np.ndarray:
+        """Every row's query id, in order (only that column's pages are decoded)."""
+        ids = [b.query_id for b in self.ids()]
+        return np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+
     def read(
         self, start: int, stop: int, contract: ModelContract | None, *, read_rows: int = READ_ROWS
     ) -> Iterator[Batch]:

@@ -48,7 +48,7 @@ from fusionguard.dataset import _resolve_inputs
 from fusionguard.engine import EngineConfig, connect, pool_size
 from fusionguard.errors import InvalidInputError
 from fusionguard.raydata import (
-    SpanDatasource, block_batches, data_context, ordered_results, plan_spans, result_row, span_of,
+    actor_scorer, block_batches, data_context, ordered_results, plan_spans, result_row, span_actor_pool, span_of,
 )
 from fusionguard.scorer import Mask, Scorer
 from fusionguard.source import ParquetSource
@@ -72,9 +72,7 @@ class SpanReducer:
     def __init__(self, model: bytes, contract: ModelContract, device: str, spans: list[tuple[int, np.ndarray]],
                  masks: list[Mask], plan: PassPlan | None, policy: Policy, features: bool,
                  means: dict[str, np.ndarray] | None, uri: str) -> None:
-        import onnx
-
-        self.scorer = Scorer(onnx.load_from_string(model), contract, device=device, threads=1)
+        self.scorer = actor_scorer(model, contract, device)
         self.spans, self.masks, self.plan, self.policy = spans, masks, plan, policy
         self.ranges = [(start, int(ends[-1])) for start, ends in spans]
         self.features, self.means, self.uri = features, means, uri
@@ -98,32 +96,21 @@ def ray_partials(
     if scorer.path is None:
         raise InvalidInputError("the Ray engine needs a model file")
     source = ParquetSource.open(data)
-    ids = [b.query_id for b in source.ids()]
-    query_id = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
-    del ids
-    ends = batch_ends(query_id, chunk_rows(policy, masks), data)  # refuses split queries before Ray starts
-    del query_id
+    ends = batch_ends(source.query_ids(), chunk_rows(policy, masks), data)  # refuses split queries before Ray starts
     if ends.shape[0] == 0:
         return
     means = source.input_means(scorer.contract) if any(m.strategy == "mean" and m.modalities for m in masks) else None
     ray = connect(engine.ray_address)
     device = scorer.device
-    cuda = device == "cuda"
     size = pool_size(ray, engine, device)
     spans = plan_spans(ends, min(SPAN_ROWS, max(1, source.n_rows // (2 * size))))  # >= 2 spans per actor when it can
     logger.info("ray engine: Ray Data, %d read task(s) of whole-query spans, %d actor(s) on %s, %d batches",
                 len(spans), size, device, ends.shape[0])
     with data_context():
-        dataset = ray.data.read_datasource(
-            SpanDatasource(source, [(a, int(e[-1])) for a, e in spans], _resolve_inputs(scorer.contract, None)),
-            override_num_blocks=len(spans))
-        reduced = dataset.map_batches(
-            SpanReducer, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
-            compute=ray.data.ActorPoolStrategy(size=size),
-            fn_constructor_args=(Path(scorer.path).read_bytes(), scorer.contract, device, spans, masks, plan, policy,
-                                 features, means, source.uri),
-            num_cpus=0 if cuda else 1, num_gpus=1 if cuda else 0,
-        )
+        reduced = span_actor_pool(
+            ray, source, [(a, int(e[-1])) for a, e in spans], scorer.contract, SpanReducer,
+            (Path(scorer.path).read_bytes(), scorer.contract, device, spans, masks, plan, policy, features, means,
+             source.uri), size, device)
         for parts in ordered_results(reduced, len(spans), _bar(progress, source.n_rows)):
             yield from parts
 

@@ -38,10 +38,11 @@ from fusionguard.engine import EngineConfig, connect, pool_size
 from fusionguard.errors import InvalidInputError
 from fusionguard.feeds import feed_problems
 from fusionguard.raydata import (
-    SpanDatasource, block_batches, data_context, ordered_results, plan_spans, result_row, span_of,
+    actor_scorer, block_batches, data_context, ordered_results, plan_spans, result_row, span_actor_pool, span_of,
 )
-from fusionguard.scorer import InvalidFeedsError, Mask, Outputs, Scorer
+from fusionguard.scorer import InvalidFeedsError, Mask, Outputs
 from fusionguard.source import ParquetSource
+from fusionguard.streaming import _run_starts
 from fusionguard.monitor.service import ModelService, Scored
 
 CHUNK_ROWS = 8192  # traffic rows per read task / actor call (whole requests)
@@ -58,9 +59,7 @@ class ReplayScorer:
 
     def __init__(self, model: bytes, contract: ModelContract, device: str,
                  spans: list[tuple[int, np.ndarray, int]], passes: list[tuple[Mask, ...]], uri: str) -> None:
-        import onnx
-
-        self.scorer = Scorer(onnx.load_from_string(model), contract, device=device, threads=1)
+        self.scorer = actor_scorer(model, contract, device)
         self.spans, self.passes, self.uri = spans, passes, uri
         self.ranges = [(start, int(ends[-1])) for start, ends, _ in spans]
         self.wanted = _resolve_inputs(contract, None)
@@ -86,10 +85,9 @@ class ReplayScorer:
 
 def request_ends(query_id: np.ndarray) -> np.ndarray:
     """Where each request ends: runs of consecutive rows with the same query id (as `query_runs`)."""
-    n = query_id.shape[0]
-    if n == 0:
+    if query_id.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
-    return np.append(np.flatnonzero(query_id[1:] != query_id[:-1]) + 1, n).astype(np.int64)
+    return np.append(_run_starts(query_id)[1:], query_id.shape[0]).astype(np.int64)
 
 
 def ray_scored(service: ModelService, data: str | Path, engine: EngineConfig
@@ -99,9 +97,7 @@ def ray_scored(service: ModelService, data: str | Path, engine: EngineConfig
     if state is None or state.scorer.path is None:
         raise InvalidInputError("the Ray engine needs a model file")
     source = ParquetSource.open(data)
-    ids = [b.query_id for b in source.ids()]
-    ends = request_ends(np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64))
-    del ids
+    ends = request_ends(source.query_ids())
     if ends.shape[0] == 0:
         return
     telemetry = [service.sampler() for _ in range(ends.shape[0])]  # the local replay's draws, in request order
@@ -112,18 +108,11 @@ def ray_scored(service: ModelService, data: str | Path, engine: EngineConfig
         first += span_ends.shape[0]
     ray = connect(engine.ray_address)
     device = state.scorer.device
-    cuda = device == "cuda"
     with data_context():
-        dataset = ray.data.read_datasource(
-            SpanDatasource(source, [(a, int(e[-1])) for a, e, _ in spans], _resolve_inputs(state.scorer.contract, None)),
-            override_num_blocks=len(spans))
-        scored = dataset.map_batches(
-            ReplayScorer, batch_size=None, batch_format="pyarrow", zero_copy_batch=True,
-            compute=ray.data.ActorPoolStrategy(size=pool_size(ray, engine, device)),
-            fn_constructor_args=(Path(state.scorer.path).read_bytes(), state.scorer.contract, device, spans, passes,
-                                 source.uri),
-            num_cpus=0 if cuda else 1, num_gpus=1 if cuda else 0,
-        )
+        scored = span_actor_pool(
+            ray, source, [(a, int(e[-1])) for a, e, _ in spans], state.scorer.contract, ReplayScorer,
+            (Path(state.scorer.path).read_bytes(), state.scorer.contract, device, spans, passes, source.uri),
+            pool_size(ray, engine, device), device)
         i = 0
         for results in ordered_results(scored, len(spans)):
             for request, masks, outputs, seconds in results:
