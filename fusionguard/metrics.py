@@ -214,6 +214,18 @@ def _ranking(groups: QueryGroups, scores_sorted: np.ndarray) -> np.ndarray:
     return n - 1 - np.argsort(key, axis=-1)
 
 
+def ranks(groups: QueryGroups, scores: object) -> np.ndarray:
+    """Each row's 1-based rank within its query, in the caller's row order: score descending,
+    ties by item_id descending (the ranking every measure here uses). Returns (N,) int64."""
+    scores_sorted, _ = _scores_2d(groups, np.asarray(scores, dtype=np.float64).reshape(-1))
+    ranked = _ranking(groups, scores_sorted)[0]  # sorted-row indices in ranked order, per query block
+    rank_sorted = np.empty(groups.n_rows, dtype=np.int64)
+    rank_sorted[ranked] = np.arange(groups.n_rows) - np.repeat(groups.offsets[:-1], groups.sizes) + 1
+    out = np.empty(groups.n_rows, dtype=np.int64)
+    out[groups.order] = rank_sorted
+    return out
+
+
 def _ranked_labels(groups: QueryGroups, scores_sorted: np.ndarray) -> np.ndarray:
     """Labels in ranked order per query, (M, N)."""
     return groups.label_sorted[_ranking(groups, scores_sorted)]

@@ -44,14 +44,12 @@ def click_probability(grade: np.ndarray, grade_max: int = GRADE_MAX) -> np.ndarr
 
 def ranks(query_index: np.ndarray, item_id: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """1-based rank of each row within its query: score descending, ties by item_id descending
-    (how `fusionguard.metrics` ranks). Rows may come in any order; returns (N,) int64."""
-    order = np.lexsort((-np.asarray(item_id), -np.asarray(scores, dtype=np.float64), np.asarray(query_index)))
-    q_sorted = np.asarray(query_index)[order]
-    starts = np.flatnonzero(np.r_[True, q_sorted[1:] != q_sorted[:-1]])
-    first = np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-    out = np.empty(len(order), dtype=np.int64)
-    out[order] = np.arange(len(order)) - first + 1
-    return out
+    (`fusionguard.metrics.ranks`, the ranking every measure uses). Rows may come in any order."""
+    from fusionguard.metrics import QueryGroups
+    from fusionguard.metrics import ranks as metric_ranks
+
+    groups = QueryGroups.from_arrays(query_index, item_id, np.zeros(len(query_index)))
+    return metric_ranks(groups, scores)
 
 
 @dataclass
